@@ -1,0 +1,103 @@
+// The one GPU kernel every solver step ends in:
+//     out = c0·in0 + c1·in1 + … + c(k-1)·in(k-1) + s·z,     k <= 5
+// where z is standard Gaussian noise from Philox4x32-10 (Salmon et al., SC'11) keyed by the
+// 64-bit seed, with counter (e/4, 0, step, stream) for element e, turned into normals by
+// Box–Muller. The CPU twin is src/ops/philox.rs; both produce the same integer stream.
+// Coefficients are computed in f64 on the CPU and passed as f32.
+// Each invocation handles four consecutive elements (one Philox block).
+//   in0..in4, out: (n)
+
+struct SolverUpdateParams {
+    n: u32,
+    num_inputs: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    step: u32,
+    stream: u32,
+    noise_scale: f32,
+    _pad: u32,
+    coef: array<vec4<f32>, 2>, // c0..c4 in coef[0].xyzw, coef[1].x
+}
+
+override WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> p: SolverUpdateParams;
+@group(0) @binding(1) var<storage, read> in0: array<f32>;
+@group(0) @binding(2) var<storage, read> in1: array<f32>;
+@group(0) @binding(3) var<storage, read> in2: array<f32>;
+@group(0) @binding(4) var<storage, read> in3: array<f32>;
+@group(0) @binding(5) var<storage, read> in4: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+
+// 32×32 -> 64-bit product as (hi, lo) from 16-bit halves (WGSL has no 64-bit integers).
+fn mulhilo(a: u32, b: u32) -> vec2<u32> {
+    let al = a & 0xffffu;
+    let ah = a >> 16u;
+    let bl = b & 0xffffu;
+    let bh = b >> 16u;
+    let ll = al * bl;
+    let lh = al * bh;
+    let hl = ah * bl;
+    let hh = ah * bh;
+    let mid = (ll >> 16u) + (lh & 0xffffu) + (hl & 0xffffu);
+    let hi = hh + (lh >> 16u) + (hl >> 16u) + (mid >> 16u);
+    return vec2<u32>(hi, a * b);
+}
+
+fn philox4x32_10(counter: vec4<u32>, key: vec2<u32>) -> vec4<u32> {
+    var c = counter;
+    var k = key;
+    for (var round = 0u; round < 10u; round++) {
+        if (round > 0u) {
+            k += vec2<u32>(0x9E3779B9u, 0xBB67AE85u);
+        }
+        let p0 = mulhilo(0xD2511F53u, c.x);
+        let p1 = mulhilo(0xCD9E8D57u, c.z);
+        c = vec4<u32>(p1.x ^ c.y ^ k.x, p1.y, p0.x ^ c.w ^ k.y, p0.y);
+    }
+    return c;
+}
+
+const PI: f32 = 3.141592653589793;
+
+fn box_muller(a: u32, b: u32) -> vec2<f32> {
+    let u1 = (f32(a >> 8u) + 1.0) * (1.0 / 16777216.0); // (0, 1]
+    let u2 = f32(b >> 8u) * (1.0 / 16777216.0);         // [0, 1)
+    let r = sqrt(-2.0 * log(u1));
+    // The angle is taken in [-π, π): Vulkan and WebGPU only bound sin/cos error there.
+    let theta = PI * (2.0 * u2 - 1.0);
+    return vec2<f32>(r * cos(theta), r * sin(theta));
+}
+
+fn coef(i: u32) -> f32 {
+    return p.coef[i / 4u][i % 4u];
+}
+
+fn combine(e: u32, z: f32) -> f32 {
+    var acc = p.noise_scale * z;
+    if (p.num_inputs > 0u) { acc += coef(0u) * in0[e]; }
+    if (p.num_inputs > 1u) { acc += coef(1u) * in1[e]; }
+    if (p.num_inputs > 2u) { acc += coef(2u) * in2[e]; }
+    if (p.num_inputs > 3u) { acc += coef(3u) * in3[e]; }
+    if (p.num_inputs > 4u) { acc += coef(4u) * in4[e]; }
+    return acc;
+}
+
+@compute @workgroup_size(WG)
+fn solver_update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let block = (wg.x + wg.y * nwg.x) * WG + lid;
+    let e0 = block * 4u;
+    if (e0 >= p.n) { return; }
+    var z = vec4<f32>(0.0);
+    if (p.noise_scale != 0.0) {
+        let w = philox4x32_10(vec4<u32>(block, 0u, p.step, p.stream), vec2<u32>(p.seed_lo, p.seed_hi));
+        z = vec4<f32>(box_muller(w.x, w.y), box_muller(w.z, w.w));
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let e = e0 + j;
+        if (e < p.n) {
+            out[e] = combine(e, z[j]);
+        }
+    }
+}

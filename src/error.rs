@@ -1,0 +1,107 @@
+//! The one error type of the crate. Every variant carries the context a user needs to act:
+//! which op or file, what was expected and what was found, which GPU limit and its value.
+
+use std::fmt;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A shape as printed in error messages: `(2, 3, 67, 131)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeText(pub Vec<usize>);
+
+impl fmt::Display for ShapeText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "(")?;
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{d}")?;
+        }
+        if self.0.len() == 1 {
+            write!(f, ",")?;
+        }
+        write!(f, ")")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An input tensor has the wrong shape for an op.
+    #[error("{op}: {what} has shape {got}, expected {expected}")]
+    Shape {
+        op: &'static str,
+        what: String,
+        expected: String,
+        got: ShapeText,
+    },
+
+    /// An op argument (not a shape) is out of range.
+    #[error("{op}: {message}")]
+    InvalidArgument { op: &'static str, message: String },
+
+    /// A size exceeds what the adapter reports it can do.
+    #[error("{op}: {what} needs {needed} but the adapter's `{limit}` is {value}; {hint}")]
+    Limit {
+        op: &'static str,
+        what: String,
+        limit: &'static str,
+        value: u64,
+        needed: u64,
+        hint: &'static str,
+    },
+
+    /// No usable GPU adapter.
+    #[error("no WebGPU adapter was found ({0}); on Linux without a GPU install Mesa's lavapipe: `apt-get install mesa-vulkan-drivers libvulkan1`")]
+    NoAdapter(String),
+
+    /// The adapter refused the device request.
+    #[error("the GPU adapter refused to create a device: {0}")]
+    RequestDevice(String),
+
+    /// wgpu reported a validation or out-of-memory error; this is a bug in the engine or an
+    /// exhausted GPU, never silently ignored.
+    #[error("GPU error during {context}: {message}")]
+    Gpu { context: String, message: String },
+
+    /// Mapping a buffer for reading failed.
+    #[error("reading a GPU buffer back failed: {0}")]
+    Readback(String),
+
+    /// A tensor lives on another backend than the one running the op.
+    #[error("{op}: input {index} lives on the {got} backend, but this executor runs on {expected}; move it with `Exec::upload` or `Exec::read`")]
+    Backend {
+        op: &'static str,
+        index: usize,
+        expected: &'static str,
+        got: &'static str,
+    },
+
+    /// A shader the engine needs is not embedded (a build problem).
+    #[error("shader `{0}` is not embedded in this build; rebuild the crate")]
+    MissingShader(String),
+}
+
+impl Error {
+    pub(crate) fn shape(
+        op: &'static str,
+        what: impl Into<String>,
+        expected: impl Into<String>,
+        got: &[usize],
+    ) -> Self {
+        Error::Shape {
+            op,
+            what: what.into(),
+            expected: expected.into(),
+            got: ShapeText(got.to_vec()),
+        }
+    }
+
+    pub(crate) fn invalid(op: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            op,
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The executor: runs ops on the CPU reference backend or records them for the GPU.
+//! Model code is written once against `Exec` and runs on either backend.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::{GpuContext, Recorder};
+use crate::ops::{GpuArg, Op};
+use crate::tensor::{numel, Data, Tensor};
+
+pub enum Backend {
+    /// The plain-Rust reference: the test oracle and a slow fallback.
+    Cpu,
+    Gpu(Arc<GpuContext>),
+}
+
+/// Runs ops. On the GPU, ops are recorded and submitted together by `submit` or `read`.
+pub struct Exec {
+    backend: Backend,
+    rec: Recorder,
+}
+
+impl Exec {
+    pub fn cpu() -> Self {
+        Self {
+            backend: Backend::Cpu,
+            rec: Recorder::new(),
+        }
+    }
+
+    pub fn gpu(ctx: Arc<GpuContext>) -> Self {
+        Self {
+            backend: Backend::Gpu(ctx),
+            rec: Recorder::new(),
+        }
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Cpu => "cpu",
+            Backend::Gpu(_) => "gpu",
+        }
+    }
+
+    pub fn gpu_context(&self) -> Option<&Arc<GpuContext>> {
+        match &self.backend {
+            Backend::Gpu(c) => Some(c),
+            Backend::Cpu => None,
+        }
+    }
+
+    /// Dispatches recorded and not yet submitted.
+    pub fn pending_dispatches(&self) -> usize {
+        self.rec.dispatch_count()
+    }
+
+    /// Put host data on this executor's backend.
+    pub fn tensor(&mut self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        let t = Tensor::from_vec(shape, data.to_vec())?;
+        self.upload(&t)
+    }
+
+    /// Move a tensor to this executor's backend (a no-op if it is already there).
+    pub fn upload(&mut self, t: &Tensor) -> Result<Tensor> {
+        match (&self.backend, &t.data) {
+            (Backend::Gpu(ctx), Data::Cpu(v)) => {
+                let buf = ctx.upload("tensor upload", v)?;
+                Ok(Tensor::from_gpu(t.shape().to_vec(), buf))
+            }
+            (Backend::Cpu, Data::Gpu(_)) => Err(Error::invalid(
+                "upload",
+                "a GPU tensor cannot be moved to the CPU executor synchronously; use `Exec::read`",
+            )),
+            _ => Ok(t.clone()),
+        }
+    }
+
+    /// Run one op. On the GPU the dispatch is recorded; nothing is submitted.
+    pub fn run<O: Op + ?Sized>(&mut self, op: &O, inputs: &[&Tensor]) -> Result<Tensor> {
+        let name = op.name();
+        let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
+        let out_shape = op.output_shape(&shapes)?;
+        match &self.backend {
+            Backend::Cpu => {
+                let mut data = Vec::with_capacity(inputs.len());
+                for (i, t) in inputs.iter().enumerate() {
+                    data.push(t.cpu_data().ok_or(Error::Backend {
+                        op: name,
+                        index: i,
+                        expected: "cpu",
+                        got: "gpu",
+                    })?);
+                }
+                let mut out = vec![0f32; numel(&out_shape)];
+                op.cpu(&shapes, &data, &mut out);
+                Tensor::from_vec(&out_shape, out)
+            }
+            Backend::Gpu(ctx) => {
+                let mut args = Vec::with_capacity(inputs.len());
+                for (i, t) in inputs.iter().enumerate() {
+                    let buffer = t.gpu_buffer().ok_or(Error::Backend {
+                        op: name,
+                        index: i,
+                        expected: "gpu",
+                        got: "cpu",
+                    })?;
+                    args.push(GpuArg {
+                        shape: t.shape(),
+                        buffer: buffer.buffer(),
+                    });
+                }
+                let bytes = (numel(&out_shape) as u64 * 4).max(4);
+                if bytes > ctx.caps.max_buffer() {
+                    return Err(Error::Limit {
+                        op: name,
+                        what: format!("the output of shape {out_shape:?}"),
+                        limit: "maxBufferSize",
+                        value: ctx.caps.max_buffer(),
+                        needed: bytes,
+                        hint: "use a smaller batch or resolution",
+                    });
+                }
+                let out = Arc::new(ctx.pool.get(name, bytes));
+                let out_arg = GpuArg {
+                    shape: &out_shape,
+                    buffer: out.buffer(),
+                };
+                op.record(ctx, &mut self.rec, &args, &out_arg)?;
+                Ok(Tensor::from_gpu(out_shape, out))
+            }
+        }
+    }
+
+    /// Submit everything recorded (one submit).
+    pub fn submit(&mut self) -> Result<()> {
+        if let Backend::Gpu(ctx) = &self.backend {
+            ctx.submit(std::mem::take(&mut self.rec))?;
+        }
+        Ok(())
+    }
+
+    /// Submit what is recorded and read a tensor back. Never blocks on the web.
+    pub async fn read(&mut self, t: &Tensor) -> Result<Vec<f32>> {
+        let mut v = self.read_many(&[t]).await?;
+        Ok(v.pop().unwrap_or_default())
+    }
+
+    /// Read several tensors back with one submit and one map.
+    pub async fn read_many(&mut self, ts: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
+        let ctx = match &self.backend {
+            Backend::Gpu(ctx) => ctx.clone(),
+            Backend::Cpu => {
+                return ts
+                    .iter()
+                    .map(|t| {
+                        t.cpu_data().map(|d| d.to_vec()).ok_or(Error::Backend {
+                            op: "read",
+                            index: 0,
+                            expected: "cpu",
+                            got: "gpu",
+                        })
+                    })
+                    .collect()
+            }
+        };
+        let mut ranges = Vec::new();
+        let mut cpu = Vec::new();
+        for t in ts {
+            match &t.data {
+                Data::Gpu(b) => ranges.push((b.buffer(), 0, t.byte_len())),
+                Data::Cpu(v) => cpu.push(v.to_vec()),
+            }
+        }
+        let rec = std::mem::take(&mut self.rec);
+        let mut bytes = ctx.submit_and_read(rec, &ranges).await?.into_iter();
+        let mut cpu = cpu.into_iter();
+        Ok(ts
+            .iter()
+            .map(|t| match t.data {
+                Data::Gpu(_) => bytemuck::pod_collect_to_vec(&bytes.next().unwrap_or_default()),
+                Data::Cpu(_) => cpu.next().unwrap_or_default(),
+            })
+            .collect())
+    }
+}

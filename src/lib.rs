@@ -1,0 +1,15 @@
+//! webdiffusion: diffusion-model sampling on the GPU through WebGPU, natively (wgpu) and in
+//! the browser (wasm32). See ARCHITECTURE.md for the layers.
+
+pub mod error;
+pub mod exec;
+pub mod gpu;
+pub mod ops;
+pub mod platform;
+pub mod shaders;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use exec::{Backend, Exec};
+pub use gpu::{Capabilities, GpuContext, GpuOptions};
+pub use tensor::Tensor;

@@ -1,0 +1,101 @@
+//! The op library. Each op is a small struct in its own file that
+//! 1. checks input shapes (`output_shape`, an `Error` naming the op, never a panic),
+//! 2. computes on the CPU in plain Rust (`cpu`: the reference and fallback backend),
+//! 3. records its GPU dispatches (`record`: pick pipeline, fill params, bind, dispatch;
+//!    never submit, never read back).
+//!
+//! Shaders follow the binding convention in `gpu::BindingLayout`; each op's `*Params`
+//! struct matches its WGSL struct byte for byte (checked by `tests/shaders.rs`).
+
+use crate::error::{Error, Result};
+use crate::gpu::{GpuContext, Recorder};
+
+pub mod elementwise;
+pub mod philox;
+pub mod solver_update;
+
+pub use elementwise::{Binary, BinaryOp, Geglu, Unary, UnaryOp};
+pub use solver_update::SolverUpdate;
+
+/// A GPU input or output of an op: its shape and its buffer.
+pub struct GpuArg<'a> {
+    pub shape: &'a [usize],
+    pub buffer: &'a wgpu::Buffer,
+}
+
+pub trait Op {
+    /// Used in errors and labels.
+    fn name(&self) -> &'static str;
+
+    /// Validate the input shapes and return the output shape.
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>>;
+
+    /// The CPU reference. Shapes were validated by `output_shape`.
+    fn cpu(&self, shapes: &[&[usize]], inputs: &[&[f32]], out: &mut [f32]);
+
+    /// Record the GPU dispatches computing `out` from `inputs`.
+    fn record(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder,
+        inputs: &[GpuArg<'_>],
+        out: &GpuArg<'_>,
+    ) -> Result<()>;
+}
+
+/// `(shader name, size_of::<Params>())` for every op, so a test can compare each against
+/// naga's layout of the WGSL struct bound at `@binding(0)`.
+pub fn param_layouts() -> Vec<(&'static str, usize)> {
+    vec![
+        (
+            elementwise::SHADER,
+            std::mem::size_of::<elementwise::ElementwiseParams>(),
+        ),
+        (
+            elementwise::BINARY_SHADER,
+            std::mem::size_of::<elementwise::ElementwiseParams>(),
+        ),
+        (
+            solver_update::SHADER,
+            std::mem::size_of::<solver_update::SolverUpdateParams>(),
+        ),
+    ]
+}
+
+/// Check the number of inputs.
+pub(crate) fn expect_inputs(op: &'static str, inputs: &[&[usize]], n: usize) -> Result<()> {
+    if inputs.len() != n {
+        return Err(Error::invalid(
+            op,
+            format!("takes {n} input tensor(s), got {}", inputs.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Check that a shape has `rank` dimensions.
+pub(crate) fn expect_rank(
+    op: &'static str,
+    what: &str,
+    shape: &[usize],
+    rank: usize,
+    layout: &str,
+) -> Result<()> {
+    if shape.len() != rank {
+        return Err(Error::shape(
+            op,
+            what,
+            format!("rank {rank} {layout}"),
+            shape,
+        ));
+    }
+    Ok(())
+}
+
+/// Workgroups for `n` threads in groups of `wg`, folded to the adapter's per-dimension limit.
+pub(crate) fn grid_1d(ctx: &GpuContext, n: usize, wg: u32) -> [u32; 3] {
+    crate::gpu::fold_workgroups(
+        (n as u64).div_ceil(wg as u64) as u32,
+        ctx.caps.max_workgroups(),
+    )
+}

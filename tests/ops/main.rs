@@ -1,0 +1,7 @@
+//! Every op on the GPU (lavapipe in CI) against the CPU reference, on shapes that are not
+//! multiples of any tile size. One test binary, one module per op family.
+
+mod common;
+
+mod elementwise;
+mod solver_update;
