@@ -6,6 +6,7 @@ pub mod exec;
 pub mod gpu;
 pub mod ops;
 pub mod platform;
+pub mod selfcheck;
 pub mod shaders;
 pub mod tensor;
 
@@ -13,3 +14,6 @@ pub use error::{Error, Result};
 pub use exec::{Backend, Exec};
 pub use gpu::{Capabilities, GpuContext, GpuOptions};
 pub use tensor::Tensor;
+
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;

@@ -1,1 +1,105 @@
+//! The `webdiffusion` command-line tool.
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() -> anyhow::Result<()> {
+    cli::main()
+}
+
+#[cfg(target_arch = "wasm32")]
 fn main() {}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod cli {
+    use clap::{Parser, Subcommand};
+    use webdiffusion::{platform::block_on, GpuContext, GpuOptions};
+
+    #[derive(Parser)]
+    #[command(
+        name = "webdiffusion",
+        version,
+        about = "Diffusion sampling on the GPU through WebGPU"
+    )]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+
+    #[derive(Subcommand)]
+    enum Cmd {
+        /// Print the GPU adapter, the optional features granted and the limits that matter.
+        Info {
+            /// Use a low-power adapter where there is a choice.
+            #[arg(long)]
+            low_power: bool,
+        },
+        /// Run every kernel on the GPU against the CPU reference on small odd shapes and
+        /// report the largest error of each: a quick check that this adapter computes right.
+        Check,
+    }
+
+    pub fn main() -> anyhow::Result<()> {
+        env_logger_init();
+        let cli = Cli::parse();
+        match cli.cmd {
+            Cmd::Info { low_power } => {
+                let ctx = block_on(GpuContext::new(&GpuOptions {
+                    high_performance: !low_power,
+                    ..Default::default()
+                }))?;
+                println!("{}", ctx.caps.summary());
+                let shaders: Vec<_> = webdiffusion::shaders::names().collect();
+                println!(
+                    "shaders: {} embedded ({})",
+                    shaders.len(),
+                    shaders.join(", ")
+                );
+            }
+            Cmd::Check => {
+                let ctx = block_on(GpuContext::new(&GpuOptions::default()))?;
+                println!("{}", ctx.caps.summary());
+                let report = webdiffusion::selfcheck::run(&ctx)?;
+                let mut failed = 0;
+                for r in &report {
+                    println!(
+                        "{:<28} max |gpu - cpu| = {:.3e}  (tolerance {:.1e})  {}",
+                        r.name,
+                        r.max_abs_err,
+                        r.tolerance,
+                        if r.ok() { "ok" } else { "FAILED" }
+                    );
+                    failed += usize::from(!r.ok());
+                }
+                if failed > 0 {
+                    anyhow::bail!(
+                        "{failed} kernel(s) disagree with the CPU reference on this adapter"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn env_logger_init() {
+        struct Stderr;
+        impl log::Log for Stderr {
+            fn enabled(&self, m: &log::Metadata) -> bool {
+                m.level() <= log::max_level()
+            }
+            fn log(&self, r: &log::Record) {
+                if self.enabled(r.metadata()) && r.target().starts_with("webdiffusion") {
+                    eprintln!("[{}] {}", r.level(), r.args());
+                }
+            }
+            fn flush(&self) {}
+        }
+        static LOGGER: Stderr = Stderr;
+        let level = match std::env::var("WEBDIFFUSION_LOG").as_deref() {
+            Ok("debug") => log::LevelFilter::Debug,
+            Ok("info") => log::LevelFilter::Info,
+            _ => log::LevelFilter::Warn,
+        };
+        if log::set_logger(&LOGGER).is_ok() {
+            log::set_max_level(level);
+        }
+    }
+}
