@@ -10,12 +10,24 @@
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Recorder};
 
+pub mod concat;
 pub mod elementwise;
+pub mod group_norm;
+pub mod layer_norm;
+pub mod norm;
 pub mod philox;
+pub mod resample;
 pub mod solver_update;
+pub(crate) mod split;
+pub mod timestep;
 
+pub use concat::Concat;
 pub use elementwise::{Binary, BinaryOp, Geglu, Unary, UnaryOp};
+pub use group_norm::GroupNorm;
+pub use layer_norm::LayerNorm;
+pub use resample::{AvgPool2x, Upsample2x};
 pub use solver_update::SolverUpdate;
+pub use timestep::TimestepEmbedding;
 
 /// A GPU input or output of an op: its shape and its buffer.
 pub struct GpuArg<'a> {
@@ -59,6 +71,16 @@ pub fn param_layouts() -> Vec<(&'static str, usize)> {
             solver_update::SHADER,
             std::mem::size_of::<solver_update::SolverUpdateParams>(),
         ),
+        (norm::SHADER, std::mem::size_of::<norm::NormParams>()),
+        (
+            resample::SHADER,
+            std::mem::size_of::<resample::ResampleParams>(),
+        ),
+        (
+            timestep::SHADER,
+            std::mem::size_of::<timestep::TimestepParams>(),
+        ),
+        (concat::SHADER, std::mem::size_of::<concat::ConcatParams>()),
     ]
 }
 

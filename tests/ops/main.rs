@@ -4,4 +4,7 @@
 mod common;
 
 mod elementwise;
+mod norms;
+mod resample;
 mod solver_update;
+mod timestep;
