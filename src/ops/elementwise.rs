@@ -240,12 +240,17 @@ impl Binary {
     }
 }
 
-/// Broadcast two shapes (NumPy rules) into a rank-4 output shape and rank-4 element strides.
-fn broadcast(
-    op: &'static str,
-    a: &[usize],
-    b: &[usize],
-) -> Result<([usize; 4], [usize; 4], [usize; 4], Vec<usize>)> {
+/// Two shapes broadcast together: the rank-4 (left-padded) output shape, the element
+/// strides of each operand over it (0 on broadcast dimensions), and the unpadded shape.
+struct Broadcast {
+    shape: [usize; 4],
+    a_strides: [usize; 4],
+    b_strides: [usize; 4],
+    out: Vec<usize>,
+}
+
+/// Broadcast two shapes by NumPy's rules (rank at most 4).
+fn broadcast(op: &'static str, a: &[usize], b: &[usize]) -> Result<Broadcast> {
     let rank = a.len().max(b.len());
     if rank > 4 {
         return Err(Error::shape(
@@ -286,7 +291,12 @@ fn broadcast(
         }
         s
     };
-    Ok((shape, strides(pa), strides(pb), shape[4 - rank..].to_vec()))
+    Ok(Broadcast {
+        shape,
+        a_strides: strides(pa),
+        b_strides: strides(pb),
+        out: shape[4 - rank..].to_vec(),
+    })
 }
 
 impl Op for Binary {
@@ -295,12 +305,18 @@ impl Op for Binary {
     }
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         expect_inputs(self.name(), inputs, 2)?;
-        let out = broadcast(self.name(), inputs[0], inputs[1])?.3;
+        let out = broadcast(self.name(), inputs[0], inputs[1])?.out;
         check_u32(self.name(), &out)?;
         Ok(out)
     }
     fn cpu(&self, shapes: &[&[usize]], inputs: &[&[f32]], out: &mut [f32]) {
-        let Ok((shape, sa, sb, _)) = broadcast(self.name(), shapes[0], shapes[1]) else {
+        let Ok(Broadcast {
+            shape,
+            a_strides: sa,
+            b_strides: sb,
+            ..
+        }) = broadcast(self.name(), shapes[0], shapes[1])
+        else {
             return;
         };
         let (a, b) = (inputs[0], inputs[1]);
@@ -331,7 +347,12 @@ impl Op for Binary {
         inputs: &[GpuArg<'_>],
         out: &GpuArg<'_>,
     ) -> Result<()> {
-        let (shape, sa, sb, _) = broadcast(self.name(), inputs[0].shape, inputs[1].shape)?;
+        let Broadcast {
+            shape,
+            a_strides: sa,
+            b_strides: sb,
+            ..
+        } = broadcast(self.name(), inputs[0].shape, inputs[1].shape)?;
         let u = |v: [usize; 4]| v.map(|x| x as u32);
         let params = ElementwiseParams {
             n: super::super::tensor::numel(out.shape) as u32,

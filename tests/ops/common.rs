@@ -67,7 +67,9 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32)
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs();
         let tol = (rtol * w.abs()).max(atol);
-        if !(err <= tol) && first_bad.is_none() {
+        // NaN fails: `err <= tol` is false for it.
+        let ok = err <= tol;
+        if !ok && first_bad.is_none() {
             first_bad = Some((i, g, w));
         }
         if err > worst.1 || err.is_nan() {
