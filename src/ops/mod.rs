@@ -10,10 +10,14 @@
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Recorder};
 
+pub mod conv2d;
+pub mod conv_transpose2d;
 pub mod elementwise;
 pub mod philox;
 pub mod solver_update;
 
+pub use conv2d::Conv2d;
+pub use conv_transpose2d::ConvTranspose2d;
 pub use elementwise::{Binary, BinaryOp, Geglu, Unary, UnaryOp};
 pub use solver_update::SolverUpdate;
 
@@ -54,6 +58,14 @@ pub fn param_layouts() -> Vec<(&'static str, usize)> {
         (
             elementwise::BINARY_SHADER,
             std::mem::size_of::<elementwise::ElementwiseParams>(),
+        ),
+        (
+            conv2d::SHADER,
+            std::mem::size_of::<conv2d::Conv2dParams>(),
+        ),
+        (
+            conv_transpose2d::SHADER,
+            std::mem::size_of::<conv_transpose2d::ConvTranspose2dParams>(),
         ),
         (
             solver_update::SHADER,

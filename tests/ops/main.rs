@@ -3,5 +3,6 @@
 
 mod common;
 
+mod conv;
 mod elementwise;
 mod solver_update;
