@@ -11,6 +11,8 @@ use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Recorder};
 
 pub mod concat;
+pub mod conv2d;
+pub mod conv_transpose2d;
 pub mod elementwise;
 pub mod group_norm;
 pub mod layer_norm;
@@ -22,6 +24,8 @@ pub(crate) mod split;
 pub mod timestep;
 
 pub use concat::Concat;
+pub use conv2d::Conv2d;
+pub use conv_transpose2d::ConvTranspose2d;
 pub use elementwise::{Binary, BinaryOp, Geglu, Unary, UnaryOp};
 pub use group_norm::GroupNorm;
 pub use layer_norm::LayerNorm;
@@ -66,6 +70,11 @@ pub fn param_layouts() -> Vec<(&'static str, usize)> {
         (
             elementwise::BINARY_SHADER,
             std::mem::size_of::<elementwise::ElementwiseParams>(),
+        ),
+        (conv2d::SHADER, std::mem::size_of::<conv2d::Conv2dParams>()),
+        (
+            conv_transpose2d::SHADER,
+            std::mem::size_of::<conv_transpose2d::ConvTranspose2dParams>(),
         ),
         (
             solver_update::SHADER,

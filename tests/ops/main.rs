@@ -3,6 +3,7 @@
 
 mod common;
 
+mod conv;
 mod elementwise;
 mod norms;
 mod resample;
