@@ -256,6 +256,7 @@ fn conv2d_gpu_matches_cpu_small() {
 }
 
 #[test]
+#[allow(clippy::type_complexity)] // an inline table of named cases reads best here
 fn conv2d_gpu_odd_channels_and_kernels() {
     let mut rng = Rng::new(13);
     let cases: &[(&str, [usize; 4], [usize; 4], Pair, Pair)] = &[
