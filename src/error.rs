@@ -78,6 +78,15 @@ pub enum Error {
         got: &'static str,
     },
 
+    /// A diffusers `scheduler_config.json` (or a config built in code) that the schedules
+    /// cannot use: names the file, the key and what is wrong, listing valid values.
+    #[error("scheduler config {file}: {}{message}", if key.is_empty() { String::new() } else { format!("`{key}` ") })]
+    SchedulerConfig {
+        file: String,
+        key: String,
+        message: String,
+    },
+
     /// A shader the engine needs is not embedded (a build problem).
     #[error("shader `{0}` is not embedded in this build; rebuild the crate")]
     MissingShader(String),

@@ -6,6 +6,7 @@ pub mod exec;
 pub mod gpu;
 pub mod ops;
 pub mod platform;
+pub mod sampling;
 pub mod selfcheck;
 pub mod shaders;
 pub mod tensor;
