@@ -10,10 +10,13 @@
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Recorder};
 
+pub mod attention;
+pub mod chunk;
 pub mod concat;
 pub mod elementwise;
 pub mod group_norm;
 pub mod layer_norm;
+pub mod matmul;
 pub mod norm;
 pub mod philox;
 pub mod resample;
@@ -21,10 +24,12 @@ pub mod solver_update;
 pub(crate) mod split;
 pub mod timestep;
 
+pub use attention::{Attention, QkvLayout};
 pub use concat::Concat;
 pub use elementwise::{Binary, BinaryOp, Geglu, Unary, UnaryOp};
 pub use group_norm::GroupNorm;
 pub use layer_norm::LayerNorm;
+pub use matmul::Matmul;
 pub use resample::{AvgPool2x, Upsample2x};
 pub use solver_update::SolverUpdate;
 pub use timestep::TimestepEmbedding;
@@ -81,6 +86,11 @@ pub fn param_layouts() -> Vec<(&'static str, usize)> {
             std::mem::size_of::<timestep::TimestepParams>(),
         ),
         (concat::SHADER, std::mem::size_of::<concat::ConcatParams>()),
+        (matmul::SHADER, std::mem::size_of::<matmul::MatmulParams>()),
+        (
+            attention::SHADER,
+            std::mem::size_of::<attention::AttentionParams>(),
+        ),
     ]
 }
 

@@ -3,7 +3,9 @@
 
 mod common;
 
+mod attention;
 mod elementwise;
+mod matmul;
 mod norms;
 mod resample;
 mod solver_update;
