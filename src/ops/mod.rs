@@ -10,12 +10,15 @@
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Recorder};
 
+pub mod attention;
+pub mod chunk;
 pub mod concat;
 pub mod conv2d;
 pub mod conv_transpose2d;
 pub mod elementwise;
 pub mod group_norm;
 pub mod layer_norm;
+pub mod matmul;
 pub mod norm;
 pub mod philox;
 pub mod resample;
@@ -23,12 +26,14 @@ pub mod solver_update;
 pub(crate) mod split;
 pub mod timestep;
 
+pub use attention::{Attention, QkvLayout};
 pub use concat::Concat;
 pub use conv2d::Conv2d;
 pub use conv_transpose2d::ConvTranspose2d;
 pub use elementwise::{Binary, BinaryOp, Geglu, Unary, UnaryOp};
 pub use group_norm::GroupNorm;
 pub use layer_norm::LayerNorm;
+pub use matmul::Matmul;
 pub use resample::{AvgPool2x, Upsample2x};
 pub use solver_update::SolverUpdate;
 pub use timestep::TimestepEmbedding;
@@ -90,6 +95,11 @@ pub fn param_layouts() -> Vec<(&'static str, usize)> {
             std::mem::size_of::<timestep::TimestepParams>(),
         ),
         (concat::SHADER, std::mem::size_of::<concat::ConcatParams>()),
+        (matmul::SHADER, std::mem::size_of::<matmul::MatmulParams>()),
+        (
+            attention::SHADER,
+            std::mem::size_of::<attention::AttentionParams>(),
+        ),
     ]
 }
 

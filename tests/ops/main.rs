@@ -3,8 +3,10 @@
 
 mod common;
 
+mod attention;
 mod conv;
 mod elementwise;
+mod matmul;
 mod norms;
 mod resample;
 mod solver_update;
