@@ -79,36 +79,107 @@ async fn compare<O: Op>(
 
 /// Run every kernel once (async: works in the browser).
 pub async fn run_async(ctx: &Arc<GpuContext>) -> Result<Vec<CheckResult>> {
-    use ops::{Binary, BinaryOp, Geglu, SolverUpdate, Unary, UnaryOp};
+    use ops::{
+        Attention, AvgPool2x, Binary, BinaryOp, Concat, Conv2d, ConvTranspose2d, Geglu, GroupNorm,
+        LayerNorm, Matmul, SolverUpdate, TimestepEmbedding, Unary, UnaryOp, Upsample2x,
+    };
     let x = data(&[2, 5, 13, 11], 1);
     let y = data(&[2, 5, 13, 11], 2);
-    let bias = data(&[5, 1, 1], 3);
     let mut out = Vec::new();
     for op in [UnaryOp::Silu, UnaryOp::GeluErf, UnaryOp::GeluTanh] {
-        out.push(
-            compare(
-                ctx,
-                &format!("unary {op:?}"),
-                &Unary::new(op),
-                std::slice::from_ref(&x),
-                1e-5,
-            )
-            .await?,
-        );
+        let inputs = std::slice::from_ref(&x);
+        out.push(compare(ctx, &format!("unary {op:?}"), &Unary::new(op), inputs, 1e-5).await?);
     }
+    let add = Binary::new(BinaryOp::Add);
     out.push(
         compare(
             ctx,
             "binary add (broadcast)",
-            &Binary::new(BinaryOp::Add),
-            &[x.clone(), bias],
+            &add,
+            &[x.clone(), data(&[5, 1, 1], 3)],
             1e-6,
         )
         .await?,
     );
     out.push(compare(ctx, "geglu", &Geglu, &[data(&[3, 7, 22], 4)], 1e-5).await?);
     let update = SolverUpdate::linear(&[0.7, -0.3]).with_noise(0.5, 7, 3, 0);
-    out.push(compare(ctx, "solver_update + noise", &update, &[x, y], 2e-5).await?);
+    out.push(
+        compare(
+            ctx,
+            "solver_update + noise",
+            &update,
+            &[x.clone(), y.clone()],
+            2e-5,
+        )
+        .await?,
+    );
+
+    let conv = Conv2d::new(1, 1).with_bias().with_residual();
+    let conv_in = [
+        x.clone(),
+        data(&[7, 5, 3, 3], 5),
+        data(&[7], 6),
+        data(&[2, 7, 13, 11], 7),
+    ];
+    out.push(compare(ctx, "conv2d 3x3 + bias + residual", &conv, &conv_in, 1e-4).await?);
+    let conv_s2 = Conv2d::new(2, 1).with_bias();
+    let conv_in = [x.clone(), data(&[6, 5, 3, 3], 8), data(&[6], 9)];
+    out.push(compare(ctx, "conv2d 3x3 stride 2", &conv_s2, &conv_in, 1e-4).await?);
+    let convt = ConvTranspose2d::new(2).with_bias();
+    let convt_in = [x.clone(), data(&[5, 3, 2, 2], 10), data(&[3], 11)];
+    out.push(compare(ctx, "conv_transpose2d k=s=2", &convt, &convt_in, 1e-4).await?);
+
+    let gn = GroupNorm::new(5, 1e-5).with_silu();
+    let gn_in = [x.clone(), data(&[5], 12), data(&[5], 13)];
+    out.push(compare(ctx, "group_norm + silu", &gn, &gn_in, 1e-5).await?);
+    let ln = LayerNorm::new(&[11], 1e-5);
+    let ln_in = [x.clone(), data(&[11], 14), data(&[11], 15)];
+    out.push(compare(ctx, "layer_norm", &ln, &ln_in, 1e-5).await?);
+    out.push(
+        compare(
+            ctx,
+            "upsample 2x",
+            &Upsample2x,
+            std::slice::from_ref(&x),
+            0.0,
+        )
+        .await?,
+    );
+    out.push(
+        compare(
+            ctx,
+            "avg_pool 2x",
+            &AvgPool2x,
+            std::slice::from_ref(&x),
+            1e-6,
+        )
+        .await?,
+    );
+    let ts = Tensor::from_vec(&[4], vec![0.0, 1.0, 999.0, 981.25]).expect("4 values");
+    let temb = TimestepEmbedding::diffusers(33, true, 1.0);
+    out.push(compare(ctx, "timestep_embedding", &temb, &[ts], 2e-6).await?);
+    out.push(
+        compare(
+            ctx,
+            "concat (channels)",
+            &Concat::new(1),
+            &[x.clone(), y],
+            0.0,
+        )
+        .await?,
+    );
+
+    let mm_in = [data(&[3, 17, 29], 16), data(&[3, 29, 9], 17)];
+    out.push(compare(ctx, "matmul (batched)", &Matmul::new(), &mm_in, 1e-4).await?);
+    let lin_in = [data(&[2, 7, 29], 18), data(&[13, 29], 19), data(&[13], 20)];
+    out.push(compare(ctx, "linear + bias", &Matmul::linear(true), &lin_in, 1e-4).await?);
+    let attn = Attention::new(3);
+    let attn_in = [
+        data(&[2, 19, 24], 21),
+        data(&[2, 7, 24], 22),
+        data(&[2, 7, 24], 23),
+    ];
+    out.push(compare(ctx, "attention (cross, 3 heads)", &attn, &attn_in, 1e-4).await?);
     Ok(out)
 }
 
