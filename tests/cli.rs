@@ -21,7 +21,7 @@ fn check_command_passes_on_this_adapter() {
     assert!(out.status.success(), "check failed:\n{stdout}\n{stderr}");
     let kernels = stdout.lines().filter(|l| l.ends_with(" ok")).count();
     assert!(
-        kernels >= 20,
+        kernels >= 18,
         "expected every kernel to be checked, got {kernels}:\n{stdout}"
     );
     assert!(!stdout.contains("FAILED"), "{stdout}");
