@@ -94,6 +94,7 @@ fn class_of(g: &Value) -> SchedulerClass {
     match g["class"].as_str().unwrap() {
         "DDIMScheduler" => SchedulerClass::Ddim,
         "DDPMScheduler" => SchedulerClass::Ddpm,
+        // Euler, Euler ancestral and Heun share EulerDiscrete's schedule.
         _ => SchedulerClass::EulerDiscrete,
     }
 }

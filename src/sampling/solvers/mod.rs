@@ -33,11 +33,13 @@ pub mod ddim;
 pub mod ddpm;
 pub mod euler;
 pub mod euler_ancestral;
+pub mod heun;
 
 pub use ddim::Ddim;
 pub use ddpm::{Ddpm, DdpmVariance};
 pub use euler::Euler;
 pub use euler_ancestral::EulerAncestral;
+pub use heun::Heun;
 
 /// A model to sample: given x_t as the model takes it (already scaled by the solver where
 /// the scheduler's `scale_model_input` does so) and the model time (`timestep`, diffusers'
@@ -251,6 +253,7 @@ pub const SOLVERS: &[(&str, &str)] = &[
     ("ddpm", "DDPMScheduler"),
     ("euler", "EulerDiscreteScheduler"),
     ("euler_ancestral", "EulerAncestralDiscreteScheduler"),
+    ("heun", "HeunDiscreteScheduler"),
 ];
 
 /// Builds a solver by name for `steps` sampling steps. The config's schedule keys are used
@@ -266,6 +269,7 @@ pub fn solver_from_name(
         "ddpm" => Box::new(Ddpm::new(config, steps)?),
         "euler" => Box::new(Euler::new(config, steps)?),
         "euler_ancestral" | "euler_a" => Box::new(EulerAncestral::new(config, steps)?),
+        "heun" => Box::new(Heun::new(config, steps)?),
         _ => {
             let valid: Vec<&str> = SOLVERS.iter().map(|(n, _)| *n).collect();
             return Err(Error::invalid(
