@@ -1,4 +1,4 @@
-//! Sampling: noise schedules and (next) solvers. Plain f64/f32 math on the CPU, no GPU code;
+//! Sampling: noise schedules and solvers. Plain f64/f32 math on the CPU, no GPU code;
 //! the GPU only ever sees the per-step coefficients computed here.
 //!
 //! * [`schedule`]: diffusers' discrete schedules (betas, ᾱ, timesteps, sigmas) per scheduler
@@ -8,7 +8,7 @@
 //!   conversions.
 //! * [`special`]: the inverse regularized incomplete beta function (Beta-sigma schedules).
 //! * [`mirror`]: numpy/torch primitives reproduced to the bit.
-//! * [`solvers`]: where the solvers go (not written yet).
+//! * [`solvers`]: the sampling loop, the `Denoiser`/`Solver` traits and the solvers.
 //!
 //! # Which dtype diffusers uses where (diffusers 0.42.1, torch 2.9.1, numpy 2.3.5)
 //!

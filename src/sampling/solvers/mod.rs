@@ -1,11 +1,367 @@
-//! Solvers (not written yet; see the samplers issue). The plan this module follows:
+//! Solvers: the sampling loop and one file per solver, each citing its paper and equation.
 //!
-//! * One file per solver family (`ddim.rs`, `euler.rs`, `dpm_solver.rs`, `unipc.rs`, …),
-//!   each citing its paper and equation and mapping variable names to the paper's symbols.
-//! * A solver takes a [`super::Schedule`] and [`super::Timesteps`] and yields, per step,
-//!   the f64 coefficients of one linear update `x ← a·x + Σ bᵢ·outputᵢ + c·noise` that the
-//!   GPU kernel `ops::SolverUpdate` applies; the model output is turned into x₀ or ε with
-//!   [`super::PredictionType::x0_coefficients`] / `eps_coefficients`.
-//! * Options that are not part of the schedule (`solver_order`, `thresholding`,
-//!   `clip_sample`, …) arrive in [`super::SchedulerConfig::other`], exactly as found in
-//!   `scheduler_config.json`.
+//! Every solver computes its per-step coefficients in f64 on the CPU from the schedule and
+//! applies them with [`SolverUpdate`] (`out = Σ cᵢ·inᵢ + s·z`) through the [`Exec`], so the
+//! same loop runs on the CPU reference backend and on the GPU, and nothing is read back
+//! between steps. The model output is turned into x₀ or ε by coefficients (prediction-type
+//! conversions are linear in (x_t, output)), which fold into the step's one update wherever
+//! the solver's update is itself linear in them.
+//!
+//! * [`Denoiser`]: anything that maps x_t and the model time to the model output (a GPU
+//!   network, a CPU closure, an analytic model).
+//! * [`Solver`]: one diffusers scheduler's `step()`, exactly (see each file).
+//! * [`sample`]: the loop, with a per-step callback (previews of x₀ as a tensor on the
+//!   executor's backend) and cancellation.
+//! * [`Noise`]: Philox noise keyed by (seed, step, stream), or given tensors (a test hook, so
+//!   stochastic solvers can be compared with diffusers' torch noise).
+//!
+//! Options that are not part of the schedule arrive in [`SchedulerConfig::other`] exactly as
+//! in `scheduler_config.json`; [`SolverOptions`] adds the ones diffusers takes as `step()`
+//! arguments (`eta`).
+
+use std::collections::VecDeque;
+
+use serde_json::Value;
+
+use super::{SchedulerClass, SchedulerConfig};
+use crate::error::{Error, Result};
+use crate::exec::Exec;
+use crate::ops::SolverUpdate;
+use crate::tensor::Tensor;
+
+pub mod ddim;
+pub mod ddpm;
+pub mod euler;
+pub mod euler_ancestral;
+pub mod heun;
+
+pub use ddim::Ddim;
+pub use ddpm::{Ddpm, DdpmVariance};
+pub use euler::Euler;
+pub use euler_ancestral::EulerAncestral;
+pub use heun::Heun;
+
+/// A model to sample: given x_t as the model takes it (already scaled by the solver where
+/// the scheduler's `scale_model_input` does so) and the model time (`timestep`, diffusers'
+/// `t` passed to the network), returns the model output in the schedule's prediction type.
+pub trait Denoiser {
+    fn denoise(&mut self, exec: &mut Exec, x: &Tensor, timestep: f64) -> Result<Tensor>;
+}
+
+impl<F> Denoiser for F
+where
+    F: FnMut(&mut Exec, &Tensor, f64) -> Result<Tensor>,
+{
+    fn denoise(&mut self, exec: &mut Exec, x: &Tensor, timestep: f64) -> Result<Tensor> {
+        self(exec, x, timestep)
+    }
+}
+
+/// Where a stochastic solver's noise comes from.
+pub enum Noise {
+    /// Philox Gaussian noise keyed by (seed, step, stream), identical on CPU and GPU.
+    Philox { seed: u64 },
+    /// Given unit Gaussian tensors, consumed one per draw in the order the solver draws
+    /// (diffusers' order of `randn_tensor` calls): lets tests feed diffusers' own noise.
+    Given(VecDeque<Tensor>),
+}
+
+/// What one step hands back.
+pub struct StepOutput {
+    /// x at the next (lower) noise level, diffusers' `prev_sample`.
+    pub prev_sample: Tensor,
+    /// The step's x₀ prediction (`pred_original_sample`), for previews.
+    pub x0: Tensor,
+}
+
+/// What a solver needs besides its own state: the executor and the noise.
+pub struct StepContext<'a> {
+    pub exec: &'a mut Exec,
+    pub noise: &'a mut Noise,
+    /// The step index (part of the Philox counter).
+    pub step: u32,
+}
+
+impl StepContext<'_> {
+    /// `Σ cᵢ·inᵢ` in one dispatch.
+    pub fn combine(&mut self, coefs: &[f64], inputs: &[&Tensor]) -> Result<Tensor> {
+        self.exec.run(&SolverUpdate::linear(coefs), inputs)
+    }
+
+    /// `Σ cᵢ·inᵢ + s·z` with `z` a fresh unit Gaussian draw; `stream` separates draws
+    /// within one step. With given noise the tensor is one more input of the same update.
+    pub fn combine_noisy(
+        &mut self,
+        coefs: &[f64],
+        inputs: &[&Tensor],
+        scale: f64,
+        stream: u32,
+    ) -> Result<Tensor> {
+        match self.noise {
+            Noise::Philox { seed } => {
+                let op = SolverUpdate::linear(coefs).with_noise(scale, *seed, self.step, stream);
+                self.exec.run(&op, inputs)
+            }
+            Noise::Given(queue) => {
+                let z = queue.pop_front().ok_or_else(|| {
+                    Error::invalid(
+                        "sample",
+                        format!("the given noise ran out at step {}", self.step),
+                    )
+                })?;
+                let z = self.exec.upload(&z)?;
+                let mut c = coefs.to_vec();
+                c.push(scale);
+                let mut ins = inputs.to_vec();
+                ins.push(&z);
+                self.exec.run(&SolverUpdate::linear(&c), &ins)
+            }
+        }
+    }
+}
+
+/// One diffusers scheduler's sampling rule.
+pub trait Solver {
+    /// The solver's name as [`solver_from_name`] takes it.
+    fn name(&self) -> &'static str;
+    /// Number of sampling steps (diffusers' `num_inference_steps`).
+    fn num_steps(&self) -> usize;
+    /// The model time of step `i` (diffusers' `timesteps[i]`).
+    fn timestep(&self, i: usize) -> f64;
+    /// The scale of the initial noise (`init_noise_sigma`).
+    fn init_noise_sigma(&self) -> f64;
+    /// Step `i` from `x`: calls the model (once, or more for multi-stage solvers) and applies
+    /// the update. Steps must be taken in order 0, 1, … (multistep solvers keep history).
+    fn step(
+        &mut self,
+        ctx: &mut StepContext<'_>,
+        model: &mut dyn Denoiser,
+        i: usize,
+        x: &Tensor,
+    ) -> Result<StepOutput>;
+}
+
+/// Whether the loop goes on after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    Stop,
+}
+
+/// What the step callback sees.
+pub struct StepInfo<'a> {
+    /// The step just taken (0-based).
+    pub index: usize,
+    pub total: usize,
+    /// Its model time.
+    pub timestep: f64,
+    /// The sample after the step.
+    pub x: &'a Tensor,
+    /// The step's x₀ prediction, on the executor's backend (not read back).
+    pub x0: &'a Tensor,
+}
+
+/// What [`sample`] returns.
+pub struct Sampled {
+    pub sample: Tensor,
+    /// Steps taken (less than the solver's when the callback stopped the loop).
+    pub steps: usize,
+    pub stopped: bool,
+}
+
+/// The initial sample `init_noise_sigma · z`, z from Philox (seed, step u32::MAX, stream 0:
+/// a counter no sampling step uses).
+pub fn initial_noise(
+    exec: &mut Exec,
+    solver: &dyn Solver,
+    shape: &[usize],
+    seed: u64,
+) -> Result<Tensor> {
+    let op = SolverUpdate::noise(shape, solver.init_noise_sigma(), seed, u32::MAX, 0);
+    exec.run(&op, &[])
+}
+
+/// Scales unit-variance noise by `init_noise_sigma`, as diffusers pipelines prepare latents.
+pub fn scale_initial_noise(exec: &mut Exec, solver: &dyn Solver, unit: &Tensor) -> Result<Tensor> {
+    let unit = exec.upload(unit)?;
+    exec.run(
+        &SolverUpdate::linear(&[solver.init_noise_sigma()]),
+        &[&unit],
+    )
+}
+
+/// Runs `solver` from `x_t` (already scaled by `init_noise_sigma`). After each step the
+/// callback gets the step's sample and x₀ prediction; returning [`Control::Stop`] ends the
+/// loop there. On the GPU nothing is submitted here: the caller reads the result (or the
+/// callback submits, e.g. to show a preview).
+pub fn sample(
+    exec: &mut Exec,
+    solver: &mut dyn Solver,
+    model: &mut dyn Denoiser,
+    x_t: &Tensor,
+    noise: &mut Noise,
+    mut callback: impl FnMut(&mut Exec, &StepInfo<'_>) -> Control,
+) -> Result<Sampled> {
+    let total = solver.num_steps();
+    let mut x = exec.upload(x_t)?;
+    for i in 0..total {
+        let mut ctx = StepContext {
+            exec,
+            noise,
+            step: i as u32,
+        };
+        let out = solver.step(&mut ctx, model, i, &x)?;
+        x = out.prev_sample;
+        let info = StepInfo {
+            index: i,
+            total,
+            timestep: solver.timestep(i),
+            x: &x,
+            x0: &out.x0,
+        };
+        if callback(exec, &info) == Control::Stop {
+            return Ok(Sampled {
+                sample: x,
+                steps: i + 1,
+                stopped: true,
+            });
+        }
+    }
+    Ok(Sampled {
+        sample: x,
+        steps: total,
+        stopped: false,
+    })
+}
+
+/// Options diffusers takes as `step()` arguments rather than config keys.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SolverOptions {
+    /// DDIM's η: 0 is deterministic DDIM, 1 the DDPM posterior variance.
+    pub eta: f64,
+}
+
+impl Default for SolverOptions {
+    fn default() -> Self {
+        Self { eta: 0.0 }
+    }
+}
+
+/// The solver names [`solver_from_name`] accepts, with the diffusers class each follows.
+pub const SOLVERS: &[(&str, &str)] = &[
+    ("ddim", "DDIMScheduler"),
+    ("ddpm", "DDPMScheduler"),
+    ("euler", "EulerDiscreteScheduler"),
+    ("euler_ancestral", "EulerAncestralDiscreteScheduler"),
+    ("heun", "HeunDiscreteScheduler"),
+];
+
+/// Builds a solver by name for `steps` sampling steps. The config's schedule keys are used
+/// as they are (whatever its `_class_name`), as `Scheduler.from_config(other.config)` does.
+pub fn solver_from_name(
+    name: &str,
+    config: &SchedulerConfig,
+    steps: usize,
+    options: SolverOptions,
+) -> Result<Box<dyn Solver>> {
+    Ok(match name {
+        "ddim" => Box::new(Ddim::new(config, steps, options.eta)?),
+        "ddpm" => Box::new(Ddpm::new(config, steps)?),
+        "euler" => Box::new(Euler::new(config, steps)?),
+        "euler_ancestral" | "euler_a" => Box::new(EulerAncestral::new(config, steps)?),
+        "heun" => Box::new(Heun::new(config, steps)?),
+        _ => {
+            let valid: Vec<&str> = SOLVERS.iter().map(|(n, _)| *n).collect();
+            return Err(Error::invalid(
+                "solver_from_name",
+                format!("unknown solver \"{name}\"; valid: {}", valid.join(", ")),
+            ));
+        }
+    })
+}
+
+/// `config` re-targeted at `class` (the schedule keys kept, as `from_config` does).
+pub(crate) fn as_class(config: &SchedulerConfig, class: SchedulerClass) -> SchedulerConfig {
+    let mut c = config.clone();
+    c.class = class;
+    c
+}
+
+/// A boolean option from [`SchedulerConfig::other`], or the class default.
+pub(crate) fn opt_bool(
+    config: &SchedulerConfig,
+    op: &'static str,
+    key: &str,
+    default: bool,
+) -> Result<bool> {
+    match config.other.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(Error::invalid(
+            op,
+            format!("{key} must be true or false, got {v}"),
+        )),
+    }
+}
+
+/// A string option from [`SchedulerConfig::other`], checked against `valid`.
+pub(crate) fn opt_choice<T: Copy>(
+    config: &SchedulerConfig,
+    op: &'static str,
+    key: &str,
+    valid: &[(&str, T)],
+    default: T,
+) -> Result<T> {
+    match config.other.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::String(s)) => valid
+            .iter()
+            .find(|(n, _)| n == s)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| {
+                let names: Vec<&str> = valid.iter().map(|(n, _)| *n).collect();
+                Error::invalid(
+                    op,
+                    format!(
+                        "{key} \"{s}\" is not supported; valid: {}",
+                        names.join(", ")
+                    ),
+                )
+            }),
+        Some(v) => Err(Error::invalid(
+            op,
+            format!("{key} must be a string, got {v}"),
+        )),
+    }
+}
+
+/// Errors unless `i` is a step of an `n`-step solver.
+pub(crate) fn check_step(op: &'static str, i: usize, n: usize) -> Result<()> {
+    if i < n {
+        Ok(())
+    } else {
+        Err(Error::invalid(op, format!("step {i} of a {n}-step solver")))
+    }
+}
+
+/// Rejects x₀ clipping and dynamic thresholding, which need a per-element clamp (and a
+/// per-sample percentile) that the linear update cannot express yet.
+pub(crate) fn reject_x0_processing(
+    config: &SchedulerConfig,
+    op: &'static str,
+    clip_default: bool,
+) -> Result<()> {
+    if opt_bool(config, op, "clip_sample", clip_default)? {
+        return Err(Error::invalid(
+            op,
+            "clip_sample = true is not supported yet (set \"clip_sample\": false)",
+        ));
+    }
+    if opt_bool(config, op, "thresholding", false)? {
+        return Err(Error::invalid(
+            op,
+            "thresholding = true is not supported yet (set \"thresholding\": false)",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,228 @@
+"""Solver trajectories from diffusers for tests/solvers.rs.
+
+Pinned environment: scripts/goldens/requirements.txt (diffusers 0.42.1, torch 2.9.1,
+numpy 2.3.5), run on x86-64 CPU:
+
+    python scripts/goldens/make_solver_goldens.py tests/goldens/solvers
+
+Each case samples a small x_T (shape (1, 2, 5, 7)) with a deterministic fake model
+
+    model(x, t) = a(t) * x + b(t) * c,   a(t) = 0.6 + 0.3 cos(t / 170),
+                                         b(t) = 0.5 sin(t / 90 + 0.3),
+
+(a, b computed in float64 and rounded to float32; c a fixed tensor), exactly as a diffusers
+pipeline does: latents = x_T * init_noise_sigma, then per timestep scale_model_input, the
+model, scheduler.step. Every step's prev_sample and pred_original_sample are recorded. For
+stochastic solvers, every noise tensor diffusers draws (randn_tensor, in call order) is
+recorded too, so the Rust test can feed the same noise (see tests/solvers.rs).
+"""
+
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+
+import diffusers
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+)
+import diffusers.schedulers.scheduling_ddim as m_ddim
+import diffusers.schedulers.scheduling_ddpm as m_ddpm
+import diffusers.schedulers.scheduling_euler_ancestral_discrete as m_ea
+import diffusers.schedulers.scheduling_euler_discrete as m_euler
+
+assert diffusers.__version__ == "0.42.1", diffusers.__version__
+assert torch.__version__.startswith("2.9.1"), torch.__version__
+
+SHAPE = (1, 2, 5, 7)
+RECORDED = []
+
+
+def recording(orig):
+    def f(*args, **kwargs):
+        z = orig(*args, **kwargs)
+        RECORDED.append(z.clone())
+        return z
+
+    return f
+
+
+for mod in (m_ddim, m_ddpm, m_ea, m_euler):
+    mod.randn_tensor = recording(mod.randn_tensor)
+
+
+def coeffs(t):
+    t = float(t)
+    return 0.6 + 0.3 * math.cos(t / 170.0), 0.5 * math.sin(t / 90.0 + 0.3)
+
+
+def f32list(x):
+    return [float("%.9g" % v) for v in x.detach().to(torch.float32).flatten().tolist()]
+
+
+CASES = [
+    # (name, solver, class, config overrides, steps, eta)
+    ("ddim_eps", "ddim", DDIMScheduler, dict(clip_sample=False), 10, 0.0),
+    (
+        "ddim_v_trailing",
+        "ddim",
+        DDIMScheduler,
+        dict(
+            clip_sample=False,
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            prediction_type="v_prediction",
+            timestep_spacing="trailing",
+            set_alpha_to_one=False,
+        ),
+        15,
+        0.0,
+    ),
+    (
+        "ddim_sample_linspace",
+        "ddim",
+        DDIMScheduler,
+        dict(clip_sample=False, prediction_type="sample", timestep_spacing="linspace"),
+        12,
+        0.0,
+    ),
+    ("ddim_eta1", "ddim", DDIMScheduler, dict(clip_sample=False, steps_offset=1), 10, 1.0),
+    ("ddpm_small", "ddpm", DDPMScheduler, dict(clip_sample=False), 10, 0.0),
+    (
+        "ddpm_large_v",
+        "ddpm",
+        DDPMScheduler,
+        dict(
+            clip_sample=False,
+            variance_type="fixed_large",
+            prediction_type="v_prediction",
+            beta_schedule="squaredcos_cap_v2",
+        ),
+        12,
+        0.0,
+    ),
+    ("euler_eps", "euler", EulerDiscreteScheduler, dict(), 20, 0.0),
+    (
+        "euler_v_karras",
+        "euler",
+        EulerDiscreteScheduler,
+        dict(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            prediction_type="v_prediction",
+            use_karras_sigmas=True,
+        ),
+        15,
+        0.0,
+    ),
+    (
+        "euler_sample_leading",
+        "euler",
+        EulerDiscreteScheduler,
+        dict(prediction_type="sample", timestep_spacing="leading", steps_offset=1),
+        10,
+        0.0,
+    ),
+    ("euler_a_eps", "euler_ancestral", EulerAncestralDiscreteScheduler, dict(), 15, 0.0),
+    (
+        "euler_a_v_trailing",
+        "euler_ancestral",
+        EulerAncestralDiscreteScheduler,
+        dict(prediction_type="v_prediction", timestep_spacing="trailing"),
+        10,
+        0.0,
+    ),
+    ("heun_eps", "heun", HeunDiscreteScheduler, dict(), 10, 0.0),
+    (
+        "heun_v_karras",
+        "heun",
+        HeunDiscreteScheduler,
+        dict(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            prediction_type="v_prediction",
+            use_karras_sigmas=True,
+        ),
+        8,
+        0.0,
+    ),
+]
+
+
+def run(name, solver, cls, overrides, steps, eta):
+    sched = cls(**overrides)
+    sched.set_timesteps(steps)
+    g = torch.Generator().manual_seed(1234)
+    x_unit = torch.randn(SHAPE, generator=g, dtype=torch.float32)
+    c = torch.randn(SHAPE, generator=g, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(99)
+    latents = x_unit * sched.init_noise_sigma
+    traj = []
+    first_t = None
+    for k, t in enumerate(sched.timesteps):
+        # Heun calls step() twice per step (timesteps interleaved): record a step once it
+        # is complete (state back to first order), with the time of its first stage.
+        if first_t is None:
+            first_t = t
+        del RECORDED[:]
+        inp = sched.scale_model_input(latents, t)
+        a, b = coeffs(t)
+        out = a * inp + b * c
+        kw = {} if solver == "heun" else {"generator": gen}
+        if solver == "ddim":
+            kw["eta"] = eta
+        res = sched.step(out, t, latents, **kw)
+        latents = res.prev_sample
+        last = k + 1 == len(sched.timesteps)
+        if solver == "heun" and not sched.state_in_first_order and not last:
+            continue
+        step = {
+            "t": float(first_t),
+            "prev": f32list(res.prev_sample),
+            "x0": f32list(res.pred_original_sample),
+        }
+        if RECORDED:
+            step["noise"] = [f32list(z) for z in RECORDED]
+        traj.append(step)
+        first_t = None
+    # `_use_default_values` would make a loader targeting another class (the Rust test loads
+    # Euler ancestral and Heun configs as EulerDiscrete) use that class's defaults; the
+    # golden wants the values this scheduler ran with. (It is also a set: random order.)
+    config = {k: v for k, v in dict(sched.config).items() if k != "_use_default_values"}
+    return {
+        "name": name,
+        "solver": solver,
+        "class": cls.__name__,
+        "config": config,
+        "steps": steps,
+        "eta": eta,
+        "shape": list(SHAPE),
+        "init_noise_sigma": float(sched.init_noise_sigma),
+        "x_unit": f32list(x_unit),
+        "c": f32list(c),
+        "trajectory": traj,
+    }
+
+
+def main():
+    out_dir = sys.argv[1] if len(sys.argv) > 1 else "tests/goldens/solvers"
+    os.makedirs(out_dir, exist_ok=True)
+    for case in CASES:
+        g = run(*case)
+        with open(os.path.join(out_dir, case[0] + ".json"), "w") as f:
+            json.dump(g, f, separators=(",", ":"))
+        print(case[0], len(g["trajectory"]), "steps")
+
+
+if __name__ == "__main__":
+    main()

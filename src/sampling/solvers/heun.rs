@@ -1,0 +1,95 @@
+//! Heun: Karras et al. (2022), "Elucidating the Design Space of Diffusion-Based Generative
+//! Models", arXiv:2206.00364, Algorithm 1 (Heun's 2nd-order method on the probability-flow
+//! ODE, eq. 3, with σ(t) = t), as diffusers' `HeunDiscreteScheduler.step` (0.42.1) runs it.
+//!
+//! diffusers interleaves each timestep twice and calls `step` 2n − 1 times; one step here is
+//! one of Algorithm 1's iterations, two model calls:
+//! d_i = (x_i − x̂₀(x_i; σ_i))/σ_i, x̃ = x_i + (σ_{i+1} − σ_i)·d_i (the Euler predictor),
+//! d'_i = (x̃ − x̂₀(x̃; σ_{i+1}))/σ_{i+1}, x_{i+1} = x_i + (σ_{i+1} − σ_i)·(d_i + d'_i)/2,
+//! except the last step (σ_{i+1} = 0), which is the Euler step alone (Algorithm 1, line 7).
+//! Names (diffusers → here): `derivative`/`prev_derivative` = d'_i/d_i, `dt` = σ_{i+1} − σ_i,
+//! `sigma_next` = σ_{i+1}, `self.sample` = x_i. The corrector is linear in
+//! (x_i, output₁, x̃, output₂): one update with four inputs. x̂₀ for previews is the second
+//! stage's, as diffusers returns it.
+
+use super::euler::{sigma_x0_coefficients, SigmaSteps};
+use super::{check_step, Denoiser, Solver, StepContext, StepOutput};
+use crate::error::Result;
+use crate::sampling::{FinalSigmas, InterpolationType, SchedulerConfig, TimestepType};
+use crate::tensor::Tensor;
+
+const OP: &str = "Heun";
+
+pub struct Heun {
+    s: SigmaSteps,
+}
+
+impl Heun {
+    pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
+        // HeunDiscreteScheduler has none of EulerDiscrete's extra schedule options.
+        let mut cfg = config.clone();
+        cfg.final_sigmas_type = FinalSigmas::Zero;
+        cfg.interpolation_type = InterpolationType::Linear;
+        cfg.timestep_type = TimestepType::Discrete;
+        super::reject_x0_processing(&cfg, OP, false)?;
+        Ok(Heun {
+            s: SigmaSteps::new(&cfg, steps, OP)?,
+        })
+    }
+}
+
+impl Solver for Heun {
+    fn name(&self) -> &'static str {
+        "heun"
+    }
+
+    fn num_steps(&self) -> usize {
+        self.s.timesteps.len()
+    }
+
+    fn timestep(&self, i: usize) -> f64 {
+        self.s.timesteps.get(i).copied().unwrap_or(f64::NAN)
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        self.s.init_noise_sigma
+    }
+
+    fn step(
+        &mut self,
+        ctx: &mut StepContext<'_>,
+        model: &mut dyn Denoiser,
+        i: usize,
+        x: &Tensor,
+    ) -> Result<StepOutput> {
+        check_step(OP, i, self.s.timesteps.len())?;
+        let (s0, s1) = (self.s.sigmas[i], self.s.sigmas[i + 1]);
+        let dt = s1 - s0;
+        let out1 = self.s.denoise(ctx, model, i, x)?;
+        let (a0, b0) = sigma_x0_coefficients(self.s.prediction, s0);
+        // x̃ = x + dt·((1 − a₀)·x − b₀·o₁)/σ₀
+        let k0 = dt / s0;
+        let euler = [1.0 + (1.0 - a0) * k0, -b0 * k0];
+        if i + 1 == self.s.timesteps.len() {
+            let x0 = ctx.combine(&[a0, b0], &[x, &out1])?;
+            let prev_sample = ctx.combine(&euler, &[x, &out1])?;
+            return Ok(StepOutput { prev_sample, x0 });
+        }
+        let x_mid = ctx.combine(&euler, &[x, &out1])?;
+        let scaled = ctx.combine(&[1.0 / (s1 * s1 + 1.0).sqrt()], &[&x_mid])?;
+        let out2 = model.denoise(ctx.exec, &scaled, self.s.timesteps[i + 1])?;
+        let (a1, b1) = sigma_x0_coefficients(self.s.prediction, s1);
+        let x0 = ctx.combine(&[a1, b1], &[&x_mid, &out2])?;
+        let h = dt / 2.0;
+        let prev_sample = ctx.combine(
+            &[
+                1.0 + h * (1.0 - a0) / s0,
+                -h * b0 / s0,
+                h * (1.0 - a1) / s1,
+                -h * b1 / s1,
+            ],
+            &[x, &out1, &x_mid, &out2],
+        )?;
+        Ok(StepOutput { prev_sample, x0 })
+    }
+}
