@@ -10,6 +10,10 @@ struct ConcatParams {
     block: u32,
     out_block: u32,
     offset: u32,
+    x_off: u32,      // elements from the start of the x binding to block 0
+    out_off: u32,    // elements from the start of the out binding to block 0
+    _pad0: u32,
+    _pad1: u32,
 }
 
 override WG: u32 = 256u;
@@ -26,5 +30,5 @@ fn concat(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         return;
     }
     let o = i / p.block;
-    out[o * p.out_block + p.offset + (i - o * p.block)] = x[i];
+    out[p.out_off + o * p.out_block + p.offset + (i - o * p.block)] = x[p.x_off + i];
 }

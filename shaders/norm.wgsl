@@ -30,6 +30,10 @@ struct NormParams {
     cpg: u32,      // affine entries per row: C/G (GroupNorm), L (LayerNorm)
     chunks: u32,   // chunks per row (split strategy)
     eps: f32,
+    off: u32,      // elements from the start of the x and out bindings to row 0 (same layout)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 const WG: u32 = 256u;
@@ -39,10 +43,10 @@ override HAS_BIAS: bool = false;
 override SILU: bool = false;
 
 @group(0) @binding(0) var<uniform> p: NormParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;              // (rows, L)
+@group(0) @binding(1) var<storage, read> x: array<f32>;              // (rows, L) from off
 @group(0) @binding(2) var<storage, read> weight: array<f32>;         // (G·cpg): (C) or (*D)
 @group(0) @binding(3) var<storage, read> bias: array<f32>;           // (G·cpg): (C) or (*D)
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;      // (rows, L)
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;      // (rows, L) from off
 @group(0) @binding(5) var<storage, read_write> scratch: array<vec4<f32>>;  // (rows·chunks) then (rows)
 
 var<workgroup> red: array<f32, WG>;
@@ -95,7 +99,7 @@ fn norm_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
         return;
     }
     let n = p.row_len;
-    let base = row * n;
+    let base = p.off + row * n;
     let shift = x[base];
     var s = 0.0;
     for (var j = lid; j < n; j += WG) {
@@ -123,7 +127,7 @@ fn norm_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let row = id / p.chunks;
     let start = (id - row * p.chunks) * CHUNK;
     let n = min(CHUNK, p.row_len - start);
-    let base = row * p.row_len + start;
+    let base = p.off + row * p.row_len + start;
     let shift = x[base];
     var s = 0.0;
     for (var j = lid; j < n; j += WG) {
@@ -183,5 +187,5 @@ fn norm_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     let row = i / p.row_len;
     let j = i - row * p.row_len;
     let st = scratch[p.rows * p.chunks + row];
-    out[i] = finish(x[i], st.x, st.y, st.z, row, j);
+    out[p.off + i] = finish(x[p.off + i], st.x, st.y, st.z, row, j);
 }

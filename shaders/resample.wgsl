@@ -13,9 +13,9 @@ struct ResampleParams {
     w: u32,      // input W
     ho: u32,     // output H
     wo: u32,     // output W
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    x_off: u32,  // elements from the start of the x binding to plane 0
+    out_off: u32,  // elements from the start of the out binding to plane 0
+    _pad: u32,
 }
 
 override WG: u32 = 256u;
@@ -41,7 +41,7 @@ fn upsample2x(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
         return;
     }
     let o = unravel(i);
-    out[i] = x[o.x * p.h * p.w + (o.y >> 1u) * p.w + (o.z >> 1u)];
+    out[p.out_off + i] = x[p.x_off + o.x * p.h * p.w + (o.y >> 1u) * p.w + (o.z >> 1u)];
 }
 
 @compute @workgroup_size(WG)
@@ -52,6 +52,6 @@ fn avg_pool2x(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
         return;
     }
     let o = unravel(i);
-    let b = o.x * p.h * p.w + 2u * o.y * p.w + 2u * o.z;
-    out[i] = (((x[b] + x[b + 1u]) + x[b + p.w]) + x[b + p.w + 1u]) * 0.25;
+    let b = p.x_off + o.x * p.h * p.w + 2u * o.y * p.w + 2u * o.z;
+    out[p.out_off + i] = (((x[b] + x[b + 1u]) + x[b + p.w]) + x[b + p.w + 1u]) * 0.25;
 }

@@ -29,7 +29,7 @@ use bytemuck::{Pod, Zeroable};
 use super::chunk::{self, Chunk, Operand};
 use super::{expect_inputs, expect_rank, GpuArg, Op};
 use crate::error::{Error, Result};
-use crate::gpu::{fold_workgroups, BindingLayout, BufferSlice, GpuContext, PipelineKey, Recorder};
+use crate::gpu::{fold_workgroups, BindingLayout, GpuContext, PipelineKey, Recorder};
 
 pub const SHADER: &str = "attention";
 /// The largest head dim (`D` and `Dv`) the kernel's private arrays hold.
@@ -342,17 +342,7 @@ impl Attention {
     /// can check the planning with a limit of a few KB.
     pub fn plan_chunks(&self, inputs: &[&[usize]], limit: u64, align: u64) -> Result<Vec<Chunk>> {
         let g = self.geometry(inputs)?;
-        chunk::plan(g.batches, g.nq, &g.operands, limit, align).map_err(|o| Error::Limit {
-            op: self.name(),
-            what: format!(
-                "operand `{}` (the smallest slice attention can be split into)",
-                g.operands[o.operand].name
-            ),
-            limit: "maxStorageBufferBindingSize",
-            value: limit,
-            needed: o.needed,
-            hint: "use a smaller batch or resolution, or an adapter with larger bindings",
-        })
+        chunk::plan(self.name(), g.batches, g.nq, &g.operands, limit, align)
     }
 }
 
@@ -414,8 +404,8 @@ impl Op for Attention {
     ) -> Result<()> {
         let shapes: Vec<&[usize]> = inputs.iter().map(|a| a.shape).collect();
         let g = self.geometry(&shapes)?;
-        let align = ctx.caps.limits.min_storage_buffer_offset_alignment as u64;
-        let limit = chunk::binding_limit(ctx.caps.max_binding(), self.binding_cap);
+        let (max_binding, align) = chunk::limits(ctx);
+        let limit = chunk::binding_limit(max_binding, self.binding_cap);
         let chunks = self.plan_chunks(&shapes, limit, align)?;
         let pipeline = ctx.pipeline(
             &PipelineKey::new(SHADER, "attention")
@@ -442,11 +432,7 @@ impl Op for Attention {
             let mut strides = [[0u32; 4]; 4];
             for (i, (view, op)) in g.views.iter().zip(&g.operands).enumerate() {
                 let bind = c.binding(op, g.nq, align);
-                slices.push(BufferSlice {
-                    buffer: buffer(view),
-                    offset: bind.offset,
-                    size: Some(bind.size),
-                });
+                slices.push(bind.of(buffer(view)));
                 // q and out are indexed by the chunk-local row; where their binding holds
                 // whole items it starts at row 0, so skip to the chunk's first row.
                 let is_rows = i == 0 || i == 3;

@@ -9,7 +9,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::split::{ranges_for, slice};
+use super::chunk::{self, Operand};
 use super::{grid_1d, GpuArg, Op};
 use crate::error::{Error, Result};
 use crate::gpu::{BindingLayout, GpuContext, PipelineKey, Recorder};
@@ -27,6 +27,9 @@ pub struct ConcatParams {
     pub block: u32,
     pub out_block: u32,
     pub offset: u32,
+    pub x_off: u32,
+    pub out_off: u32,
+    pub _pad: [u32; 2],
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -152,21 +155,27 @@ impl Op for Concat {
                         outputs: 1,
                     },
                 )?;
-                let (xb, ob) = (block as u64 * 4, out_block as u64 * 4);
-                for part in ranges_for(ctx, op, outer, &[xb, ob])? {
-                    let total = part.len() * block;
+                let xs = Operand::items("x", block as u64 * 4);
+                let ys = Operand::items("out", out_block as u64 * 4);
+                let (max_binding, align) = chunk::limits(ctx);
+                for part in chunk::plan(op, outer, 1, &[xs, ys], max_binding, align)? {
+                    let total = part.batches.len() * block;
+                    let (xb, ob) = (part.binding(&xs, 1, align), part.binding(&ys, 1, align));
                     let params = ConcatParams {
                         total: total as u32,
                         block: block as u32,
                         out_block: out_block as u32,
                         offset: offset as u32,
+                        x_off: xb.skip,
+                        out_off: ob.skip,
+                        _pad: [0; 2],
                     };
                     rec.dispatch(
                         ctx,
                         &pipeline,
                         bytemuck::bytes_of(&params),
-                        &[slice(x.buffer, &part, xb)],
-                        &[slice(out.buffer, &part, ob)],
+                        &[xb.of(x.buffer)],
+                        &[ob.of(out.buffer)],
                         grid_1d(ctx, total, WG),
                     )?;
                 }

@@ -14,15 +14,16 @@
 //!
 //! The GPU kernel is a direct, register-blocked convolution (see `shaders/conv2d.wgsl`). When
 //! the input or output of the whole batch exceeds `maxStorageBufferBindingSize`, the batch is
-//! split into several dispatches over per-sample ranges; if one sample alone does not fit,
-//! `record` returns `Error::Limit` naming that limit. The CPU reference (`cpu`) sums in f64
+//! split into several dispatches over per-sample ranges (see `chunk`); if one sample alone
+//! does not fit, `record` returns `Error::Limit` naming that limit. The CPU reference (`cpu`) sums in f64
 //! and is written to be usable as a fallback backend, not only as a test oracle.
 
 use bytemuck::{Pod, Zeroable};
 
+use super::chunk::{self, Operand};
 use super::{expect_inputs, expect_rank, GpuArg, Op};
 use crate::error::{Error, Result};
-use crate::gpu::{BindingLayout, BufferSlice, GpuContext, PipelineKey, Recorder};
+use crate::gpu::{BindingLayout, GpuContext, PipelineKey, Recorder};
 
 pub const SHADER: &str = "conv2d";
 /// Invocations per workgroup, in both convolution shaders.
@@ -332,30 +333,33 @@ impl Op for Conv2d {
                 outputs: 1,
             },
         )?;
-        let x_per = g.cin * g.h * g.w;
-        let out_per = g.cout * g.ho * g.wo;
-        let chunk = samples_per_dispatch(
-            ctx,
-            op,
-            g.n,
-            &[("the input", x_per), ("the output", out_per)],
-        )?;
-        let weight = whole(inputs[1].buffer, g.cout * g.cin * g.kh * g.kw);
-        let bias = if self.has_bias {
-            whole(inputs[2].buffer, g.cout)
-        } else {
-            weight
+        // In input order, then out (like the buffers).
+        let y = Operand::items("out", (g.cout * g.ho * g.wo) as u64 * 4);
+        let bias = Operand::shared("bias", g.cout as u64 * 4);
+        let residual = Operand {
+            name: "residual",
+            ..y
         };
+        let mut operands = vec![
+            Operand::items("x", (g.cin * g.h * g.w) as u64 * 4),
+            Operand::shared("weight", (g.cout * g.cin * g.kh * g.kw) as u64 * 4),
+        ];
+        operands.extend(self.has_bias.then_some(bias));
+        operands.extend(self.has_residual.then_some(residual));
+        operands.push(y);
+        let buffers: Vec<_> = inputs.iter().chain([out]).map(|a| a.buffer).collect();
+        let (max_binding, align) = chunk::limits(ctx);
         let tiles_x = k.wo.div_ceil(TP);
-        for n0 in (0..g.n).step_by(chunk) {
-            let count = chunk.min(g.n - n0);
-            let (xs, x_off) = batch_slice(ctx, inputs[0].buffer, x_per, g.n, n0, count);
-            let (os, out_off) = batch_slice(ctx, out.buffer, out_per, g.n, n0, count);
-            let (rs, res_off) = if self.has_residual {
-                let r = inputs[self.num_inputs() - 1].buffer;
-                batch_slice(ctx, r, out_per, g.n, n0, count)
+        for c in chunk::plan(op, g.n, 1, &operands, max_binding, align)? {
+            let count = c.batches.len();
+            let b = c.slices(&operands, &buffers, 1, align);
+            let (x, weight, y) = (b[0], b[1], b[b.len() - 1]);
+            // Absent inputs' slots are bound to the weight and x (never read).
+            let bias = if self.has_bias { b[2] } else { weight };
+            let res = if self.has_residual {
+                b[b.len() - 2]
             } else {
-                (xs, 0)
+                (x.0, 0)
             };
             let (pix_wgs, grid) = grid(ctx, op, count * k.ho * tiles_x, g.cout.div_ceil(tc))?;
             let params = Conv2dParams {
@@ -374,17 +378,17 @@ impl Op for Conv2d {
                 pw: g.pw as u32,
                 tiles_x: tiles_x as u32,
                 pix_wgs,
-                x_off,
-                out_off,
-                res_off,
+                x_off: x.1,
+                out_off: y.1,
+                res_off: res.1,
                 _pad: [0; 2],
             };
             rec.dispatch(
                 ctx,
                 &pipeline,
                 bytemuck::bytes_of(&params),
-                &[xs, weight, bias, rs],
-                &[os],
+                &[x.0, weight.0, bias.0, res.0],
+                &[y.0],
                 grid,
             )?;
         }
@@ -400,83 +404,6 @@ pub(crate) fn tile_channels(cout: usize) -> usize {
     } else {
         8
     }
-}
-
-/// A binding of the first `elems` f32 of `buffer` (pooled buffers may be larger than the
-/// tensor, and only the tensor has to fit the binding limit).
-pub(crate) fn whole(buffer: &wgpu::Buffer, elems: usize) -> BufferSlice<'_> {
-    BufferSlice {
-        buffer,
-        offset: 0,
-        size: Some((elems as u64 * 4).max(4)),
-    }
-}
-
-/// How many samples one dispatch may cover so that every batch-major tensor's binding
-/// (`(what, elements per sample)`) fits `maxStorageBufferBindingSize`. A tensor that fits
-/// whole is bound whole; one that does not is bound per range of samples, starting at the
-/// offset-alignment boundary below the range (see `batch_slice`), which costs up to
-/// `alignment − 4` bytes of slack.
-pub(crate) fn samples_per_dispatch(
-    ctx: &GpuContext,
-    op: &'static str,
-    n: usize,
-    tensors: &[(&str, usize)],
-) -> Result<usize> {
-    let max = ctx.caps.max_binding();
-    let slack = offset_alignment(ctx) - 4;
-    let mut chunk = n.max(1);
-    for &(what, per) in tensors {
-        let per_bytes = per as u64 * 4;
-        if per_bytes * n as u64 <= max {
-            continue;
-        }
-        let fit = max.saturating_sub(slack) / per_bytes;
-        if fit == 0 {
-            return Err(Error::Limit {
-                op,
-                what: format!(
-                    "one sample of {what} ({per_bytes} bytes, plus up to {slack} bytes for offset alignment)"
-                ),
-                limit: "maxStorageBufferBindingSize",
-                value: max,
-                needed: per_bytes + slack,
-                hint: "use a smaller resolution, or an adapter with larger storage bindings",
-            });
-        }
-        chunk = chunk.min(fit as usize);
-    }
-    Ok(chunk)
-}
-
-fn offset_alignment(ctx: &GpuContext) -> u64 {
-    (ctx.caps.limits.min_storage_buffer_offset_alignment as u64).max(4)
-}
-
-/// The binding for samples `[n0, n0 + count)` of a batch-major tensor of `per` elements per
-/// sample and `n` samples, and the element offset of sample `n0` within that binding.
-pub(crate) fn batch_slice<'a>(
-    ctx: &GpuContext,
-    buffer: &'a wgpu::Buffer,
-    per: usize,
-    n: usize,
-    n0: usize,
-    count: usize,
-) -> (BufferSlice<'a>, u32) {
-    let total = (per * n) as u64 * 4;
-    if total <= ctx.caps.max_binding() {
-        return (whole(buffer, per * n), (per * n0) as u32);
-    }
-    let align = offset_alignment(ctx);
-    let start = (per * n0) as u64 * 4;
-    let offset = start - start % align;
-    let end = (per * (n0 + count)) as u64 * 4;
-    let slice = BufferSlice {
-        buffer,
-        offset,
-        size: Some(end - offset),
-    };
-    (slice, ((start - offset) / 4) as u32)
 }
 
 /// Workgroups for `tiles` pixel tiles of `WG` invocations times `blocks` channel blocks,

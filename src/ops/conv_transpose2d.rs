@@ -14,7 +14,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::conv2d::{batch_slice, grid, samples_per_dispatch, tile_channels, whole};
+use super::chunk::{self, Operand};
+use super::conv2d::{grid, tile_channels};
 use super::{expect_inputs, expect_rank, GpuArg, Op};
 use crate::error::{Error, Result};
 use crate::gpu::{BindingLayout, GpuContext, PipelineKey, Recorder};
@@ -201,21 +202,22 @@ impl Op for ConvTranspose2d {
                 outputs: 1,
             },
         )?;
-        let x_per = cin * h * w;
-        let out_per = cout * h * kh * w * kw;
-        let chunk =
-            samples_per_dispatch(ctx, op, n, &[("the input", x_per), ("the output", out_per)])?;
-        let weight = whole(inputs[1].buffer, cin * cout * kh * kw);
-        let bias = if self.has_bias {
-            whole(inputs[2].buffer, cout)
-        } else {
-            weight
-        };
+        // In input order, then out (like the buffers).
+        let bias = Operand::shared("bias", cout as u64 * 4);
+        let mut operands = vec![
+            Operand::items("x", (cin * h * w) as u64 * 4),
+            Operand::shared("weight", (cin * cout * kh * kw) as u64 * 4),
+        ];
+        operands.extend(self.has_bias.then_some(bias));
+        operands.push(Operand::items("out", (cout * h * kh * w * kw) as u64 * 4));
+        let buffers: Vec<_> = inputs.iter().chain([out]).map(|a| a.buffer).collect();
+        let (max_binding, align) = chunk::limits(ctx);
         let tiles_x = w.div_ceil(TP);
-        for n0 in (0..n).step_by(chunk) {
-            let count = chunk.min(n - n0);
-            let (xs, x_off) = batch_slice(ctx, inputs[0].buffer, x_per, n, n0, count);
-            let (os, out_off) = batch_slice(ctx, out.buffer, out_per, n, n0, count);
+        for c in chunk::plan(op, n, 1, &operands, max_binding, align)? {
+            let count = c.batches.len();
+            let b = c.slices(&operands, &buffers, 1, align);
+            let (x, weight, y) = (b[0], b[1], b[b.len() - 1]);
+            let bias = if self.has_bias { b[2] } else { weight };
             let tiles = count * h * kh * tiles_x * kw;
             let (pix_wgs, grid) = grid(ctx, op, tiles, cout.div_ceil(tc))?;
             let params = ConvTranspose2dParams {
@@ -228,16 +230,16 @@ impl Op for ConvTranspose2d {
                 kw: kw as u32,
                 tiles_x: tiles_x as u32,
                 pix_wgs,
-                x_off,
-                out_off,
+                x_off: x.1,
+                out_off: y.1,
                 _pad: 0,
             };
             rec.dispatch(
                 ctx,
                 &pipeline,
                 bytemuck::bytes_of(&params),
-                &[xs, weight, bias],
-                &[os],
+                &[x.0, weight.0, bias.0],
+                &[y.0],
                 grid,
             )?;
         }

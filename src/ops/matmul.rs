@@ -21,7 +21,7 @@ use bytemuck::{Pod, Zeroable};
 use super::chunk::{self, Chunk, Operand};
 use super::{expect_inputs, GpuArg, Op};
 use crate::error::{Error, Result};
-use crate::gpu::{fold_workgroups, BindingLayout, BufferSlice, GpuContext, PipelineKey, Recorder};
+use crate::gpu::{fold_workgroups, BindingLayout, GpuContext, PipelineKey, Recorder};
 use crate::tensor::numel;
 
 pub const SHADER: &str = "matmul";
@@ -255,12 +255,7 @@ impl Matmul {
             },
         ];
         if self.bias {
-            ops.push(Operand {
-                name: "bias",
-                item_bytes: g.n as u64 * 4,
-                batched: false,
-                row_bytes: None,
-            });
+            ops.push(Operand::shared("bias", g.n as u64 * 4));
         }
         if self.residual {
             ops.push(rows("residual", g.n, true));
@@ -275,17 +270,7 @@ impl Matmul {
     pub fn plan_chunks(&self, inputs: &[&[usize]], limit: u64, align: u64) -> Result<Vec<Chunk>> {
         let g = self.geometry(inputs)?;
         let ops = self.operands(&g);
-        chunk::plan(g.batches, g.m, &ops, limit, align).map_err(|o| Error::Limit {
-            op: self.name(),
-            what: format!(
-                "operand `{}` (the smallest slice the product can be split into)",
-                ops[o.operand].name
-            ),
-            limit: "maxStorageBufferBindingSize",
-            value: limit,
-            needed: o.needed,
-            hint: "use a smaller batch or resolution, or an adapter with larger bindings",
-        })
+        chunk::plan(self.name(), g.batches, g.m, &ops, limit, align)
     }
 }
 
@@ -345,8 +330,8 @@ impl Op for Matmul {
         let shapes: Vec<&[usize]> = inputs.iter().map(|a| a.shape).collect();
         let g = self.geometry(&shapes)?;
         let ops = self.operands(&g);
-        let align = ctx.caps.limits.min_storage_buffer_offset_alignment as u64;
-        let limit = chunk::binding_limit(ctx.caps.max_binding(), self.binding_cap);
+        let (max_binding, align) = chunk::limits(ctx);
+        let limit = chunk::binding_limit(max_binding, self.binding_cap);
         let chunks = self.plan_chunks(&shapes, limit, align)?;
         let pipeline = ctx.pipeline(
             &PipelineKey::new(SHADER, "matmul")
@@ -364,28 +349,19 @@ impl Op for Matmul {
         let mut buffers: Vec<&wgpu::Buffer> = inputs.iter().map(|a| a.buffer).collect();
         buffers.push(out.buffer);
         // Absent optional inputs are bound to 4 bytes of `a` (read-only, never read).
-        let dummy = BufferSlice {
-            buffer: inputs[0].buffer,
-            offset: 0,
-            size: Some(4),
-        };
+        let dummy = chunk::placeholder(inputs[0].buffer);
         let u = |v: usize| v as u32;
         for c in &chunks {
-            let binds: Vec<_> = ops.iter().map(|o| c.binding(o, g.m, align)).collect();
-            let slice = |i: usize| BufferSlice {
-                buffer: buffers[i],
-                offset: binds[i].offset,
-                size: Some(binds[i].size),
-            };
+            let binds = c.slices(&ops, &buffers, g.m, align);
             let mut next = 2;
             let (bias, bias_off) = if self.bias {
                 next += 1;
-                (slice(2), binds[2].skip)
+                binds[2]
             } else {
                 (dummy, 0)
             };
             let (residual, res_off) = if self.residual {
-                (slice(next), binds[next].skip)
+                binds[next]
             } else {
                 (dummy, 0)
             };
@@ -408,15 +384,15 @@ impl Op for Matmul {
                 n: u(g.n),
                 k: u(g.k),
                 batches: u(nb),
-                a_off: binds[0].skip,
+                a_off: binds[0].1,
                 a_batch: if g.a_batched { u(g.m * g.k) } else { 0 },
-                b_off: binds[1].skip,
+                b_off: binds[1].1,
                 b_batch: if g.b_batched { u(g.k * g.n) } else { 0 },
                 b_stride_k: u(sk),
                 b_stride_n: u(sn),
                 bias_off,
                 res_off,
-                out_off: binds[o].skip,
+                out_off: binds[o].1,
                 tiles_n: u(tiles_n),
                 tiles_m: u(tiles_m),
                 alpha: self.alpha,
@@ -425,8 +401,8 @@ impl Op for Matmul {
                 ctx,
                 &pipeline,
                 bytemuck::bytes_of(&params),
-                &[slice(0), slice(1), bias, residual],
-                &[slice(o)],
+                &[binds[0].0, binds[1].0, bias, residual],
+                &[binds[o].0],
                 fold_workgroups(workgroups, ctx.caps.max_workgroups()),
             )?;
         }

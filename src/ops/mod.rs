@@ -23,7 +23,6 @@ pub mod norm;
 pub mod philox;
 pub mod resample;
 pub mod solver_update;
-pub(crate) mod split;
 pub mod timestep;
 
 pub use attention::{Attention, QkvLayout};

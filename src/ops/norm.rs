@@ -4,7 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::split::{head, ranges_for, slice};
+use super::chunk::{self, Operand};
 use super::GpuArg;
 use crate::error::Result;
 use crate::gpu::{BindingLayout, BufferSlice, GpuContext, PipelineKey, Recorder};
@@ -28,6 +28,8 @@ pub struct NormParams {
     pub cpg: u32,
     pub chunks: u32,
     pub eps: f32,
+    pub off: u32,
+    pub _pad: [u32; 3],
 }
 
 /// `rows` rows of `row_len` contiguous elements, normalised independently. Row element `j`
@@ -104,12 +106,20 @@ impl Rows {
         } else {
             1
         };
-        let row_bytes = self.row_len as u64 * 4;
         let scratch_row_bytes = (chunks as u64 + 1) * 16;
+        let (x_rows, out_rows) = (
+            Operand::items("x", self.row_len as u64 * 4),
+            Operand::items("out", self.row_len as u64 * 4),
+        );
+        let affine = |name| Operand::shared(name, (self.groups * self.cpg) as u64 * 4);
+        let mut operands = vec![x_rows, out_rows];
+        operands.extend(weight.map(|_| affine("weight")));
+        operands.extend(bias.map(|_| affine("bias")));
         // The scratch is bound from offset 0 for every part and holds far less per row
-        // than x (≤ 16 bytes per 4096 elements), so x and out alone decide the parts.
-        let parts = ranges_for(ctx, op, self.rows, &[row_bytes])?;
-        let part_rows = parts.iter().map(|r| r.len()).max().unwrap_or(0);
+        // than x (≤ 16 bytes per 4096 elements), so it is left out of the plan.
+        let (max_binding, align) = chunk::limits(ctx);
+        let parts = chunk::plan(op, self.rows, 1, &operands, max_binding, align)?;
+        let part_rows = parts.iter().map(|c| c.batches.len()).max().unwrap_or(0);
         // One scratch buffer serves every part: the parts run one after another. It goes
         // back to the pool when this function returns; whoever gets it next records its
         // work after these dispatches, so GPU order keeps the reuse safe.
@@ -132,43 +142,54 @@ impl Rows {
             inputs: 3,
             outputs: 2,
         };
-        let affine_bytes = (self.groups * self.cpg) as u64 * 4;
-        // Absent affine inputs are bound to `x` (all read-only: aliasing is allowed); the
-        // shader never reads them because HAS_WEIGHT / HAS_BIAS are false.
-        let w = weight.map_or(head(x, 4), |b| head(b, affine_bytes));
-        let b = bias.map_or(head(x, 4), |b| head(b, affine_bytes));
         for part in &parts {
+            let rows = part.batches.len();
+            // x and out have the same layout, so their bindings have the same skip.
+            let xb = part.binding(&x_rows, 1, align);
             let params = NormParams {
-                rows: part.len() as u32,
+                rows: rows as u32,
                 row_len: self.row_len as u32,
-                row0: part.start as u32,
+                row0: part.batches.start as u32,
                 groups: self.groups as u32,
                 inner: self.inner as u32,
                 cpg: self.cpg as u32,
                 chunks: chunks as u32,
                 eps: self.eps,
+                off: xb.skip,
+                _pad: [0; 3],
             };
-            let ins = [slice(x, part, row_bytes), w, b];
+            // Absent affine inputs are bound to `x` (all read-only: aliasing is allowed);
+            // the shader never reads them because HAS_WEIGHT / HAS_BIAS are false.
+            let ab = part.binding(&affine("weight"), 1, align);
+            let ins = [
+                xb.of(x),
+                weight.map_or(chunk::placeholder(x), |w| ab.of(w)),
+                bias.map_or(chunk::placeholder(x), |b| ab.of(b)),
+            ];
             let s = if split {
-                head(scratch.buffer(), part.len() as u64 * scratch_row_bytes)
+                BufferSlice {
+                    buffer: scratch.buffer(),
+                    offset: 0,
+                    size: Some(rows as u64 * scratch_row_bytes),
+                }
             } else {
                 BufferSlice::whole(scratch.buffer())
             };
-            let outs = [slice(out, part, row_bytes), s];
+            let outs = [part.binding(&out_rows, 1, align).of(out), s];
             let max = ctx.caps.max_workgroups();
             let fold = |n: usize| crate::gpu::fold_workgroups(n as u32, max);
             let bytes = bytemuck::bytes_of(&params);
             if !split {
                 let pl = ctx.pipeline(&key("norm_rows"), layout)?;
-                rec.dispatch(ctx, &pl, bytes, &ins, &outs, fold(part.len()))?;
+                rec.dispatch(ctx, &pl, bytes, &ins, &outs, fold(rows))?;
                 continue;
             }
             let pl = ctx.pipeline(&key("norm_partial"), layout)?;
-            rec.dispatch(ctx, &pl, bytes, &ins, &outs, fold(part.len() * chunks))?;
+            rec.dispatch(ctx, &pl, bytes, &ins, &outs, fold(rows * chunks))?;
             let pl = ctx.pipeline(&key("norm_combine"), layout)?;
-            rec.dispatch(ctx, &pl, bytes, &ins, &outs, fold(part.len()))?;
+            rec.dispatch(ctx, &pl, bytes, &ins, &outs, fold(rows))?;
             let pl = ctx.pipeline(&key("norm_apply"), layout)?;
-            let n = part.len() * self.row_len;
+            let n = rows * self.row_len;
             rec.dispatch(ctx, &pl, bytes, &ins, &outs, fold(n.div_ceil(WG as usize)))?;
         }
         Ok(())

@@ -9,7 +9,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::split::{ranges_for, slice};
+use super::chunk::{self, Operand};
 use super::{expect_inputs, expect_rank, grid_1d, GpuArg, Op};
 use crate::error::{Error, Result};
 use crate::gpu::{BindingLayout, GpuContext, PipelineKey, Recorder};
@@ -25,7 +25,9 @@ pub struct ResampleParams {
     pub w: u32,
     pub ho: u32,
     pub wo: u32,
-    pub _pad: [u32; 3],
+    pub x_off: u32,
+    pub out_off: u32,
+    pub _pad: u32,
 }
 
 /// Nearest-neighbour 2× upsampling, (N, C, H, W) → (N, C, 2H, 2W).
@@ -64,23 +66,28 @@ fn record_planes(
             outputs: 1,
         },
     )?;
-    let (ib, ob) = (in_plane as u64 * 4, out_plane as u64 * 4);
-    for part in ranges_for(ctx, op, planes, &[ib, ob])? {
-        let total = part.len() * out_plane;
+    let x = Operand::items("x", in_plane as u64 * 4);
+    let y = Operand::items("out", out_plane as u64 * 4);
+    let (max_binding, align) = chunk::limits(ctx);
+    for part in chunk::plan(op, planes, 1, &[x, y], max_binding, align)? {
+        let total = part.batches.len() * out_plane;
+        let (xb, ob) = (part.binding(&x, 1, align), part.binding(&y, 1, align));
         let params = ResampleParams {
             total: total as u32,
             h: i[2] as u32,
             w: i[3] as u32,
             ho: o[2] as u32,
             wo: o[3] as u32,
-            _pad: [0; 3],
+            x_off: xb.skip,
+            out_off: ob.skip,
+            _pad: 0,
         };
         rec.dispatch(
             ctx,
             &pipeline,
             bytemuck::bytes_of(&params),
-            &[slice(input.buffer, &part, ib)],
-            &[slice(out.buffer, &part, ob)],
+            &[xb.of(input.buffer)],
+            &[ob.of(out.buffer)],
             grid_1d(ctx, total, WG),
         )?;
     }

@@ -374,6 +374,46 @@ fn conv2d_splits_batch_over_binding_limit() {
     }
 }
 
+/// Under a small binding limit (256 KiB, 256-byte offset alignment) both convolutions split
+/// the batch into parts whose later ones start between aligned offsets, so x, out and the
+/// residual are bound from the aligned offset below and the shader skips the rest.
+#[test]
+fn convolutions_split_at_unaligned_offsets_under_a_small_binding_limit() {
+    let Some(ctx) = crate::norms::small_binding_gpu() else {
+        return;
+    };
+    let mut rng = Rng::new(17);
+    // Output samples of 6·19·23·4 = 10,488 bytes: 24 per part (+ 192 bytes of slack), the
+    // second part's out starting 64 bytes and its x 244 bytes past an aligned offset.
+    let op = Conv2d::new(1, 1).with_bias().with_residual();
+    let ins = conv_inputs(&mut rng, &op, &[30, 5, 19, 23], &[6, 5, 3, 3]);
+    let conv: Vec<&Tensor> = ins.iter().collect();
+    // Output samples of 5·42·46·4 = 38,640 bytes: 6 per part, the second 160 bytes past.
+    let (x, w, b) = (
+        rng.tensor(&[9, 3, 21, 23]),
+        rng.tensor(&[3, 5, 2, 2]),
+        rng.tensor(&[5]),
+    );
+    let convt = ConvTranspose2d::new(2).with_bias();
+    for (what, op, ins) in [
+        ("conv2d", &op as &dyn Op, conv),
+        ("conv_transpose2d", &convt, vec![&x, &w, &b]),
+    ] {
+        let mut ex = Exec::gpu(ctx.clone());
+        let gpu_ins: Vec<Tensor> = ins.iter().map(|t| ex.upload(t).unwrap()).collect();
+        let gpu_refs: Vec<&Tensor> = gpu_ins.iter().collect();
+        let out = ex.run(op, &gpu_refs).unwrap();
+        assert_eq!(ex.pending_dispatches(), 2, "{what}");
+        let got = webdiffusion::platform::block_on(ex.read(&out)).unwrap();
+        let want = Exec::cpu().run(op, &ins).unwrap();
+        report(
+            &format!("{what} split at unaligned offsets"),
+            &got,
+            want.cpu_data().unwrap(),
+        );
+    }
+}
+
 #[test]
 fn conv2d_one_sample_over_binding_limit_is_a_limit_error() {
     let Some(ctx) = gpu() else { return };

@@ -517,3 +517,26 @@ fn norms_split_dispatches_under_a_small_binding_limit() {
         );
     }
 }
+
+/// Long rows (the partial + combine + apply strategy) in parts whose second one starts 80
+/// bytes past an aligned offset: x and out are bound from the offset below, the shader
+/// skipping the rest.
+#[test]
+fn norms_split_long_rows_at_unaligned_offsets() {
+    let mut rng = Rng::new(17);
+    // 5 rows of 9·37·41 = 13,653 floats (54,612 bytes): 4 rows, then 1.
+    let x = tensor(&mut rng, &[5, 9, 37, 41], -2.0, 2.0);
+    let w = tensor(&mut rng, &[9], 0.5, 1.5);
+    let b = tensor(&mut rng, &[9], -0.5, 0.5);
+    let gn = GroupNorm::new(1, 1e-5).with_silu();
+    check_split(
+        "group_norm long rows, unaligned parts",
+        &gn,
+        &[&x, &w, &b],
+        1e-5,
+        1e-5,
+    );
+    if let Some(ctx) = small_binding_gpu() {
+        assert_eq!(dispatches(&ctx, &gn, &[&x, &w, &b]), 2 * 3);
+    }
+}

@@ -204,3 +204,32 @@ fn resample_and_concat_split_dispatches_under_a_small_binding_limit() {
     let b = rng.tensor(&[2, 24, 32, 32]);
     check_split("concat copies", &Concat::channels(), &[&a, &b], 0.0, 0.0);
 }
+
+/// Parts whose first plane or block is not at an aligned byte offset: bound from the aligned
+/// offset below it, the shader skipping the rest. (With parts starting only at aligned
+/// offsets these shapes could not be split under this limit at all.)
+#[test]
+fn resample_and_concat_split_at_unaligned_offsets() {
+    let mut rng = Rng::new(25);
+    // Planes of 33·35 and 66·70 floats: 14 per part, the second part 168 and 160 bytes past
+    // an aligned offset.
+    let up = rng.tensor(&[3, 7, 33, 35]);
+    check_split("upsample2x unaligned parts", &Upsample2x, &[&up], 0.0, 0.0);
+    let x = rng.tensor(&[3, 7, 66, 70]);
+    check_split("avg_pool2x unaligned parts", &AvgPool2x, &[&x], 0.0, 0.0);
+    // Output rows of 57 floats: 1,148 per part, the second part 112 bytes past.
+    let a = rng.tensor(&[1500, 37]);
+    let b = rng.tensor(&[1500, 20]);
+    check_split(
+        "concat unaligned parts",
+        &Concat::new(1),
+        &[&a, &b],
+        0.0,
+        0.0,
+    );
+    if let Some(ctx) = small_binding_gpu() {
+        assert_eq!(dispatches(&ctx, &Upsample2x, &[&up]), 2);
+        assert_eq!(dispatches(&ctx, &AvgPool2x, &[&x]), 2);
+        assert_eq!(dispatches(&ctx, &Concat::new(1), &[&a, &b]), 4);
+    }
+}
