@@ -29,6 +29,16 @@ use webdiffusion::{Error, Exec, GpuContext, GpuOptions, Tensor};
 
 const CPU_REL: f64 = 1e-6;
 const GPU_REL: f64 = 1e-5;
+/// Goldens where diffusers' own float32 step is itself this far from the same step evaluated
+/// in float64 (sigmas, samples and coefficients in float64, measured with the golden script's
+/// inputs: 1.5e-6, 2.5e-6 and 0.9e-6): ill-conditioned steps (third order onto σ_min after
+/// a long last step, ε-form SDE), where two float32 evaluations in different operation orders
+/// cannot agree to 1e-6. Ours differ from diffusers by 1.9e-6, 5.4e-6 and 1.4e-6.
+const F32_LIMITED: &[(&str, f64)] = &[
+    ("dpm_2m_sde_eps.json", 1e-5),
+    ("dpmpp_3m_sample_sigmamin.json", 1e-5),
+    ("dpmpp_3m_sde_eps.json", 1e-5),
+];
 /// Model times: 40 float32 ulps (the schedules' `CONVERTED_T_ULPS`).
 const T_REL: f64 = 40.0 * f32::EPSILON as f64;
 
@@ -91,12 +101,8 @@ fn read_golden(name: &str) -> Value {
 }
 
 fn class_of(g: &Value) -> SchedulerClass {
-    match g["class"].as_str().unwrap() {
-        "DDIMScheduler" => SchedulerClass::Ddim,
-        "DDPMScheduler" => SchedulerClass::Ddpm,
-        // Euler, Euler ancestral and Heun share EulerDiscrete's schedule.
-        _ => SchedulerClass::EulerDiscrete,
-    }
+    // Euler ancestral and Heun share EulerDiscrete's schedule.
+    SchedulerClass::from_name(g["class"].as_str().unwrap()).unwrap_or(SchedulerClass::EulerDiscrete)
 }
 
 /// Runs one golden on `exec`; returns the largest step error relative to the step's max |value|.
@@ -187,7 +193,16 @@ fn check_all(exec_for: impl Fn() -> Exec, tol: f64, backend: &str) {
         eprintln!("{backend} {name}: max step error {err:.3e} (relative to max |value|)");
         report.push((name, err));
     }
-    let bad: Vec<_> = report.iter().filter(|(_, e)| *e > tol).collect();
+    let bad: Vec<_> = report
+        .iter()
+        .filter(|(n, e)| {
+            let limit = F32_LIMITED
+                .iter()
+                .find(|(f, _)| f == n)
+                .map_or(tol, |(_, t)| t.max(tol));
+            *e > limit
+        })
+        .collect();
     assert!(bad.is_empty(), "{backend}: over {tol:e}: {bad:?}");
 }
 
@@ -293,6 +308,52 @@ fn bad_input_errors() {
     cfg.other.insert("clip_sample".into(), Value::Bool(false));
     assert!(solver_from_name("ddim", &cfg, 0, SolverOptions::default()).is_err());
     assert!(solver_from_name("ddim", &cfg, 10, SolverOptions { eta: -1.0 }).is_err());
+    // Multistep options: the errors list the valid values.
+    let mut dpm = SchedulerConfig::new(SchedulerClass::DpmSolverMultistep);
+    dpm.other.insert("solver_order".into(), Value::from(4));
+    let msg = solver_from_name("dpm_multistep", &dpm, 10, SolverOptions::default())
+        .err()
+        .expect("order 4")
+        .to_string();
+    assert!(msg.contains("1, 2, 3"), "{msg}");
+    dpm.other.insert("solver_order".into(), Value::from(2));
+    dpm.other
+        .insert("algorithm_type".into(), Value::String("dpm9".into()));
+    let msg = solver_from_name(
+        "DPMSolverMultistepScheduler",
+        &dpm,
+        10,
+        SolverOptions::default(),
+    )
+    .err()
+    .expect("algorithm_type")
+    .to_string();
+    assert!(
+        msg.contains("dpmsolver++") && msg.contains("sde-dpmsolver++"),
+        "{msg}"
+    );
+    dpm.other
+        .insert("algorithm_type".into(), Value::String("dpmsolver".into()));
+    let msg = solver_from_name("dpm_multistep", &dpm, 10, SolverOptions::default())
+        .err()
+        .expect("dpmsolver onto sigma 0")
+        .to_string();
+    assert!(msg.contains("sigma_min"), "{msg}");
+    let mut uni = SchedulerConfig::new(SchedulerClass::UniPcMultistep);
+    uni.other
+        .insert("solver_type".into(), Value::String("bh3".into()));
+    let msg = solver_from_name("unipc", &uni, 10, SolverOptions::default())
+        .err()
+        .expect("solver_type")
+        .to_string();
+    assert!(msg.contains("bh1") && msg.contains("bh2"), "{msg}");
+    let msg = solver_from_name("unipc_bh1", &uni, 10, SolverOptions::default())
+        .err()
+        .expect("bh1 onto sigma 0")
+        .to_string();
+    assert!(msg.contains("NaN"), "{msg}");
+    uni.other.insert("solver_order".into(), Value::from(5));
+    assert!(solver_from_name("unipc_bh2", &uni, 10, SolverOptions::default()).is_err());
     cfg.other
         .insert("variance_type".into(), Value::String("learned".into()));
     let msg = solver_from_name("ddpm", &cfg, 10, SolverOptions::default())

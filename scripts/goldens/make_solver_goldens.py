@@ -29,12 +29,15 @@ import diffusers
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
+    DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
+    UniPCMultistepScheduler,
 )
 import diffusers.schedulers.scheduling_ddim as m_ddim
 import diffusers.schedulers.scheduling_ddpm as m_ddpm
+import diffusers.schedulers.scheduling_dpmsolver_multistep as m_dpm
 import diffusers.schedulers.scheduling_euler_ancestral_discrete as m_ea
 import diffusers.schedulers.scheduling_euler_discrete as m_euler
 
@@ -54,7 +57,7 @@ def recording(orig):
     return f
 
 
-for mod in (m_ddim, m_ddpm, m_ea, m_euler):
+for mod in (m_ddim, m_ddpm, m_dpm, m_ea, m_euler):
     mod.randn_tensor = recording(mod.randn_tensor)
 
 
@@ -158,6 +161,76 @@ CASES = [
     ),
 ]
 
+SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+DPM = DPMSolverMultistepScheduler
+UNIPC = UniPCMultistepScheduler
+CASES += [
+    ("dpmpp_2m_eps", "dpmpp_2m", DPM, dict(), 10, 0.0),
+    ("dpmpp_2m_heun_v_karras", "dpmpp_2m", DPM,
+     dict(SD, solver_type="heun", prediction_type="v_prediction", use_karras_sigmas=True), 12, 0.0),
+    ("dpmpp_3m_eps_20", "dpmpp_3m", DPM, dict(SD, solver_order=3), 20, 0.0),
+    ("dpmpp_3m_sample_sigmamin", "dpmpp_3m", DPM,
+     dict(solver_order=3, prediction_type="sample", final_sigmas_type="sigma_min",
+          timestep_spacing="trailing"), 16, 0.0),
+    ("dpmpp_2m_euler_final_nolof", "dpmpp_2m", DPM,
+     dict(SD, lower_order_final=False, euler_at_final=True, final_sigmas_type="sigma_min",
+          use_karras_sigmas=True), 10, 0.0),
+    ("dpmpp_1_eps", "dpm_multistep", DPM, dict(solver_order=1), 8, 0.0),
+    ("dpm_2m_eps_sigmamin", "dpm_multistep", DPM,
+     dict(algorithm_type="dpmsolver", final_sigmas_type="sigma_min"), 10, 0.0),
+    ("dpm_3m_v_heun", "dpm_multistep", DPM,
+     dict(SD, algorithm_type="dpmsolver", solver_order=3, solver_type="heun",
+          prediction_type="v_prediction", final_sigmas_type="sigma_min"), 18, 0.0),
+    ("dpm_2m_sample_heun", "dpm_multistep", DPM,
+     dict(algorithm_type="dpmsolver", solver_type="heun", prediction_type="sample",
+          final_sigmas_type="sigma_min", lower_order_final=False), 10, 0.0),
+    ("dpmpp_2m_sde_eps", "dpmpp_2m_sde", DPM, dict(algorithm_type="sde-dpmsolver++"), 12, 0.0),
+    ("dpmpp_2m_sde_heun_v_karras", "dpmpp_2m_sde", DPM,
+     dict(SD, algorithm_type="sde-dpmsolver++", solver_type="heun",
+          prediction_type="v_prediction", use_karras_sigmas=True), 10, 0.0),
+    ("dpmpp_3m_sde_eps", "dpmpp_3m_sde", DPM,
+     dict(algorithm_type="sde-dpmsolver++", solver_order=3), 16, 0.0),
+    ("dpm_2m_sde_eps", "dpm_multistep", DPM,
+     dict(algorithm_type="sde-dpmsolver", final_sigmas_type="sigma_min"), 10, 0.0),
+    ("unipc_bh2_eps", "unipc", UNIPC, dict(), 10, 0.0),
+    ("unipc_bh1_3_v_karras", "unipc", UNIPC,
+     dict(SD, solver_type="bh1", solver_order=3, prediction_type="v_prediction",
+          use_karras_sigmas=True, final_sigmas_type="sigma_min"), 15, 0.0),
+    ("unipc_bh2_3_eps_20", "unipc", UNIPC, dict(SD, solver_order=3), 20, 0.0),
+    ("unipc_bh2_1_sample", "unipc", UNIPC,
+     dict(solver_order=1, prediction_type="sample", timestep_spacing="trailing"), 8, 0.0),
+    ("unipc_bh1_2_noisepred_disable", "unipc", UNIPC,
+     dict(solver_type="bh1", predict_x0=False, disable_corrector=[0, 3],
+          final_sigmas_type="sigma_min"), 12, 0.0),
+    ("unipc_bh2_3_nolof_sigmamin", "unipc", UNIPC,
+     dict(solver_order=3, lower_order_final=False, final_sigmas_type="sigma_min",
+          timestep_spacing="leading", steps_offset=1), 10, 0.0),
+]
+
+
+def multistep_x0(sched, k, sample, output):
+    """The x0 prediction of a multistep solver's step k, which `step()` does not return: the
+    converted model output where that is x0 (DPM-Solver++, UniPC with predict_x0), else x0 from
+    (sample, model output) by the prediction type in float64, rounded once (going through
+    diffusers' float32 epsilon would add its rounding, amplified by 1/alpha_t)."""
+    x0_form = getattr(sched, "predict_x0", None)
+    if x0_form is None:
+        x0_form = sched.config.algorithm_type in ("dpmsolver++", "sde-dpmsolver++")
+    if x0_form:
+        return sched.model_outputs[-1]
+    s = float(sched.sigmas[k])
+    alpha = 1.0 / math.sqrt(s * s + 1.0)
+    sigma = s * alpha
+    x, o = sample.double(), output.double()
+    pred = sched.config.prediction_type
+    if pred == "epsilon":
+        x0 = (x - sigma * o) / alpha
+    elif pred == "v_prediction":
+        x0 = alpha * x - sigma * o
+    else:
+        x0 = o
+    return x0.float()
+
 
 def run(name, solver, cls, overrides, steps, eta):
     sched = cls(**overrides)
@@ -178,7 +251,7 @@ def run(name, solver, cls, overrides, steps, eta):
         inp = sched.scale_model_input(latents, t)
         a, b = coeffs(t)
         out = a * inp + b * c
-        kw = {} if solver == "heun" else {"generator": gen}
+        kw = {} if solver in ("heun", "unipc") else {"generator": gen}
         if solver == "ddim":
             kw["eta"] = eta
         res = sched.step(out, t, latents, **kw)
@@ -186,10 +259,13 @@ def run(name, solver, cls, overrides, steps, eta):
         last = k + 1 == len(sched.timesteps)
         if solver == "heun" and not sched.state_in_first_order and not last:
             continue
+        x0 = getattr(res, "pred_original_sample", None)
+        if x0 is None:
+            x0 = multistep_x0(sched, k, inp, out)
         step = {
             "t": float(first_t),
             "prev": f32list(res.prev_sample),
-            "x0": f32list(res.pred_original_sample),
+            "x0": f32list(x0),
         }
         if RECORDED:
             step["noise"] = [f32list(z) for z in RECORDED]
@@ -198,7 +274,12 @@ def run(name, solver, cls, overrides, steps, eta):
     # `_use_default_values` would make a loader targeting another class (the Rust test loads
     # Euler ancestral and Heun configs as EulerDiscrete) use that class's defaults; the
     # golden wants the values this scheduler ran with. (It is also a set: random order.)
-    config = {k: v for k, v in dict(sched.config).items() if k != "_use_default_values"}
+    # DPM-Solver's default `lambda_min_clipped = -inf` is not JSON; absent means the same.
+    config = {
+        k: v
+        for k, v in dict(sched.config).items()
+        if k != "_use_default_values" and not (isinstance(v, float) and math.isinf(v))
+    }
     return {
         "name": name,
         "solver": solver,
@@ -220,7 +301,7 @@ def main():
     for case in CASES:
         g = run(*case)
         with open(os.path.join(out_dir, case[0] + ".json"), "w") as f:
-            json.dump(g, f, separators=(",", ":"))
+            json.dump(g, f, separators=(",", ":"), allow_nan=False)
         print(case[0], len(g["trajectory"]), "steps")
 
 

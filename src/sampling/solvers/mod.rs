@@ -31,15 +31,19 @@ use crate::tensor::Tensor;
 
 pub mod ddim;
 pub mod ddpm;
+pub mod dpm_multistep;
 pub mod euler;
 pub mod euler_ancestral;
 pub mod heun;
+pub mod unipc;
 
 pub use ddim::Ddim;
 pub use ddpm::{Ddpm, DdpmVariance};
+pub use dpm_multistep::{DpmAlgorithm, DpmPreset, DpmSolverMultistep, DpmSolverType};
 pub use euler::Euler;
 pub use euler_ancestral::EulerAncestral;
 pub use heun::Heun;
+pub use unipc::{UniPc, UniPcVariant};
 
 /// A model to sample: given x_t as the model takes it (already scaled by the solver where
 /// the scheduler's `scale_model_input` does so) and the model time (`timestep`, diffusers'
@@ -254,6 +258,33 @@ pub const SOLVERS: &[(&str, &str)] = &[
     ("euler", "EulerDiscreteScheduler"),
     ("euler_ancestral", "EulerAncestralDiscreteScheduler"),
     ("heun", "HeunDiscreteScheduler"),
+    ("dpm_multistep", "DPMSolverMultistepScheduler"),
+    ("dpmpp_2m", "DPMSolverMultistepScheduler"),
+    ("dpmpp_3m", "DPMSolverMultistepScheduler"),
+    ("dpmpp_2m_sde", "DPMSolverMultistepScheduler"),
+    ("dpmpp_3m_sde", "DPMSolverMultistepScheduler"),
+    ("unipc", "UniPCMultistepScheduler"),
+    ("unipc_bh1", "UniPCMultistepScheduler"),
+    ("unipc_bh2", "UniPCMultistepScheduler"),
+];
+
+/// Other names [`solver_from_name`] takes: diffusers class names and common spellings,
+/// with the solver each means. A named variant (`dpmpp_2m`, …) fixes `algorithm_type` and
+/// `solver_order` whatever the config says; the class names take every option from it.
+pub const ALIASES: &[(&str, &str)] = &[
+    ("DDIMScheduler", "ddim"),
+    ("DDPMScheduler", "ddpm"),
+    ("EulerDiscreteScheduler", "euler"),
+    ("euler_a", "euler_ancestral"),
+    ("EulerAncestralDiscreteScheduler", "euler_ancestral"),
+    ("HeunDiscreteScheduler", "heun"),
+    ("DPMSolverMultistepScheduler", "dpm_multistep"),
+    ("dpmsolver_multistep", "dpm_multistep"),
+    ("dpmpp_2m_sde_gpu", "dpmpp_2m_sde"),
+    ("dpmpp_3m_sde_gpu", "dpmpp_3m_sde"),
+    ("UniPCMultistepScheduler", "unipc"),
+    ("uni_pc", "unipc"),
+    ("uni_pc_bh2", "unipc_bh2"),
 ];
 
 /// Builds a solver by name for `steps` sampling steps. The config's schedule keys are used
@@ -264,14 +295,49 @@ pub fn solver_from_name(
     steps: usize,
     options: SolverOptions,
 ) -> Result<Box<dyn Solver>> {
+    let name = ALIASES
+        .iter()
+        .find(|(a, _)| *a == name)
+        .map_or(name, |(_, n)| *n);
+    let dpm = |algorithm, order, name| {
+        let preset = DpmPreset {
+            algorithm: Some(algorithm),
+            order: Some(order),
+        };
+        DpmSolverMultistep::new(config, steps, name, preset)
+    };
     Ok(match name {
         "ddim" => Box::new(Ddim::new(config, steps, options.eta)?),
         "ddpm" => Box::new(Ddpm::new(config, steps)?),
         "euler" => Box::new(Euler::new(config, steps)?),
-        "euler_ancestral" | "euler_a" => Box::new(EulerAncestral::new(config, steps)?),
+        "euler_ancestral" => Box::new(EulerAncestral::new(config, steps)?),
         "heun" => Box::new(Heun::new(config, steps)?),
+        "dpm_multistep" => Box::new(DpmSolverMultistep::new(
+            config,
+            steps,
+            "dpm_multistep",
+            DpmPreset::default(),
+        )?),
+        "dpmpp_2m" => Box::new(dpm(DpmAlgorithm::DpmSolverPP, 2, "dpmpp_2m")?),
+        "dpmpp_3m" => Box::new(dpm(DpmAlgorithm::DpmSolverPP, 3, "dpmpp_3m")?),
+        "dpmpp_2m_sde" => Box::new(dpm(DpmAlgorithm::SdeDpmSolverPP, 2, "dpmpp_2m_sde")?),
+        "dpmpp_3m_sde" => Box::new(dpm(DpmAlgorithm::SdeDpmSolverPP, 3, "dpmpp_3m_sde")?),
+        "unipc" => Box::new(UniPc::new(config, steps, "unipc", None)?),
+        "unipc_bh1" => Box::new(UniPc::new(
+            config,
+            steps,
+            "unipc_bh1",
+            Some(UniPcVariant::Bh1),
+        )?),
+        "unipc_bh2" => Box::new(UniPc::new(
+            config,
+            steps,
+            "unipc_bh2",
+            Some(UniPcVariant::Bh2),
+        )?),
         _ => {
-            let valid: Vec<&str> = SOLVERS.iter().map(|(n, _)| *n).collect();
+            let mut valid: Vec<&str> = SOLVERS.iter().map(|(n, _)| *n).collect();
+            valid.extend(ALIASES.iter().map(|(a, _)| *a));
             return Err(Error::invalid(
                 "solver_from_name",
                 format!("unknown solver \"{name}\"; valid: {}", valid.join(", ")),
@@ -301,6 +367,21 @@ pub(crate) fn opt_bool(
             op,
             format!("{key} must be true or false, got {v}"),
         )),
+    }
+}
+
+/// An integer option from [`SchedulerConfig::other`], or the class default.
+pub(crate) fn opt_int(
+    config: &SchedulerConfig,
+    op: &'static str,
+    key: &str,
+    default: i64,
+) -> Result<i64> {
+    match config.other.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v
+            .as_i64()
+            .ok_or_else(|| Error::invalid(op, format!("{key} must be an integer, got {v}"))),
     }
 }
 
