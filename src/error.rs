@@ -90,6 +90,98 @@ pub enum Error {
     /// A shader the engine needs is not embedded (a build problem).
     #[error("shader `{0}` is not embedded in this build; rebuild the crate")]
     MissingShader(String),
+
+    /// A weights file (safetensors, or its shard index) is truncated, malformed or uses
+    /// something this engine does not read. `tensor` names the entry when one is at fault.
+    #[error("{file}{}: expected {expected}, got {got}; {hint}", tensor_part(.tensor))]
+    WeightsFormat {
+        file: String,
+        tensor: Option<String>,
+        expected: String,
+        got: String,
+        hint: &'static str,
+    },
+
+    /// A tensor in the weights has another shape than the model config implies.
+    #[error(
+        "{file}: tensor `{tensor}` has shape {got}, but the model config needs {expected}; {hint}"
+    )]
+    WeightShape {
+        file: String,
+        tensor: String,
+        expected: ShapeText,
+        got: ShapeText,
+        hint: &'static str,
+    },
+
+    /// Tensors the model needs are not in the weights (`names` holds the first few).
+    #[error("{file}: {count} tensor(s) the model needs are missing: {}; {hint}", name_list(.names, *.count))]
+    MissingTensors {
+        file: String,
+        names: Vec<String>,
+        count: usize,
+        hint: &'static str,
+    },
+
+    /// The weights hold tensors the model does not use (`names` holds the first few).
+    #[error("{file}: {count} tensor(s) are not used by the model: {}; {hint}", name_list(.names, *.count))]
+    UnexpectedTensors {
+        file: String,
+        names: Vec<String>,
+        count: usize,
+        hint: &'static str,
+    },
+
+    /// A weight tensor holds NaN or infinite values.
+    #[error("{file}: tensor `{tensor}` holds {count} non-finite value(s), the first at flat index {first_index} ({first_value}); {hint}")]
+    NonFiniteWeights {
+        file: String,
+        tensor: String,
+        count: usize,
+        first_index: usize,
+        first_value: f32,
+        hint: &'static str,
+    },
+
+    /// Reading a file failed.
+    #[error("{file}: {message}; {hint}")]
+    Io {
+        file: String,
+        message: String,
+        hint: &'static str,
+    },
+
+    /// A model `config.json` has a value this engine cannot run (or cannot parse).
+    #[error("{file}: config key `{key}`: expected {expected}, got {got}; {hint}")]
+    Config {
+        file: String,
+        key: String,
+        expected: String,
+        got: String,
+        hint: String,
+    },
+}
+
+/// How many names a missing/unexpected-tensor error lists before "and N more".
+pub const LISTED_NAMES: usize = 8;
+
+fn tensor_part(tensor: &Option<String>) -> String {
+    match tensor {
+        Some(t) => format!(": tensor `{t}`"),
+        None => String::new(),
+    }
+}
+
+fn name_list(names: &[String], count: usize) -> String {
+    let mut s = names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if count > names.len() {
+        s.push_str(&format!(" and {} more", count - names.len()));
+    }
+    s
 }
 
 impl Error {

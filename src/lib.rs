@@ -4,12 +4,14 @@
 pub mod error;
 pub mod exec;
 pub mod gpu;
+pub mod models;
 pub mod ops;
 pub mod platform;
 pub mod sampling;
 pub mod selfcheck;
 pub mod shaders;
 pub mod tensor;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use exec::{Backend, Exec};

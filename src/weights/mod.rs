@@ -1,0 +1,110 @@
+//! Model weights: a streaming safetensors reader, sharded checkpoints, and the [`Weights`]
+//! container that model code takes its tensors from.
+//!
+//! Format (<https://github.com/huggingface/safetensors#format>): an 8-byte little-endian
+//! `u64` `n`, then `n` bytes of UTF-8 JSON
+//! `{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}` with
+//! offsets counted from the first byte after the header, then the tensor data (little-endian,
+//! C order).
+//!
+//! Why our own reader rather than `safetensors::SafeTensors`: that one needs the whole file as
+//! one slice (an mmap natively), but in the browser the bytes arrive in chunks from a fetch
+//! stream and a wasm32 heap cannot hold a multi-GB file next to the model.
+//! [`SafetensorsStream`] parses the header as soon as its bytes are in and hands out each
+//! tensor as soon as its span has arrived, so at most one tensor is buffered on top of what
+//! the caller keeps. It accepts exactly what the crate accepts (header ≤ 100 MB; spans sorted,
+//! contiguous and covering the data section exactly; shape × dtype size = span) except that
+//! it also rejects dtypes other than F32/F16/BF16 and duplicate names; `tests/weights.rs`
+//! checks the two agree on thousands of mutated files.
+//!
+//! Layers: nothing here knows a UNet; `models` asks for tensors by name and shape.
+
+mod data;
+mod file;
+mod header;
+mod set;
+mod shards;
+mod stream;
+
+pub use data::TensorData;
+pub use file::{
+    find_model_weights, load_file, load_file_with_progress, load_sharded, ModelWeightsFile,
+};
+pub use header::{header_len_from_prefix, Header, TensorInfo, MAX_HEADER_BYTES};
+pub use set::Weights;
+pub use shards::{ShardIndex, ShardTracker};
+pub use stream::{LoadOptions, Progress, ReadyTensor, SafetensorsStream};
+
+use crate::error::Error;
+
+/// Element types the reader accepts. Everything is computed in f32; f16 and bf16 are
+/// widened exactly, or kept packed for an f16 weight path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dtype {
+    F32,
+    F16,
+    BF16,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+        }
+    }
+
+    /// The safetensors name (`"F32"`, `"F16"`, `"BF16"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "F32",
+            Dtype::F16 => "F16",
+            Dtype::BF16 => "BF16",
+        }
+    }
+
+    /// Parses a safetensors dtype name; `None` for anything else.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "F32" => Some(Dtype::F32),
+            "F16" => Some(Dtype::F16),
+            "BF16" => Some(Dtype::BF16),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+pub(crate) const HINT_TRUNCATED: &str =
+    "the file is truncated or its download was cut short; download it again";
+pub(crate) const HINT_CORRUPT: &str =
+    "the file is damaged or was not written by a safetensors writer; download it again or re-save it with the `safetensors` library";
+pub(crate) const HINT_NOT_SAFETENSORS: &str =
+    "this does not look like a safetensors file (PyTorch .bin/.ckpt pickles must be converted to .safetensors first)";
+pub(crate) const HINT_DTYPE: &str =
+    "only float32, float16 and bfloat16 weights are supported; re-save the model in one of them (e.g. `torch_dtype=torch.float16`)";
+pub(crate) const HINT_NON_FINITE: &str =
+    "the checkpoint is damaged or was saved after training diverged; use another copy, or turn `LoadOptions::check_finite` off to load it anyway";
+pub(crate) const HINT_MEMORY: &str = "free memory or use a smaller (or f16) model";
+
+pub(crate) fn format_error(
+    file: &str,
+    tensor: Option<&str>,
+    expected: impl Into<String>,
+    got: impl Into<String>,
+    hint: &'static str,
+) -> Error {
+    Error::WeightsFormat {
+        file: file.to_string(),
+        tensor: tensor.map(str::to_string),
+        expected: expected.into(),
+        got: got.into(),
+        hint,
+    }
+}

@@ -1,0 +1,260 @@
+//! [`Weights`]: the tensors of a checkpoint by name, taken one by one by the model code with
+//! the shape its config implies, then checked for leftovers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use super::{
+    find_model_weights, format_error, load_file_with_progress, load_sharded, Dtype, LoadOptions,
+    ModelWeightsFile, Progress, ReadyTensor, TensorData, HINT_CORRUPT,
+};
+use crate::error::{Error, Result, ShapeText, LISTED_NAMES};
+use crate::tensor::Tensor;
+
+const HINT_MISMATCH: &str =
+    "the weights do not belong to this config.json; use the config and weights of the same model";
+
+struct Entry {
+    file: String,
+    shape: Vec<usize>,
+    data: TensorData,
+}
+
+/// Tensors by name, kept in their stored dtype (an f16 checkpoint stays half the size in
+/// memory until each tensor is taken and widened).
+pub struct Weights {
+    /// What the weights were loaded from, for errors about the whole set.
+    source: String,
+    entries: BTreeMap<String, Entry>,
+    taken: BTreeSet<String>,
+}
+
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Weights({}: {} tensors, {} taken)",
+            self.source,
+            self.entries.len(),
+            self.taken.len()
+        )
+    }
+}
+
+impl Weights {
+    /// An empty set; fill it with [`insert`](Self::insert) (e.g. from a browser stream).
+    pub fn new(source: impl Into<String>) -> Self {
+        Self {
+            source: source.into(),
+            entries: BTreeMap::new(),
+            taken: BTreeSet::new(),
+        }
+    }
+
+    /// Loads one safetensors file.
+    pub fn load_file(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
+        Self::load_file_with_progress(path, opts, |_| {})
+    }
+
+    pub fn load_file_with_progress(
+        path: impl AsRef<Path>,
+        opts: &LoadOptions,
+        on_progress: impl FnMut(Progress),
+    ) -> Result<Self> {
+        let path = path.as_ref();
+        let mut w = Self::new(path.display().to_string());
+        load_file_with_progress(path, opts, |t| w.insert(t), on_progress)?;
+        Ok(w)
+    }
+
+    /// Loads a sharded checkpoint from its `*.safetensors.index.json`.
+    pub fn load_sharded(
+        index_path: impl AsRef<Path>,
+        opts: &LoadOptions,
+        on_progress: impl FnMut(Progress),
+    ) -> Result<Self> {
+        let path = index_path.as_ref();
+        let mut w = Self::new(path.display().to_string());
+        load_sharded(path, opts, |t| w.insert(t), on_progress)?;
+        Ok(w)
+    }
+
+    /// Loads the weights of a diffusers model folder (see [`find_model_weights`]).
+    pub fn load_model_dir(
+        dir: impl AsRef<Path>,
+        opts: &LoadOptions,
+        on_progress: impl FnMut(Progress),
+    ) -> Result<Self> {
+        match find_model_weights(dir)? {
+            ModelWeightsFile::Single(p) => Self::load_file_with_progress(p, opts, on_progress),
+            ModelWeightsFile::Sharded(p) => Self::load_sharded(p, opts, on_progress),
+        }
+    }
+
+    /// Adds a tensor; a name already present is an error naming both files.
+    pub fn insert(&mut self, t: ReadyTensor) -> Result<()> {
+        if let Some(prev) = self.entries.get(&t.name) {
+            return Err(format_error(
+                &t.file,
+                Some(&t.name),
+                "each tensor once across all files",
+                format!("a second copy (the first is in {})", prev.file),
+                HINT_CORRUPT,
+            ));
+        }
+        self.entries.insert(
+            t.name,
+            Entry {
+                file: t.file,
+                shape: t.shape,
+                data: t.data,
+            },
+        );
+        Ok(())
+    }
+
+    /// What the weights were loaded from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Tensors not yet taken.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Names not yet taken, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    pub fn dtype(&self, name: &str) -> Option<Dtype> {
+        self.entries.get(name).map(|e| e.data.dtype())
+    }
+
+    /// Bytes held (as stored) by the tensors not yet taken.
+    pub fn byte_len(&self) -> u64 {
+        self.entries.values().map(|e| e.data.byte_len()).sum()
+    }
+
+    /// Elements held by the tensors not yet taken (the parameter count of a fresh set).
+    pub fn numel(&self) -> u64 {
+        self.entries.values().map(|e| e.data.len() as u64).sum()
+    }
+
+    fn take_entry(&mut self, name: &str, expected_shape: &[usize]) -> Result<Entry> {
+        let Some(entry) = self.entries.get(name) else {
+            if self.taken.contains(name) {
+                return Err(Error::invalid(
+                    "weights",
+                    format!("tensor `{name}` was taken twice (a bug in the model code)"),
+                ));
+            }
+            return Err(Error::MissingTensors {
+                file: self.source.clone(),
+                names: vec![name.to_string()],
+                count: 1,
+                hint: HINT_MISMATCH,
+            });
+        };
+        if entry.shape != expected_shape {
+            return Err(Error::WeightShape {
+                file: entry.file.clone(),
+                tensor: name.to_string(),
+                expected: ShapeText(expected_shape.to_vec()),
+                got: ShapeText(entry.shape.clone()),
+                hint: HINT_MISMATCH,
+            });
+        }
+        let entry = self.entries.remove(name).ok_or_else(|| {
+            Error::invalid("weights", format!("tensor `{name}` vanished while taken"))
+        })?;
+        self.taken.insert(name.to_string());
+        Ok(entry)
+    }
+
+    /// Removes `name` and returns it widened to f32 as a CPU tensor (upload it with
+    /// `Exec::upload`). Errors: missing (naming it), shape mismatch (name, expected, got).
+    pub fn take(&mut self, name: &str, expected_shape: &[usize]) -> Result<Tensor> {
+        let e = self.take_entry(name, expected_shape)?;
+        Tensor::from_vec(&e.shape, e.data.into_f32())
+    }
+
+    /// Removes `name` and returns it packed two f16 per `u32` (element `2i` in the low half
+    /// of word `i`), for an f16 weight path. Values beyond f16's range are an error.
+    pub fn take_f16_words(&mut self, name: &str, expected_shape: &[usize]) -> Result<Vec<u32>> {
+        let e = self.take_entry(name, expected_shape)?;
+        ReadyTensor {
+            file: e.file,
+            name: name.to_string(),
+            shape: e.shape,
+            data: e.data,
+        }
+        .to_f16_words()
+    }
+
+    /// Checks a whole manifest of `(name, shape)` at once, before any is taken, so one error
+    /// lists every missing tensor (the first few and a count) rather than the first only;
+    /// then the first shape mismatch.
+    pub fn check_expected<S: AsRef<str>>(&self, expected: &[(S, Vec<usize>)]) -> Result<()> {
+        let missing: Vec<&str> = expected
+            .iter()
+            .map(|(n, _)| n.as_ref())
+            .filter(|n| !self.entries.contains_key(*n))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::MissingTensors {
+                file: self.source.clone(),
+                names: missing
+                    .iter()
+                    .take(LISTED_NAMES)
+                    .map(|s| s.to_string())
+                    .collect(),
+                count: missing.len(),
+                hint: HINT_MISMATCH,
+            });
+        }
+        for (name, shape) in expected {
+            let name = name.as_ref();
+            if let Some(e) = self.entries.get(name) {
+                if &e.shape != shape {
+                    return Err(Error::WeightShape {
+                        file: e.file.clone(),
+                        tensor: name.to_string(),
+                        expected: ShapeText(shape.clone()),
+                        got: ShapeText(e.shape.clone()),
+                        hint: HINT_MISMATCH,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After the model has taken what it needs: an error listing the tensors left over (the
+    /// first few and a count) unless `allow_extra`; returns the leftover names either way.
+    pub fn finish_unused(&self, allow_extra: bool) -> Result<Vec<String>> {
+        let left: Vec<String> = self.entries.keys().cloned().collect();
+        if !left.is_empty() && !allow_extra {
+            return Err(Error::UnexpectedTensors {
+                file: self.source.clone(),
+                names: left.iter().take(LISTED_NAMES).cloned().collect(),
+                count: left.len(),
+                hint: "the weights hold more than this config.json describes; use the matching config, or allow extra tensors explicitly",
+            });
+        }
+        Ok(left)
+    }
+}
