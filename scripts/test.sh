@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (README): every test, GPU tests on whatever adapter wgpu finds
 # (lavapipe on a machine without a GPU). Set WEBDIFFUSION_REQUIRE_GPU=1 to fail instead of
-# skipping GPU checks when no adapter exists (CI does).
+# skipping GPU checks when no adapter exists (CI does). Then the browser test
+# (scripts/browser-test.sh: every kernel in headless Chromium's WebGPU); set
+# WEBDIFFUSION_SKIP_BROWSER=1 to leave it out of a quick local run (CI never does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -10,3 +12,8 @@ if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
   chmod 700 "$XDG_RUNTIME_DIR"
 fi
 cargo test --all-targets "$@"
+if [ "${WEBDIFFUSION_SKIP_BROWSER:-}" = 1 ]; then
+  echo "test: WEBDIFFUSION_SKIP_BROWSER=1, skipping the browser test (scripts/browser-test.sh)"
+else
+  scripts/browser-test.sh
+fi

@@ -60,13 +60,62 @@ fn philox4x32_10(counter: vec4<u32>, key: vec2<u32>) -> vec4<u32> {
 
 const PI: f32 = 3.141592653589793;
 
+// Box–Muller needs ln, sin and cos far more accurately than WebGPU promises (ln: 2^-21
+// absolute near 1; sin/cos: 2^-11 absolute). SwiftShader (Chrome's software WebGPU) uses that
+// slack: its ln(1 − 2^-24) is 39% off and its sin/cos up to 1.9e-4, so the same seed gave
+// visibly different noise than the CPU twin. These use only + and *, which WGSL rounds
+// correctly, so every adapter agrees with the CPU to a few ulp (Cephes logf/sinf/cosf).
+
+// ln(x) for normal x > 0 (here a 24-bit uniform in (0, 1]); relative error ~1e-7 even near 1.
+fn ln_f32(x: f32) -> f32 {
+    let bits = bitcast<u32>(x);
+    var e = f32(i32((bits >> 23u) & 0xffu) - 126); // x = m·2^e, m in [0.5, 1)
+    var m = bitcast<f32>((bits & 0x007fffffu) | 0x3f000000u);
+    if (m < 0.70710678) {
+        e -= 1.0;
+        m = m + m - 1.0;
+    } else {
+        m = m - 1.0;
+    }
+    let z = m * m;
+    var y = 7.0376836292e-2 * m - 1.1514610310e-1;
+    y = y * m + 1.1676998740e-1;
+    y = y * m - 1.2420140846e-1;
+    y = y * m + 1.4249322787e-1;
+    y = y * m - 1.6668057665e-1;
+    y = y * m + 2.0000714765e-1;
+    y = y * m - 2.4999993993e-1;
+    y = y * m + 3.3333331174e-1;
+    y = y * m * z;
+    y += -2.12194440e-4 * e; // ln 2 = 0.693359375 − 2.12194440e-4, the first part exact
+    y += -0.5 * z;
+    return m + y + 0.693359375 * e;
+}
+
+// (cos θ, sin θ) for θ in [-π, π].
+fn cos_sin(theta: f32) -> vec2<f32> {
+    let q = round(theta * 0.63661977); // quadrant, -2..2
+    // Cody–Waite: π/2 in three parts; q·part is exact and the first subtraction too.
+    let x = ((theta - q * 1.5703125) - q * 4.837512969970703125e-4) - q * 7.54978995489188216e-8;
+    let z = x * x;
+    let s = ((-1.9515295891e-4 * z + 8.3321608736e-3) * z - 1.6666654611e-1) * z * x + x;
+    let c = ((2.443315711809948e-5 * z - 1.388731625493765e-3) * z + 4.166664568298827e-2) * z * z
+        - 0.5 * z + 1.0;
+    switch (i32(q) & 3) {
+        case 0: { return vec2<f32>(c, s); }
+        case 1: { return vec2<f32>(-s, c); }
+        case 2: { return vec2<f32>(-c, -s); }
+        default: { return vec2<f32>(s, -c); }
+    }
+}
+
 fn box_muller(a: u32, b: u32) -> vec2<f32> {
     let u1 = (f32(a >> 8u) + 1.0) * (1.0 / 16777216.0); // (0, 1]
     let u2 = f32(b >> 8u) * (1.0 / 16777216.0);         // [0, 1)
-    let r = sqrt(-2.0 * log(u1));
-    // The angle is taken in [-π, π): Vulkan and WebGPU only bound sin/cos error there.
+    let r = sqrt(-2.0 * ln_f32(u1));
+    // The angle is in [-π, π), as on the CPU (src/ops/philox.rs), which computes the same f32.
     let theta = PI * (2.0 * u2 - 1.0);
-    return vec2<f32>(r * cos(theta), r * sin(theta));
+    return r * cos_sin(theta);
 }
 
 fn coef(i: u32) -> f32 {

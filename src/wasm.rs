@@ -34,7 +34,14 @@ impl Engine {
         }
         let ctx = GpuContext::new(&GpuOptions::default())
             .await
-            .map_err(js_err)?;
+            .map_err(|e| match e {
+                // The native message (install lavapipe) and wgpu's list of backends not
+                // compiled in mean nothing to a browser user.
+                crate::Error::NoAdapter(_) => JsError::new(
+                    "WebGPU is present but the browser offered no GPU adapter (navigator.gpu.requestAdapter() returned none); WebGPU may be disabled or this GPU blocklisted: enable hardware acceleration, or in Chrome try chrome://flags/#enable-unsafe-webgpu",
+                ),
+                e => js_err(e),
+            })?;
         Ok(Engine { ctx })
     }
 
