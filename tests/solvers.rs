@@ -14,10 +14,13 @@
 //! relative error is meaningless where a value crosses zero): [`CPU_REL`] on the CPU
 //! backend, [`GPU_REL`] on the GPU (f32 coefficients, possibly FMA-contracted shader math).
 
+#[path = "ops/common.rs"]
+mod common;
+
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
 
+use common::gpu;
 use serde_json::Value;
 use webdiffusion::ops::SolverUpdate;
 use webdiffusion::sampling::solvers::{
@@ -25,7 +28,7 @@ use webdiffusion::sampling::solvers::{
     SolverOptions,
 };
 use webdiffusion::sampling::{SchedulerClass, SchedulerConfig};
-use webdiffusion::{Error, Exec, GpuContext, GpuOptions, Tensor};
+use webdiffusion::{Error, Exec, Tensor};
 
 const CPU_REL: f64 = 1e-6;
 const GPU_REL: f64 = 1e-5;
@@ -41,23 +44,6 @@ const F32_LIMITED: &[(&str, f64)] = &[
 ];
 /// Model times: 40 float32 ulps (the schedules' `CONVERTED_T_ULPS`).
 const T_REL: f64 = 40.0 * f32::EPSILON as f64;
-
-fn gpu() -> Option<Arc<GpuContext>> {
-    static CTX: OnceLock<Option<Arc<GpuContext>>> = OnceLock::new();
-    CTX.get_or_init(|| {
-        match webdiffusion::platform::block_on(GpuContext::new(&GpuOptions::default())) {
-            Ok(ctx) => Some(ctx),
-            Err(e) => {
-                if std::env::var("WEBDIFFUSION_REQUIRE_GPU").as_deref() == Ok("1") {
-                    panic!("WEBDIFFUSION_REQUIRE_GPU=1 but no GPU adapter: {e}");
-                }
-                eprintln!("skipping GPU checks: {e}");
-                None
-            }
-        }
-    })
-    .clone()
-}
 
 /// model(x, t) = a(t)·x + b(t)·c, as the golden script computes it (a, b in f64, then f32).
 struct FakeModel {

@@ -1,4 +1,7 @@
 //! Shared test helpers: the GPU context, a seeded generator and a tolerance check.
+//! Also included by other test binaries (`#[path = "ops/common.rs"] mod common;`), which
+//! use only part of it.
+#![allow(dead_code)]
 
 use std::sync::{Arc, OnceLock};
 
