@@ -128,12 +128,8 @@ impl Solver for Ddpm {
         "ddpm"
     }
 
-    fn num_steps(&self) -> usize {
-        self.timesteps.len()
-    }
-
-    fn timestep(&self, i: usize) -> f64 {
-        self.timesteps.get(i).copied().unwrap_or(f64::NAN)
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
     }
 
     fn init_noise_sigma(&self) -> f64 {

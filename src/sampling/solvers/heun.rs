@@ -43,12 +43,8 @@ impl Solver for Heun {
         "heun"
     }
 
-    fn num_steps(&self) -> usize {
-        self.s.timesteps.len()
-    }
-
-    fn timestep(&self, i: usize) -> f64 {
-        self.s.timesteps.get(i).copied().unwrap_or(f64::NAN)
+    fn timesteps(&self) -> &[f64] {
+        &self.s.timesteps
     }
 
     fn init_noise_sigma(&self) -> f64 {

@@ -128,10 +128,16 @@ impl StepContext<'_> {
 pub trait Solver {
     /// The solver's name as [`solver_from_name`] takes it.
     fn name(&self) -> &'static str;
+    /// The model time of every step (diffusers' `timesteps`).
+    fn timesteps(&self) -> &[f64];
     /// Number of sampling steps (diffusers' `num_inference_steps`).
-    fn num_steps(&self) -> usize;
-    /// The model time of step `i` (diffusers' `timesteps[i]`).
-    fn timestep(&self, i: usize) -> f64;
+    fn num_steps(&self) -> usize {
+        self.timesteps().len()
+    }
+    /// The model time of step `i` (NaN past the end).
+    fn timestep(&self, i: usize) -> f64 {
+        self.timesteps().get(i).copied().unwrap_or(f64::NAN)
+    }
     /// The scale of the initial noise (`init_noise_sigma`).
     fn init_noise_sigma(&self) -> f64;
     /// Step `i` from `x`: calls the model (once, or more for multi-stage solvers) and applies
