@@ -269,3 +269,30 @@ fn bad_inputs_are_errors() {
         webdiffusion::sampling::solvers::Denoiser::denoise(&mut model, &mut exec, &x, 1.0).is_err()
     );
 }
+
+#[test]
+fn one_timestep_is_broadcast_to_the_batch() {
+    let mut exec = Exec::cpu();
+    let model = UNet2DModel::load_dir(&mut exec, case_dir("uncond_attn")).unwrap();
+    let x = Tensor::from_vec(
+        &[2, 3, 4, 4],
+        (0..96).map(|i| (i as f32 * 0.37).sin()).collect(),
+    )
+    .unwrap();
+    let one = model.forward(&mut exec, &x, &[321.0], None).unwrap();
+    let each = model.forward(&mut exec, &x, &[321.0, 321.0], None).unwrap();
+    assert_eq!(one.cpu_data().unwrap(), each.cpu_data().unwrap());
+}
+
+#[test]
+fn extra_tensors_can_be_allowed() {
+    let (config, mut w) = golden_weights("uncond_attn");
+    w.insert(ReadyTensor {
+        file: "test".into(),
+        name: "extra.weight".into(),
+        shape: vec![1],
+        data: TensorData::F32(vec![0.0]),
+    })
+    .unwrap();
+    UNet2DModel::from_weights(&mut Exec::cpu(), &config.arch, &mut w, true).unwrap();
+}
