@@ -296,3 +296,21 @@ fn extra_tensors_can_be_allowed() {
     .unwrap();
     UNet2DModel::from_weights(&mut Exec::cpu(), &config.arch, &mut w, true).unwrap();
 }
+
+#[test]
+fn too_wide_attention_heads_fail_at_load() {
+    let mut w = Weights::new("empty");
+    let err = webdiffusion::nn::AttentionBlock::load(
+        &mut Exec::cpu(),
+        &mut w,
+        "mid_block.attentions.0",
+        512,
+        (1, 512),
+        Some((32, 1e-6)),
+        1.0,
+    )
+    .err()
+    .expect("head dim 512 must be rejected");
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    assert!(err.to_string().contains("mid_block.attentions.0"), "{err}");
+}

@@ -4,6 +4,7 @@
 use super::layers::{Conv2d, GroupNorm, Linear};
 use crate::error::{Error, Result};
 use crate::exec::Exec;
+use crate::ops::attention::MAX_HEAD_DIM;
 use crate::ops::{Attention, Binary, BinaryOp, Concat, QkvLayout, Unary, UnaryOp, Upsample2x};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
@@ -220,6 +221,17 @@ impl AttentionBlock {
     ) -> Result<Self> {
         let c = channels;
         let inner = heads * head_dim;
+        // Fail at load time rather than at the first forward.
+        if head_dim > MAX_HEAD_DIM || heads == 0 {
+            return Err(Error::invalid(
+                "attention_block",
+                format!(
+                    "`{prefix}` has {heads} head(s) of {head_dim} channels; the attention kernel \
+                     supports 1 to {MAX_HEAD_DIM} channels per head (with `attention_head_dim: \
+                     null` diffusers uses one head over all channels)"
+                ),
+            ));
+        }
         let p = |s: &str| format!("{prefix}.{s}");
         let norm = match norm {
             Some((g, eps)) => Some(GroupNorm::load(exec, w, &p("group_norm"), c, g, eps)?),
