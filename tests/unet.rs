@@ -110,11 +110,12 @@ fn run_case(exec: &mut Exec, name: &str) {
     }
     eprintln!("{name} on {}: {}", exec.backend_name(), report.join(", "));
 
-    // The Denoiser path (one timestep for the batch) runs and gives the batch's shape.
+    // The Denoiser path (one timestep for the batch) runs and gives the output's shape.
     model.set_class_labels(labels);
     let y = webdiffusion::sampling::solvers::Denoiser::denoise(&mut model, exec, &sample, 500.0)
         .unwrap();
-    assert_eq!(y.shape(), sample.shape());
+    let s = sample.shape();
+    assert_eq!(y.shape(), [s[0], model.arch().out_channels, s[2], s[3]]);
 }
 
 #[test]
@@ -136,6 +137,16 @@ fn run_gpu_case(name: &str) {
     let Some(ctx) = common::gpu() else { return };
     let _guard = GPU_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     run_case(&mut Exec::gpu(ctx), name);
+}
+
+#[test]
+fn plain_cpu_matches_diffusers() {
+    run_case(&mut Exec::cpu(), "plain");
+}
+
+#[test]
+fn plain_gpu_matches_diffusers() {
+    run_gpu_case("plain");
 }
 
 #[test]

@@ -71,6 +71,25 @@ CASES = {
         shape=(2, 3, 6, 10),
         labels=[3, 7],
     ),
+    # No attention anywhere (mid block without attention), two layers per block, a custom
+    # time embedding width and eps, different in/out channels.
+    "plain": dict(
+        config=dict(
+            sample_size=8,
+            in_channels=2,
+            out_channels=4,
+            block_out_channels=(8, 16),
+            layers_per_block=2,
+            norm_num_groups=4,
+            norm_eps=1e-6,
+            down_block_types=("DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D"),
+            add_attention=False,
+            time_embedding_dim=24,
+        ),
+        shape=(2, 2, 4, 6),
+        labels=None,
+    ),
 }
 
 
