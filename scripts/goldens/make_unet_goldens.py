@@ -7,7 +7,8 @@ numpy 2.3.5), run on x86-64 CPU in float32:
 
 For each case a small random-weight `UNet2DModel` is built under `torch.manual_seed`; every
 GroupNorm weight and bias is then perturbed away from PyTorch's (1, 0) init so that a dropped
-or swapped norm parameter changes the output. Written under `<out>/<case>/`:
+or swapped norm parameter changes the output. The cases (`CASES`): `uncond_attn`,
+`class_cond` and `plain`. Written under `<out>/<case>/`:
 
 - `config.json` + `diffusion_pytorch_model.safetensors` (f32): the model folder, exactly as
   `save_pretrained` writes it;
