@@ -5,6 +5,7 @@ pub mod error;
 pub mod exec;
 pub mod gpu;
 pub mod models;
+pub mod nn;
 pub mod ops;
 pub mod platform;
 pub mod sampling;

@@ -1,0 +1,363 @@
+//! diffusers' UNet building blocks (`src/diffusers/models/resnet.py`, `attention_processor.py`,
+//! `embeddings.py`, `downsampling.py`, `upsampling.py` at 0.42.1), each composed of ops only.
+
+use super::layers::{Conv2d, GroupNorm, Linear};
+use crate::error::{Error, Result};
+use crate::exec::Exec;
+use crate::ops::attention::MAX_HEAD_DIM;
+use crate::ops::{Attention, Binary, BinaryOp, Concat, QkvLayout, Unary, UnaryOp, Upsample2x};
+use crate::tensor::Tensor;
+use crate::weights::Weights;
+
+fn silu(exec: &mut Exec, x: &Tensor) -> Result<Tensor> {
+    exec.run(&Unary::new(UnaryOp::Silu), &[x])
+}
+
+/// `x / factor`, skipped when the factor is 1 (diffusers divides unconditionally; x / 1 = x).
+fn divide(exec: &mut Exec, x: Tensor, factor: f64) -> Result<Tensor> {
+    if factor == 1.0 {
+        return Ok(x);
+    }
+    exec.run(&Unary::affine((1.0 / factor) as f32, 0.0), &[&x])
+}
+
+/// diffusers' `TimestepEmbedding` (the MLP after the sinusoidal projection):
+/// `linear_2(silu(linear_1(t)))`, (N, in) → (N, dim).
+pub struct TimeEmbedding {
+    linear_1: Linear,
+    linear_2: Linear,
+}
+
+impl TimeEmbedding {
+    pub fn load(
+        exec: &mut Exec,
+        w: &mut Weights,
+        prefix: &str,
+        input: usize,
+        dim: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            linear_1: Linear::load(exec, w, &format!("{prefix}.linear_1"), input, dim, true)?,
+            linear_2: Linear::load(exec, w, &format!("{prefix}.linear_2"), dim, dim, true)?,
+        })
+    }
+
+    pub fn forward(&self, exec: &mut Exec, t: &Tensor) -> Result<Tensor> {
+        let h = self.linear_1.forward(exec, t)?;
+        let h = silu(exec, &h)?;
+        self.linear_2.forward(exec, &h)
+    }
+}
+
+/// How a resnet applies the time embedding.
+enum TimeProj {
+    /// `h + proj(temb)` before norm2.
+    Add(Linear),
+    /// `norm2(h) · scale1 + shift`; diffusers' single `time_emb_proj` (2C rows) is split into
+    /// its scale and shift halves at load time, with the `1 +` of `1 + scale` folded into the
+    /// scale bias, so no slicing op is needed.
+    ScaleShift { scale1: Linear, shift: Linear },
+}
+
+/// diffusers' `ResnetBlock2D` with SiLU, groups = groups_out, 3×3 convs, a time embedding, and
+/// a 1×1 `conv_shortcut` iff the channel count changes:
+/// ```text
+/// h = conv1(silu(norm1(x)))
+/// default:     h = silu(norm2(h + time_emb_proj(silu(temb))))
+/// scale_shift: s, b = chunk(time_emb_proj(silu(temb)), 2); h = silu(norm2(h)·(1 + s) + b)
+/// out = (shortcut(x) + conv2(h)) / output_scale_factor
+/// ```
+/// x (N, Cin, H, W), temb (N, temb_channels) → (N, Cout, H, W).
+pub struct ResnetBlock2D {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time: TimeProj,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
+    out_channels: usize,
+    output_scale_factor: f64,
+}
+
+impl ResnetBlock2D {
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        exec: &mut Exec,
+        w: &mut Weights,
+        prefix: &str,
+        (cin, cout): (usize, usize),
+        temb_channels: usize,
+        (groups, eps): (usize, f64),
+        scale_shift: bool,
+        output_scale_factor: f64,
+    ) -> Result<Self> {
+        let p = |s: &str| format!("{prefix}.{s}");
+        let norm1 = GroupNorm::load(exec, w, &p("norm1"), cin, groups, eps)?;
+        let conv1 = Conv2d::load(exec, w, &p("conv1"), cin, cout, 3, 1, 1)?;
+        let time = match scale_shift {
+            false => TimeProj::Add(Linear::load(
+                exec,
+                w,
+                &p("time_emb_proj"),
+                temb_channels,
+                cout,
+                true,
+            )?),
+            true => {
+                let wt = w.take(&p("time_emb_proj.weight"), &[2 * cout, temb_channels])?;
+                let b = w.take(&p("time_emb_proj.bias"), &[2 * cout])?;
+                let (wt, b) = (host(&wt)?, host(&b)?);
+                let half = cout * temb_channels;
+                let scale_b: Vec<f32> = b[..cout].iter().map(|v| v + 1.0).collect();
+                let scale1 = Linear::from_tensors(
+                    exec,
+                    Tensor::from_vec(&[cout, temb_channels], wt[..half].to_vec())?,
+                    Some(Tensor::from_vec(&[cout], scale_b)?),
+                )?;
+                let shift = Linear::from_tensors(
+                    exec,
+                    Tensor::from_vec(&[cout, temb_channels], wt[half..].to_vec())?,
+                    Some(Tensor::from_vec(&[cout], b[cout..].to_vec())?),
+                )?;
+                TimeProj::ScaleShift { scale1, shift }
+            }
+        };
+        let norm2 = GroupNorm::load(exec, w, &p("norm2"), cout, groups, eps)?;
+        let conv2 = Conv2d::load(exec, w, &p("conv2"), cout, cout, 3, 1, 1)?;
+        let shortcut = if cin != cout {
+            Some(Conv2d::load(
+                exec,
+                w,
+                &p("conv_shortcut"),
+                cin,
+                cout,
+                1,
+                1,
+                0,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            norm1,
+            conv1,
+            time,
+            norm2,
+            conv2,
+            shortcut,
+            out_channels: cout,
+            output_scale_factor,
+        })
+    }
+
+    /// `temb_act` is `silu(temb)` (N, temb_channels): every resnet of a UNet applies the same
+    /// SiLU to the same embedding, so the model computes it once.
+    pub fn forward(&self, exec: &mut Exec, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
+        let n = x.shape()[0];
+        let c = self.out_channels;
+        let h = self.norm1.forward(exec, x, true)?;
+        let h = self.conv1.forward(exec, &h)?;
+        let h = match &self.time {
+            TimeProj::Add(proj) => {
+                let t = proj.forward(exec, temb_act)?.reshape(&[n, c, 1, 1])?;
+                let h = exec.run(&Binary::new(BinaryOp::Add), &[&h, &t])?;
+                self.norm2.forward(exec, &h, true)?
+            }
+            TimeProj::ScaleShift { scale1, shift } => {
+                let s = scale1.forward(exec, temb_act)?.reshape(&[n, c, 1, 1])?;
+                let b = shift.forward(exec, temb_act)?.reshape(&[n, c, 1, 1])?;
+                let h = self.norm2.forward(exec, &h, false)?;
+                let h = exec.run(&Binary::new(BinaryOp::Mul), &[&h, &s])?;
+                let h = exec.run(&Binary::new(BinaryOp::Add), &[&h, &b])?;
+                silu(exec, &h)?
+            }
+        };
+        let skip = match &self.shortcut {
+            Some(conv) => conv.forward(exec, x)?,
+            None => x.clone(),
+        };
+        let out = self.conv2.forward_residual(exec, &h, &skip)?;
+        divide(exec, out, self.output_scale_factor)
+    }
+}
+
+fn host(t: &Tensor) -> Result<&[f32]> {
+    t.cpu_data()
+        .ok_or_else(|| Error::invalid("weights", "a freshly taken weight is not on the CPU"))
+}
+
+/// The spatial self-attention of `UNet2DModel` blocks: diffusers' `Attention` built with
+/// `_from_deprecated_attn_block=True` and `AttnProcessor2_0`:
+/// ```text
+/// h = group_norm(x)                               (if the block has one)
+/// q, k, v = to_q(h), to_k(h), to_v(h)             over the H·W tokens, with bias
+/// o = softmax(q·kᵀ / √head_dim) · v               per head
+/// out = (to_out.0(o) + x) / rescale_output_factor
+/// ```
+/// Token-wise linears over (N, C, H·W) are 1×1 convolutions, so nothing is transposed: q, k
+/// and v are one 1×1 conv with the three weights stacked, whose (N, 3·H·D, T) output is the
+/// channel-first `QkvLayout::GuidedDiffusion` layout of the attention op.
+/// x (N, C, H, W) → (N, C, H, W).
+pub struct AttentionBlock {
+    norm: Option<GroupNorm>,
+    qkv: Conv2d,
+    out: Conv2d,
+    heads: usize,
+    inner: usize,
+    rescale_output_factor: f64,
+}
+
+impl AttentionBlock {
+    /// `heads · head_dim` may differ from `channels` (diffusers allows it); `norm` is the
+    /// group count and eps of the group norm, if the block has one.
+    pub fn load(
+        exec: &mut Exec,
+        w: &mut Weights,
+        prefix: &str,
+        channels: usize,
+        (heads, head_dim): (usize, usize),
+        norm: Option<(usize, f64)>,
+        rescale_output_factor: f64,
+    ) -> Result<Self> {
+        let c = channels;
+        let inner = heads * head_dim;
+        // Fail at load time rather than at the first forward.
+        if head_dim > MAX_HEAD_DIM || heads == 0 {
+            return Err(Error::invalid(
+                "attention_block",
+                format!(
+                    "`{prefix}` has {heads} head(s) of {head_dim} channels; the attention kernel \
+                     supports 1 to {MAX_HEAD_DIM} channels per head (with `attention_head_dim: \
+                     null` diffusers uses one head over all channels)"
+                ),
+            ));
+        }
+        let p = |s: &str| format!("{prefix}.{s}");
+        let norm = match norm {
+            Some((g, eps)) => Some(GroupNorm::load(exec, w, &p("group_norm"), c, g, eps)?),
+            None => None,
+        };
+        let mut qkv_w = Vec::with_capacity(3 * inner * c);
+        let mut qkv_b = Vec::with_capacity(3 * inner);
+        for name in ["to_q", "to_k", "to_v"] {
+            let wt = w.take(&p(&format!("{name}.weight")), &[inner, c])?;
+            let b = w.take(&p(&format!("{name}.bias")), &[inner])?;
+            qkv_w.extend_from_slice(host(&wt)?);
+            qkv_b.extend_from_slice(host(&b)?);
+        }
+        let qkv = Conv2d::pointwise_from(
+            exec,
+            Tensor::from_vec(&[3 * inner, c, 1, 1], qkv_w)?,
+            Tensor::from_vec(&[3 * inner], qkv_b)?,
+        )?;
+        let ow = w.take(&p("to_out.0.weight"), &[c, inner])?;
+        let ob = w.take(&p("to_out.0.bias"), &[c])?;
+        let out = Conv2d::pointwise_from(exec, ow.reshape(&[c, inner, 1, 1])?, ob)?;
+        Ok(Self {
+            norm,
+            qkv,
+            out,
+            heads,
+            inner,
+            rescale_output_factor,
+        })
+    }
+
+    pub fn forward(&self, exec: &mut Exec, x: &Tensor) -> Result<Tensor> {
+        let s = x.shape();
+        if s.len() != 4 {
+            return Err(Error::shape("attention_block", "input", "(N, C, H, W)", s));
+        }
+        let (n, hh, ww) = (s[0], s[2], s[3]);
+        let h = match &self.norm {
+            Some(norm) => norm.forward(exec, x, false)?,
+            None => x.clone(),
+        };
+        let qkv = self.qkv.forward(exec, &h)?;
+        let qkv = qkv.reshape(&[n, 3 * self.inner, hh * ww])?;
+        let o = exec.run(
+            &Attention::new(self.heads).with_layout(QkvLayout::GuidedDiffusion),
+            &[&qkv],
+        )?;
+        let o = o.reshape(&[n, self.inner, hh, ww])?;
+        let out = self.out.forward_residual(exec, &o, x)?;
+        divide(exec, out, self.rescale_output_factor)
+    }
+}
+
+/// diffusers' `Downsample2D(use_conv=True)`: a 3×3 conv with stride 2 named `conv`. With
+/// `padding = 0` diffusers first pads one zero column on the right and one zero row at the
+/// bottom (`F.pad(x, (0, 1, 0, 1))`), done here by concatenating zeros.
+/// x (N, C, H, W) → (N, C, ⌊(H + 2p − 3)/2⌋ + 1, …) (p = 1, or the padded size with p = 0).
+pub struct Downsample2D {
+    conv: Conv2d,
+    pad_right_bottom: bool,
+}
+
+impl Downsample2D {
+    pub fn load(
+        exec: &mut Exec,
+        w: &mut Weights,
+        prefix: &str,
+        channels: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            conv: Conv2d::load(
+                exec,
+                w,
+                &format!("{prefix}.conv"),
+                channels,
+                channels,
+                3,
+                2,
+                padding,
+            )?,
+            pad_right_bottom: padding == 0,
+        })
+    }
+
+    pub fn forward(&self, exec: &mut Exec, x: &Tensor) -> Result<Tensor> {
+        if !self.pad_right_bottom {
+            return self.conv.forward(exec, x);
+        }
+        let s = x.shape();
+        if s.len() != 4 {
+            return Err(Error::shape("downsample", "input", "(N, C, H, W)", s));
+        }
+        let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
+        let col = exec.tensor(&[n, c, h, 1], &vec![0.0; n * c * h])?;
+        let x = exec.run(&Concat::new(3), &[x, &col])?;
+        let row = exec.tensor(&[n, c, 1, w + 1], &vec![0.0; n * c * (w + 1)])?;
+        let x = exec.run(&Concat::new(2), &[&x, &row])?;
+        self.conv.forward(exec, &x)
+    }
+}
+
+/// diffusers' `Upsample2D(use_conv=True)`: nearest 2× then a 3×3 conv named `conv`.
+/// x (N, C, H, W) → (N, C, 2H, 2W).
+pub struct Upsample2D {
+    conv: Conv2d,
+}
+
+impl Upsample2D {
+    pub fn load(exec: &mut Exec, w: &mut Weights, prefix: &str, channels: usize) -> Result<Self> {
+        Ok(Self {
+            conv: Conv2d::load(
+                exec,
+                w,
+                &format!("{prefix}.conv"),
+                channels,
+                channels,
+                3,
+                1,
+                1,
+            )?,
+        })
+    }
+
+    pub fn forward(&self, exec: &mut Exec, x: &Tensor) -> Result<Tensor> {
+        let up = exec.run(&Upsample2x, &[x])?;
+        self.conv.forward(exec, &up)
+    }
+}
