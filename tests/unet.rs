@@ -5,7 +5,6 @@
 //! whole model, on the CPU reference backend and on the GPU.
 
 #[path = "ops/common.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::path::{Path, PathBuf};
