@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::gpu::{GpuContext, Recorder};
+use crate::gpu::{BufferPool, GpuContext, PoolStats, Recorder};
 use crate::ops::{GpuArg, Op};
 use crate::tensor::{numel, Data, Tensor};
 
@@ -15,9 +15,16 @@ pub enum Backend {
 }
 
 /// Runs ops. On the GPU, ops are recorded and submitted together by `submit` or `read`.
+///
+/// Each GPU executor takes its outputs from its own buffer pool, so a buffer it frees
+/// before submitting can only be reused by its own later (ordered) work, never by another
+/// executor's recording that might be submitted first; inputs it does not own are held
+/// until it submits. Several executors may therefore record on one `GpuContext` at once.
 pub struct Exec {
     backend: Backend,
     rec: Recorder,
+    /// Output buffers of this executor (GPU only).
+    pool: Option<BufferPool>,
 }
 
 impl Exec {
@@ -25,14 +32,21 @@ impl Exec {
         Self {
             backend: Backend::Cpu,
             rec: Recorder::new(),
+            pool: None,
         }
     }
 
     pub fn gpu(ctx: Arc<GpuContext>) -> Self {
         Self {
+            pool: Some(BufferPool::new(ctx.device.clone())),
             backend: Backend::Gpu(ctx),
             rec: Recorder::new(),
         }
+    }
+
+    /// Buffer statistics of this executor's outputs (GPU only).
+    pub fn pool_stats(&self) -> Option<PoolStats> {
+        self.pool.as_ref().map(|p| p.stats())
     }
 
     pub fn backend(&self) -> &Backend {
@@ -124,7 +138,17 @@ impl Exec {
                         hint: "use a smaller batch or resolution",
                     });
                 }
-                let out = Arc::new(ctx.pool.get(name, bytes));
+                let pool = self
+                    .pool
+                    .get_or_insert_with(|| BufferPool::new(ctx.device.clone()));
+                for t in inputs {
+                    if let Some(b) = t.gpu_buffer() {
+                        if !b.belongs_to(pool) {
+                            self.rec.hold(b.clone());
+                        }
+                    }
+                }
+                let out = Arc::new(pool.get(name, bytes));
                 let out_arg = GpuArg {
                     shape: &out_shape,
                     buffer: out.buffer(),

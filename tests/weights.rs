@@ -697,7 +697,10 @@ fn sharded_checkpoints() {
         assert_eq!(format_err(&e).1, Some("a"), "{bad}");
     }
     assert!(ShardIndex::parse("i.json", "{\"metadata\": {}}").is_err());
-    std::fs::remove_dir_all(temp_path("")).ok();
+    // Only this test's folders: other tests run in parallel in the same temp directory.
+    for d in ["shards-ok", "shards-missing", "shards-dup", "shards-absent"] {
+        std::fs::remove_dir_all(temp_path(d)).ok();
+    }
 }
 
 #[test]

@@ -2,9 +2,16 @@
 //! expensive in WebGPU, so op outputs reuse freed buffers of a close size.
 //!
 //! Reuse is safe inside one command buffer because WebGPU orders every dispatch after the
-//! previous one's writes; the only hazard is a `queue.write_buffer` into a buffer that an
-//! unsubmitted recording still uses, so uploads never go through the queue (see
-//! `GpuContext::upload`) and per-dispatch uniforms are fresh buffers owned by the recorder.
+//! previous one's writes, and across command buffers because the queue runs them in submit
+//! order. Two hazards remain, and the engine closes both:
+//! - a buffer freed while an unsubmitted recording still reads it must not be handed to a
+//!   *different* recording that could be submitted first: each `Exec` allocates its outputs
+//!   from its own pool, holds every input it does not own (weights, other executors'
+//!   tensors) until it submits, and ops' scratch buffers stay in the recording until
+//!   after `queue.submit`;
+//! - a `queue.write_buffer` into a buffer an unsubmitted recording uses would land first, so
+//!   uploads never go through the queue (see `GpuContext::upload`) and per-dispatch uniforms
+//!   are fresh buffers owned by the bind group.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -147,6 +154,10 @@ impl PooledBuffer {
     /// Allocated bytes.
     pub fn size(&self) -> u64 {
         self.size
+    }
+    /// Whether this buffer returns to `pool` when dropped.
+    pub fn belongs_to(&self, pool: &BufferPool) -> bool {
+        std::ptr::eq(self.pool.as_ptr(), Arc::as_ptr(&pool.inner))
     }
 }
 

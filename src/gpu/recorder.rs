@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use wgpu::util::DeviceExt;
 
-use super::{CachedPipeline, GpuContext};
+use super::{CachedPipeline, GpuContext, PooledBuffer};
 use crate::error::{Error, Result};
 
 /// A byte range of a buffer to bind as one storage binding.
@@ -47,6 +47,9 @@ enum Command {
 pub struct Recorder {
     commands: Vec<Command>,
     dispatches: usize,
+    /// Pooled buffers the commands use that must not return to a pool before the submit
+    /// (see `gpu::pool`'s hazards).
+    held: Vec<Arc<PooledBuffer>>,
 }
 
 impl Recorder {
@@ -144,6 +147,12 @@ impl Recorder {
         Ok(())
     }
 
+    /// Keep `buffer` out of its pool until this recording has been submitted: for scratch
+    /// buffers an op uses and then drops, and for inputs owned by another pool.
+    pub fn hold(&mut self, buffer: Arc<PooledBuffer>) {
+        self.held.push(buffer);
+    }
+
     /// Record a buffer-to-buffer copy.
     pub fn copy(
         &mut self,
@@ -162,8 +171,9 @@ impl Recorder {
         });
     }
 
-    /// Encode everything recorded into one command buffer.
-    pub fn finish(self, ctx: &GpuContext) -> wgpu::CommandBuffer {
+    /// Encode everything recorded into one command buffer. The held buffers come back with
+    /// it: drop them only after `queue.submit`.
+    pub fn finish(self, ctx: &GpuContext) -> (wgpu::CommandBuffer, Vec<Arc<PooledBuffer>>) {
         let mut encoder = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -200,7 +210,7 @@ impl Recorder {
                 i += 1;
             }
         }
-        encoder.finish()
+        (encoder.finish(), self.held)
     }
 }
 
@@ -210,8 +220,9 @@ impl GpuContext {
         if rec.is_empty() {
             return Ok(());
         }
-        let cb = rec.finish(self);
+        let (cb, held) = rec.finish(self);
         self.queue.submit([cb]);
+        drop(held);
         self.take_error("submit")
     }
 
@@ -240,8 +251,9 @@ impl GpuContext {
             rec.copy(buf, *off, &staging, at, len4);
             at += len4;
         }
-        let cb = rec.finish(self);
+        let (cb, held) = rec.finish(self);
         self.queue.submit([cb]);
+        drop(held);
         self.take_error("submit before readback")?;
 
         let (tx, rx) = futures_channel::oneshot::channel();

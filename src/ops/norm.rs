@@ -120,9 +120,9 @@ impl Rows {
         let (max_binding, align) = chunk::limits(ctx);
         let parts = chunk::plan(op, self.rows, 1, &operands, max_binding, align)?;
         let part_rows = parts.iter().map(|c| c.batches.len()).max().unwrap_or(0);
-        // One scratch buffer serves every part: the parts run one after another. It goes
-        // back to the pool when this function returns; whoever gets it next records its
-        // work after these dispatches, so GPU order keeps the reuse safe.
+        // One scratch buffer serves every part: the parts run one after another. The
+        // recording holds it until it is submitted, so no other recording can reuse it
+        // while these dispatches are still pending.
         let scratch = ctx.pool.get(
             "norm scratch",
             if split {
@@ -192,6 +192,7 @@ impl Rows {
             let n = rows * self.row_len;
             rec.dispatch(ctx, &pl, bytes, &ins, &outs, fold(n.div_ceil(WG as usize)))?;
         }
+        rec.hold(std::sync::Arc::new(scratch));
         Ok(())
     }
 }

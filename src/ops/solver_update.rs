@@ -3,6 +3,8 @@
 //! `s` in f64 on the CPU and ends each step in this one dispatch; with no inputs it draws
 //! the initial noise `x_T = s·z`.
 
+use std::sync::Arc;
+
 use bytemuck::{Pod, Zeroable};
 
 use super::{grid_1d, philox, GpuArg, Op};
@@ -157,16 +159,21 @@ impl Op for SolverUpdate {
             _pad: 0,
             coef,
         };
-        // Unused input slots are bound to a buffer the dispatch does not read (the first
-        // input, or the output's own buffer when there is none — never read-only and
-        // read-write at once: with no inputs we bind a small scratch buffer instead).
-        let scratch;
-        let filler: &wgpu::Buffer = match inputs.first() {
-            Some(a) => a.buffer,
-            None => {
-                scratch = ctx.pool.get("solver_update unused input", 4);
-                scratch.buffer()
-            }
+        // Unused input slots are bound to a buffer the dispatch does not read: the first
+        // input, or with no inputs a small scratch buffer (never the output: a buffer may
+        // not be bound read-only and read-write in one dispatch).
+        let scratch = inputs
+            .is_empty()
+            .then(|| Arc::new(ctx.pool.get("solver_update unused input", 4)));
+        let Some(filler) = inputs
+            .first()
+            .map(|a| a.buffer)
+            .or(scratch.as_deref().map(|s| s.buffer()))
+        else {
+            return Err(Error::invalid(
+                self.name(),
+                "no buffer to bind for unused inputs",
+            ));
         };
         let mut slots: Vec<BufferSlice<'_>> = inputs
             .iter()
@@ -187,6 +194,10 @@ impl Op for SolverUpdate {
             &slots,
             &[BufferSlice::whole(out.buffer)],
             grid_1d(ctx, n.div_ceil(4), WG),
-        )
+        )?;
+        if let Some(s) = scratch {
+            rec.hold(s);
+        }
+        Ok(())
     }
 }

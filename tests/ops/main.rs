@@ -6,6 +6,7 @@ mod common;
 mod attention;
 mod conv;
 mod elementwise;
+mod exec;
 mod matmul;
 mod norms;
 mod resample;
