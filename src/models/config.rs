@@ -1285,95 +1285,79 @@ impl UNet2DConditionConfig {
             )?;
         }
 
-        // Options whose non-default values change the computation in ways not implemented.
-        require(
-            file,
-            "time_embedding_type",
-            self.time_embedding_type == "positional",
-            "\"positional\"",
-            js(&self.time_embedding_type),
-            HINT_UNSUPPORTED,
-        )?;
-        require(
-            file,
-            "class_embed_type",
-            self.class_embed_type.is_none(),
-            "null (class labels through `num_class_embeds`)",
-            js(&self.class_embed_type),
-            HINT_UNSUPPORTED,
-        )?;
-        require(
-            file,
-            "addition_embed_type",
-            self.addition_embed_type.is_none(),
-            "null",
-            js(&self.addition_embed_type),
-            HINT_UNSUPPORTED,
-        )?;
-        require(
-            file,
-            "encoder_hid_dim_type",
-            self.encoder_hid_dim_type.is_none(),
-            "null",
-            js(&self.encoder_hid_dim_type),
-            HINT_UNSUPPORTED,
-        )?;
-        require(
-            file,
-            "encoder_hid_dim",
-            self.encoder_hid_dim.is_none(),
-            "null (no projection of encoder_hidden_states)",
-            js(&self.encoder_hid_dim),
-            HINT_UNSUPPORTED,
-        )?;
-        require(
-            file,
-            "time_embedding_act_fn",
-            self.time_embedding_act_fn.is_none(),
-            "null",
-            js(&self.time_embedding_act_fn),
-            HINT_UNSUPPORTED,
-        )?;
-        require(
-            file,
-            "timestep_post_act",
-            self.timestep_post_act.is_none(),
-            "null",
-            js(&self.timestep_post_act),
-            HINT_UNSUPPORTED,
-        )?;
-        require(
-            file,
-            "time_cond_proj_dim",
-            self.time_cond_proj_dim.is_none(),
-            "null",
-            js(&self.time_cond_proj_dim),
-            HINT_UNSUPPORTED,
-        )?;
-        require(
-            file,
-            "class_embeddings_concat",
-            !self.class_embeddings_concat,
-            "false",
-            "true".into(),
-            HINT_UNSUPPORTED,
-        )?;
-        require(
-            file,
-            "dual_cross_attention",
-            !self.dual_cross_attention,
-            "false",
-            "true".into(),
-            HINT_UNSUPPORTED,
-        )?;
-        require(
-            file,
-            "attention_type",
-            self.attention_type == "default",
-            "\"default\"",
-            js(&self.attention_type),
-            HINT_UNSUPPORTED,
-        )?;
+        // Options whose non-default values change the computation in ways not implemented:
+        // (key, value is the supported one, what is supported, the value found).
+        let unsupported = [
+            (
+                "time_embedding_type",
+                self.time_embedding_type == "positional",
+                "\"positional\"",
+                js(&self.time_embedding_type),
+            ),
+            (
+                "class_embed_type",
+                self.class_embed_type.is_none(),
+                "null (class labels through `num_class_embeds`)",
+                js(&self.class_embed_type),
+            ),
+            (
+                "addition_embed_type",
+                self.addition_embed_type.is_none(),
+                "null",
+                js(&self.addition_embed_type),
+            ),
+            (
+                "encoder_hid_dim_type",
+                self.encoder_hid_dim_type.is_none(),
+                "null",
+                js(&self.encoder_hid_dim_type),
+            ),
+            (
+                "encoder_hid_dim",
+                self.encoder_hid_dim.is_none(),
+                "null (no projection of encoder_hidden_states)",
+                js(&self.encoder_hid_dim),
+            ),
+            (
+                "time_embedding_act_fn",
+                self.time_embedding_act_fn.is_none(),
+                "null",
+                js(&self.time_embedding_act_fn),
+            ),
+            (
+                "timestep_post_act",
+                self.timestep_post_act.is_none(),
+                "null",
+                js(&self.timestep_post_act),
+            ),
+            (
+                "time_cond_proj_dim",
+                self.time_cond_proj_dim.is_none(),
+                "null",
+                js(&self.time_cond_proj_dim),
+            ),
+            (
+                "class_embeddings_concat",
+                !self.class_embeddings_concat,
+                "false",
+                "true".into(),
+            ),
+            (
+                "dual_cross_attention",
+                !self.dual_cross_attention,
+                "false",
+                "true".into(),
+            ),
+            (
+                "attention_type",
+                self.attention_type == "default",
+                "\"default\"",
+                js(&self.attention_type),
+            ),
+        ];
+        for (key, ok, expected, got) in unsupported {
+            require(file, key, ok, expected, got, HINT_UNSUPPORTED)?;
+        }
         require(
             file,
             "num_attention_heads",
