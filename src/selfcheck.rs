@@ -109,7 +109,7 @@ pub async fn run_async(ctx: &Arc<GpuContext>) -> Result<Vec<CheckResult>> {
             "solver_update + noise",
             &update,
             &[x.clone(), y.clone()],
-            2e-5,
+            2e-6,
         )
         .await?,
     );
