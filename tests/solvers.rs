@@ -236,8 +236,44 @@ fn philox_cpu_gpu_same() {
     for (a, b) in outs[0].iter().zip(&outs[1]) {
         assert!((a - b).abs() <= 1e-5 * scale.max(1.0), "{a} vs {b}");
     }
-    // Different seeds differ.
+    // The sample is not trivially zero.
     assert!(scale > 0.0);
+}
+
+/// On the GPU each step is submitted after its callback: the work pending when a callback
+/// runs is that one step's, not the whole trajectory so far.
+#[test]
+fn gpu_sampling_submits_once_per_step() {
+    let Some(ctx) = gpu() else { return };
+    let config = SchedulerConfig::new(SchedulerClass::EulerDiscrete);
+    let shape = [1, 2, 5, 7];
+    let mut exec = Exec::gpu(ctx);
+    let mut solver = solver_from_name("euler", &config, 8, SolverOptions::default()).unwrap();
+    let x_t = initial_noise(&mut exec, solver.as_ref(), &shape, 3).unwrap();
+    exec.submit().unwrap();
+    let mut model = FakeModel {
+        c: Tensor::from_vec(&shape, vec![0.25; 70]).unwrap(),
+    };
+    let mut pending = Vec::new();
+    sample(
+        &mut exec,
+        solver.as_mut(),
+        &mut model,
+        &x_t,
+        &mut Noise::Philox { seed: 3 },
+        |ex, _| {
+            pending.push(ex.pending_dispatches());
+            Control::Continue
+        },
+    )
+    .unwrap();
+    assert_eq!(pending.len(), 8);
+    assert!(pending[0] > 0, "{pending:?}");
+    assert!(
+        pending.iter().all(|&p| p == pending[0]),
+        "pending work grows: {pending:?}"
+    );
+    assert_eq!(exec.pending_dispatches(), 0, "the last step was submitted");
 }
 
 #[test]

@@ -202,8 +202,10 @@ pub fn scale_initial_noise(exec: &mut Exec, solver: &dyn Solver, unit: &Tensor) 
 
 /// Runs `solver` from `x_t` (already scaled by `init_noise_sigma`). After each step the
 /// callback gets the step's sample and x₀ prediction; returning [`Control::Stop`] ends the
-/// loop there. On the GPU nothing is submitted here: the caller reads the result (or the
-/// callback submits, e.g. to show a preview).
+/// loop there. On the GPU each step is one submit: the step's dispatches plus whatever the
+/// callback recorded (a preview render) go to the queue together after the callback, so the
+/// GPU works while the next step is recorded and a stop takes effect between steps. Nothing
+/// is read back; the caller reads the result.
 pub fn sample(
     exec: &mut Exec,
     solver: &mut dyn Solver,
@@ -229,7 +231,9 @@ pub fn sample(
             x: &x,
             x0: &out.x0,
         };
-        if callback(exec, &info) == Control::Stop {
+        let control = callback(exec, &info);
+        exec.submit()?;
+        if control == Control::Stop {
             return Ok(Sampled {
                 sample: x,
                 steps: i + 1,
