@@ -1,9 +1,14 @@
 //! webdiffusion: diffusion-model sampling on the GPU through WebGPU, natively (wgpu) and in
 //! the browser (wasm32). See ARCHITECTURE.md for the layers.
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bundled;
 pub mod error;
+pub mod eval;
 pub mod exec;
 pub mod gpu;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod image;
 pub mod models;
 pub mod nn;
 pub mod ops;

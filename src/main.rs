@@ -9,6 +9,9 @@ fn main() -> anyhow::Result<()> {
 fn main() {}
 
 #[cfg(not(target_arch = "wasm32"))]
+mod sample_cmd;
+
+#[cfg(not(target_arch = "wasm32"))]
 mod cli {
     use clap::{Parser, Subcommand};
     use webdiffusion::{platform::block_on, GpuContext, GpuOptions};
@@ -35,6 +38,10 @@ mod cli {
         /// Run every kernel on the GPU against the CPU reference on small odd shapes and
         /// report the largest error of each: a quick check that this adapter computes right.
         Check,
+        /// Sample images from a diffusion model (default: the bundled digit model).
+        Sample(crate::sample_cmd::SampleArgs),
+        /// List the solvers `sample --solver` takes.
+        Solvers,
     }
 
     pub fn main() -> anyhow::Result<()> {
@@ -54,6 +61,8 @@ mod cli {
                     shaders.join(", ")
                 );
             }
+            Cmd::Sample(args) => crate::sample_cmd::run(args)?,
+            Cmd::Solvers => crate::sample_cmd::list_solvers(),
             Cmd::Check => {
                 let ctx = block_on(GpuContext::new(&GpuOptions::default()))?;
                 println!("{}", ctx.caps.summary());

@@ -235,6 +235,20 @@ impl ModelConfig {
         })
     }
 
+    /// `sample_size` as (height, width): the resolution the model was trained at (an int
+    /// means square; `None` when the config leaves it null).
+    pub fn sample_size(&self) -> Option<(usize, usize)> {
+        let s = match &self.config {
+            UNetConfig::UNet2D(c) => c.sample_size.as_ref(),
+            UNetConfig::UNet2DCondition(c) => c.sample_size.as_ref(),
+        }?;
+        match s {
+            OneOrMany::One(n) => Some((*n, *n)),
+            OneOrMany::Many(v) if v.len() == 2 => Some((v[0], v[1])),
+            OneOrMany::Many(_) => None,
+        }
+    }
+
     /// Reads and parses a `config.json` file.
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let path = path.as_ref();

@@ -3,4 +3,5 @@
 pub mod config;
 pub mod unet2d;
 
+pub use config::ModelConfig;
 pub use unet2d::UNet2DModel;

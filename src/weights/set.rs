@@ -91,6 +91,17 @@ impl Weights {
         }
     }
 
+    /// Reads a whole safetensors file already in memory (an embedded model, a `Blob` read at
+    /// once); `file` names it in errors.
+    pub fn from_bytes(file: &str, bytes: &[u8], opts: &LoadOptions) -> Result<Self> {
+        let mut w = Self::new(file);
+        let mut stream = super::SafetensorsStream::with_options(file, opts.clone());
+        stream.set_file_len(bytes.len() as u64)?;
+        stream.push_with(bytes, |t| w.insert(t))?;
+        stream.finish()?;
+        Ok(w)
+    }
+
     /// Adds a tensor; a name already present is an error naming both files.
     pub fn insert(&mut self, t: ReadyTensor) -> Result<()> {
         if let Some(prev) = self.entries.get(&t.name) {

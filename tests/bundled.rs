@@ -1,0 +1,181 @@
+//! The bundled digit model end to end on the GPU: it loads, and what the engine samples from
+//! it is recognised by the digit classifier as the requested class (a cheap version of the
+//! quality measurement in BENCHMARKS.md: 30 samples at 10 steps). Plus the `sample` CLI:
+//! output files, no clobbering, and clear errors.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use webdiffusion::eval::{argmax_rows, DigitClassifier};
+use webdiffusion::platform::block_on;
+use webdiffusion::sampling::solvers::{
+    initial_noise, sample, solver_from_name, Control, Noise, SolverOptions,
+};
+use webdiffusion::weights::{LoadOptions, Weights};
+use webdiffusion::{bundled, Exec, GpuContext, GpuOptions};
+
+fn gpu_exec() -> Option<Exec> {
+    match block_on(GpuContext::new(&GpuOptions::default())) {
+        Ok(ctx) => Some(Exec::gpu(ctx)),
+        Err(e) => {
+            assert!(
+                std::env::var_os("WEBDIFFUSION_REQUIRE_GPU").is_none(),
+                "WEBDIFFUSION_REQUIRE_GPU is set but no adapter: {e}"
+            );
+            eprintln!("skipping: no GPU adapter ({e})");
+            None
+        }
+    }
+}
+
+fn classifier(exec: &mut Exec) -> DigitClassifier {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mnist/eval/classifier.safetensors");
+    let bytes = std::fs::read(&path).expect("classifier weights are committed");
+    let mut w = Weights::from_bytes("classifier.safetensors", &bytes, &LoadOptions::default())
+        .expect("classifier weights parse");
+    DigitClassifier::from_weights(exec, &mut w).expect("classifier builds")
+}
+
+#[test]
+fn bundled_model_draws_the_requested_digits() {
+    let Some(mut exec) = gpu_exec() else { return };
+    let mut model = bundled::load(&mut exec).expect("bundled model loads");
+    let sched = bundled::scheduler_config().expect("bundled scheduler config parses");
+    let labels: Vec<usize> = (0..30).map(|i| i % 10).collect();
+    model.set_class_labels(Some(labels.clone()));
+    let mut solver = solver_from_name("dpmpp_2m", &sched, 10, SolverOptions::default()).unwrap();
+    let x_t = initial_noise(&mut exec, solver.as_ref(), &[30, 1, 32, 32], 1234).unwrap();
+    let out = sample(
+        &mut exec,
+        solver.as_mut(),
+        &mut model,
+        &x_t,
+        &mut Noise::Philox { seed: 1234 },
+        |_, _| Control::Continue,
+    )
+    .unwrap();
+    let clf = classifier(&mut exec);
+    let f = clf.features(&mut exec, &out.sample).unwrap();
+    let logits = clf.logits(&mut exec, &f).unwrap();
+    let logits = block_on(exec.read(&logits)).unwrap();
+    let pred = argmax_rows(&logits, 10);
+    let right = pred.iter().zip(&labels).filter(|(a, b)| a == b).count();
+    eprintln!("classified as requested: {right}/30 ({pred:?})");
+    assert!(right >= 24, "only {right}/30 samples classified as the requested digit: {pred:?}");
+}
+
+#[test]
+fn classifier_recognises_real_digits() {
+    // A negative control for the test above: the classifier run by this engine on real held-out
+    // digits must be right (≥ 95 % of 100), and on pure noise it must not be.
+    let Some(mut exec) = gpu_exec() else { return };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mnist/eval/heldout.safetensors");
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let images = st.tensor("images").unwrap();
+    let labels: Vec<usize> = st
+        .tensor("labels")
+        .unwrap()
+        .data()
+        .chunks(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize)
+        .collect();
+    // Every tenth digit: 100 across all classes.
+    let pick: Vec<usize> = (0..labels.len()).step_by(10).collect();
+    let mut x = vec![-1f32; pick.len() * 1024];
+    for (k, &i) in pick.iter().enumerate() {
+        let px = &images.data()[i * 784..(i + 1) * 784];
+        for y in 0..28 {
+            for xx in 0..28 {
+                x[k * 1024 + (y + 2) * 32 + xx + 2] = px[y * 28 + xx] as f32 / 127.5 - 1.0;
+            }
+        }
+    }
+    let clf = classifier(&mut exec);
+    let t = exec.tensor(&[pick.len(), 1, 32, 32], &x).unwrap();
+    let f = clf.features(&mut exec, &t).unwrap();
+    let l = clf.logits(&mut exec, &f).unwrap();
+    let pred = argmax_rows(&block_on(exec.read(&l)).unwrap(), 10);
+    let right = pick.iter().zip(&pred).filter(|(&i, &p)| labels[i] == p).count();
+    assert!(right >= 95, "classifier right on only {right}/100 real digits");
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("wd-bundled-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn sample_cli_writes_a_grid_and_refuses_to_clobber() {
+    if gpu_exec().is_none() {
+        return;
+    }
+    let dir = tmp("cli");
+    let out = dir.join("nested/digits.png");
+    let run = || {
+        bin()
+            .args(["sample", "--batch", "4", "--grid", "--steps", "3", "--seed", "5", "--quiet"])
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(stdout.contains("seed 5"), "the seed is printed: {stdout}");
+    let png = webdiffusion::image::decode_png(&std::fs::read(&out).unwrap()).unwrap();
+    // Four 32×32 tiles in a 2×2 grid with 2-pixel gaps.
+    assert_eq!((png.width, png.height, png.channels), (66, 66, 1));
+    let before = std::fs::read(&out).unwrap();
+    let second = run();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), before, "the existing file is untouched");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sample_cli_errors_are_clear() {
+    let dir = tmp("errors");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--model", "/nonexistent/model"], "does not exist"),
+        (&["--solver", "no_such_solver"], "unknown solver"),
+        (&["--class-labels", "12"], "out of range"),
+        (&["--steps", "0"], "at least 1"),
+    ];
+    for (args, want) in cases {
+        let o = bin()
+            .arg("sample")
+            .args(*args)
+            .arg("--out")
+            .arg(dir.join("x.png"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(err.contains(want), "{args:?}: expected '{want}' in: {err}");
+        assert!(!dir.join("x.png").exists(), "{args:?} wrote an output");
+    }
+    // An output folder that cannot be created (a file is in the way).
+    let blocker = dir.join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    if gpu_exec().is_some() {
+        let o = bin()
+            .args(["sample", "--steps", "1", "--quiet", "--out"])
+            .arg(blocker.join("x.png"))
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("cannot create folder"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
