@@ -37,7 +37,13 @@ const GPU_REL: f64 = 1e-5;
 /// inputs: 1.5e-6, 2.5e-6 and 0.9e-6): ill-conditioned steps (third order onto σ_min after
 /// a long last step, ε-form SDE), where two float32 evaluations in different operation orders
 /// cannot agree to 1e-6. Ours differ from diffusers by 1.9e-6, 5.4e-6 and 1.4e-6.
+///
+/// DEIS order 3: diffusers evaluates the log-ρ antiderivatives in float32 and subtracts them;
+/// its float32 run is 1.9e-5 and 6.0e-6 from the same run in float64. Those float64 runs are
+/// goldens too (`*_f64.json`, held to [`CPU_REL`]): ours is 3.5e-7 and 6.3e-7 from them.
 const F32_LIMITED: &[(&str, f64)] = &[
+    ("deis_3_v_karras.json", 3e-5),
+    ("deis_3_eps_leading_nolof.json", 1e-5),
     ("dpm_2m_sde_eps.json", 1e-5),
     ("dpmpp_3m_sample_sigmamin.json", 1e-5),
     ("dpmpp_3m_sde_eps.json", 1e-5),
@@ -87,8 +93,17 @@ fn read_golden(name: &str) -> Value {
 }
 
 fn class_of(g: &Value) -> SchedulerClass {
-    // Euler ancestral and Heun share EulerDiscrete's schedule.
-    SchedulerClass::from_name(g["class"].as_str().unwrap()).unwrap_or(SchedulerClass::EulerDiscrete)
+    // Classes without a schedule of their own load as the class whose keys they share;
+    // the rest (Euler ancestral, Heun, LMS, KDPM2) as EulerDiscrete.
+    let name = g["class"].as_str().unwrap();
+    match name {
+        "DDIMInverseScheduler" | "PNDMScheduler" | "LCMScheduler" => SchedulerClass::Ddim,
+        "DPMSolverSinglestepScheduler" | "DEISMultistepScheduler" => {
+            SchedulerClass::DpmSolverMultistep
+        }
+        "CMStochasticIterativeScheduler" => SchedulerClass::EdmEuler,
+        _ => SchedulerClass::from_name(name).unwrap_or(SchedulerClass::EulerDiscrete),
+    }
 }
 
 /// Runs one golden on `exec`; returns the largest step error relative to the step's max |value|.
@@ -111,10 +126,15 @@ fn run_golden(g: &Value, exec: &mut Exec) -> f64 {
         .iter()
         .map(|v| v.as_u64().unwrap() as usize)
         .collect();
-    assert_eq!(
-        solver.init_noise_sigma() as f32,
-        g["init_noise_sigma"].as_f64().unwrap() as f32,
-        "{name}: init_noise_sigma"
+    // σ_max comes from torch's float32 √ (MKL on x86, within 1 ulp but not correctly
+    // rounded), so Euler-family sigmas are within 2 ulp of diffusers (see tests/schedules.rs).
+    let (got, want) = (
+        solver.init_noise_sigma(),
+        g["init_noise_sigma"].as_f64().unwrap(),
+    );
+    assert!(
+        (got - want).abs() <= 2.0 * f32::EPSILON as f64 * want.abs(),
+        "{name}: init_noise_sigma {got}, diffusers {want}"
     );
     let traj = g["trajectory"].as_array().unwrap();
     let mut noise = VecDeque::new();

@@ -29,12 +29,20 @@ use crate::exec::Exec;
 use crate::ops::SolverUpdate;
 use crate::tensor::Tensor;
 
+pub mod consistency;
 pub mod ddim;
+pub mod ddim_inverse;
 pub mod ddpm;
+pub mod deis;
 pub mod dpm_multistep;
+pub mod dpm_singlestep;
 pub mod euler;
 pub mod euler_ancestral;
 pub mod heun;
+pub mod kdpm2;
+pub mod lcm;
+pub mod lms;
+pub mod pndm;
 pub mod unipc;
 
 pub use ddim::Ddim;
@@ -44,6 +52,14 @@ pub use euler::Euler;
 pub use euler_ancestral::EulerAncestral;
 pub use heun::Heun;
 pub use unipc::{UniPc, UniPcVariant};
+pub use consistency::ConsistencyMultistep;
+pub use ddim_inverse::DdimInverse;
+pub use lcm::Lcm;
+pub use deis::Deis;
+pub use dpm_singlestep::{DpmSolverSinglestep, SinglestepAlgorithm};
+pub use kdpm2::Kdpm2;
+pub use lms::Lms;
+pub use pndm::Pndm;
 
 /// A model to sample: given x_t as the model takes it (already scaled by the solver where
 /// the scheduler's `scale_model_input` does so) and the model time (`timestep`, diffusers'
@@ -276,6 +292,18 @@ pub const SOLVERS: &[(&str, &str)] = &[
     ("unipc", "UniPCMultistepScheduler"),
     ("unipc_bh1", "UniPCMultistepScheduler"),
     ("unipc_bh2", "UniPCMultistepScheduler"),
+    ("ddim_inverse", "DDIMInverseScheduler"),
+    ("pndm", "PNDMScheduler"),
+    ("plms", "PNDMScheduler"),
+    ("lms", "LMSDiscreteScheduler"),
+    ("dpm2", "KDPM2DiscreteScheduler"),
+    ("dpm2_ancestral", "KDPM2AncestralDiscreteScheduler"),
+    ("dpm_singlestep", "DPMSolverSinglestepScheduler"),
+    ("dpmpp_2s", "DPMSolverSinglestepScheduler"),
+    ("dpmpp_3s", "DPMSolverSinglestepScheduler"),
+    ("deis", "DEISMultistepScheduler"),
+    ("lcm", "LCMScheduler"),
+    ("consistency", "CMStochasticIterativeScheduler"),
 ];
 
 /// Other names [`solver_from_name`] takes: diffusers class names and common spellings,
@@ -295,6 +323,21 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("UniPCMultistepScheduler", "unipc"),
     ("uni_pc", "unipc"),
     ("uni_pc_bh2", "unipc_bh2"),
+    ("DDIMInverseScheduler", "ddim_inverse"),
+    ("PNDMScheduler", "pndm"),
+    ("LMSDiscreteScheduler", "lms"),
+    ("k_lms", "lms"),
+    ("KDPM2DiscreteScheduler", "dpm2"),
+    ("k_dpm_2", "dpm2"),
+    ("KDPM2AncestralDiscreteScheduler", "dpm2_ancestral"),
+    ("k_dpm_2_ancestral", "dpm2_ancestral"),
+    ("dpm2_a", "dpm2_ancestral"),
+    ("DPMSolverSinglestepScheduler", "dpm_singlestep"),
+    ("dpmsolver_singlestep", "dpm_singlestep"),
+    ("DEISMultistepScheduler", "deis"),
+    ("LCMScheduler", "lcm"),
+    ("CMStochasticIterativeScheduler", "consistency"),
+    ("cm", "consistency"),
 ];
 
 /// Builds a solver by name for `steps` sampling steps. The config's schedule keys are used
@@ -345,6 +388,26 @@ pub fn solver_from_name(
             "unipc_bh2",
             Some(UniPcVariant::Bh2),
         )?),
+        "ddim_inverse" => Box::new(DdimInverse::new(config, steps)?),
+        "pndm" => Box::new(Pndm::new(config, steps, "pndm", None)?),
+        "plms" => Box::new(Pndm::new(config, steps, "plms", Some(true))?),
+        "lms" => Box::new(Lms::new(config, steps)?),
+        "dpm2" => Box::new(Kdpm2::new(config, steps, "dpm2", false)?),
+        "dpm2_ancestral" => Box::new(Kdpm2::new(config, steps, "dpm2_ancestral", true)?),
+        "dpm_singlestep" => Box::new(DpmSolverSinglestep::new(config, steps, "dpm_singlestep")?),
+        "dpmpp_2s" | "dpmpp_3s" => {
+            // A named variant fixes the algorithm and order whatever the config says.
+            let mut cfg = config.clone();
+            cfg.other
+                .insert("algorithm_type".into(), Value::from("dpmsolver++"));
+            let order = if name == "dpmpp_2s" { 2 } else { 3 };
+            cfg.other.insert("solver_order".into(), Value::from(order));
+            let name = if order == 2 { "dpmpp_2s" } else { "dpmpp_3s" };
+            Box::new(DpmSolverSinglestep::new(&cfg, steps, name)?)
+        }
+        "deis" => Box::new(Deis::new(config, steps)?),
+        "lcm" => Box::new(Lcm::new(config, steps)?),
+        "consistency" => Box::new(ConsistencyMultistep::new(config, steps)?),
         _ => {
             let mut valid: Vec<&str> = SOLVERS.iter().map(|(n, _)| *n).collect();
             valid.extend(ALIASES.iter().map(|(a, _)| *a));
