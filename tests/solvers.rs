@@ -407,3 +407,139 @@ fn bad_input_errors() {
         "{msg}"
     );
 }
+
+/// LMS's integrated coefficients against diffusers' `scipy.integrate.quad` values (recorded
+/// in the LMS goldens), and an exact property of any Lagrange basis: Σ_j c_j = σ_{i+1} − σ_i.
+#[test]
+fn lms_coefficients_match_scipy() {
+    use webdiffusion::sampling::solvers::Lms;
+    let mut worst = 0f64;
+    let mut checked = 0;
+    for name in golden_names().iter().filter(|n| n.starts_with("lms_")) {
+        let g = read_golden(name);
+        let config =
+            SchedulerConfig::from_json_value(&g["config"], name, Some(class_of(&g))).unwrap();
+        let steps = g["steps"].as_u64().unwrap() as usize;
+        let lms = Lms::new(&config, steps).unwrap();
+        for (i, want) in g["lms_coeffs"].as_array().unwrap().iter().enumerate() {
+            let want: Vec<f64> = want
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            let got = lms.coefficients(i);
+            assert_eq!(got.len(), want.len(), "{name} step {i}: order");
+            let scale = want.iter().fold(0f64, |m, w| m.max(w.abs()));
+            for (a, b) in got.iter().zip(&want) {
+                worst = worst.max((a - b).abs() / scale);
+            }
+            let sum: f64 = got.iter().sum();
+            let dsigma = lms.sigma(i + 1) - lms.sigma(i);
+            assert!(
+                (sum - dsigma).abs() <= 1e-12 * dsigma.abs(),
+                "{name} step {i}: Σc = {sum}, Δσ = {dsigma}"
+            );
+            checked += 1;
+        }
+    }
+    eprintln!("LMS coefficients: {checked} steps, max error {worst:.3e} relative to the step's max |c|");
+    assert!(checked > 30);
+    // scipy integrates a float32 integrand (torch sigmas), so agreement is float32-level.
+    assert!(worst <= 1e-6, "LMS coefficients off by {worst:e}");
+}
+
+/// Bad input for the solvers added after the first set: each error names the option and the
+/// valid values, or the step count allowed.
+#[test]
+fn more_solvers_bad_input() {
+    let opts = SolverOptions::default();
+    let err = |name: &str, cfg: &SchedulerConfig, steps: usize| -> String {
+        match solver_from_name(name, cfg, steps, opts) {
+            Ok(_) => panic!("{name} with {steps} steps accepted"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let with = |class, kv: &[(&str, Value)]| {
+        let mut c = SchedulerConfig::new(class);
+        for (k, v) in kv {
+            c.other.insert(k.to_string(), v.clone());
+        }
+        c
+    };
+    let ddim_like = with(SchedulerClass::Ddim, &[("clip_sample", Value::Bool(false))]);
+    let euler_like = SchedulerConfig::new(SchedulerClass::EulerDiscrete);
+    let dpm_like = SchedulerConfig::new(SchedulerClass::DpmSolverMultistep);
+    let cm = with(SchedulerClass::EdmEuler, &[("clip_denoised", Value::Bool(false))]);
+    // steps = 0 and more than the training steps, for every new solver.
+    for (name, cfg) in [
+        ("ddim_inverse", &ddim_like),
+        ("pndm", &ddim_like),
+        ("plms", &ddim_like),
+        ("lms", &euler_like),
+        ("dpm2", &euler_like),
+        ("dpm2_ancestral", &euler_like),
+        ("dpm_singlestep", &dpm_like),
+        ("dpmpp_2s", &dpm_like),
+        ("dpmpp_3s", &dpm_like),
+        ("deis", &dpm_like),
+        ("lcm", &ddim_like),
+        ("consistency", &cm),
+    ] {
+        let msg = err(name, cfg, 0);
+        assert!(msg.contains("at least 1") || msg.contains("1 to"), "{name}: {msg}");
+        let msg = err(name, cfg, 1001);
+        assert!(msg.contains("1000"), "{name}: {msg}");
+        assert!(
+            solver_from_name(name, cfg, 8, opts).is_ok(),
+            "{name} rejects 8 steps"
+        );
+    }
+    // Order too high for the step count: PNDM's Runge–Kutta warm-up needs 4 steps.
+    let msg = err("pndm", &ddim_like, 3);
+    assert!(msg.contains("at least 4 steps") && msg.contains("skip_prk_steps"), "{msg}");
+    assert!(solver_from_name("plms", &ddim_like, 3, opts).is_ok());
+    // LCM's steps are a subset of its distillation schedule.
+    let msg = err("lcm", &ddim_like, 51);
+    assert!(msg.contains("original_inference_steps = 50"), "{msg}");
+    // Unsupported option values name the option and the valid values.
+    let mut c = euler_like.clone();
+    c.other.insert("solver_order".into(), Value::from(5));
+    assert!(err("lms", &c, 10).contains("1, 2, 3, 4"));
+    let mut c = dpm_like.clone();
+    c.other.insert("solver_order".into(), Value::from(4));
+    assert!(err("dpm_singlestep", &c, 10).contains("1, 2, 3"));
+    assert!(err("deis", &c, 10).contains("1, 2, 3"));
+    let mut c = dpm_like.clone();
+    c.other
+        .insert("algorithm_type".into(), Value::from("sde-dpmsolver"));
+    let msg = err("dpm_singlestep", &c, 10);
+    assert!(msg.contains("algorithm_type") && msg.contains("sde-dpmsolver++"), "{msg}");
+    let msg = err("deis", &c, 10);
+    assert!(msg.contains("algorithm_type") && msg.contains("deis"), "{msg}");
+    let mut c = dpm_like.clone();
+    c.other.insert("solver_type".into(), Value::from("rk4"));
+    let msg = err("dpm_singlestep", &c, 10);
+    assert!(msg.contains("midpoint") && msg.contains("heun"), "{msg}");
+    let msg = err("deis", &c, 10);
+    assert!(msg.contains("logrho"), "{msg}");
+    let mut c = dpm_like.clone();
+    c.other
+        .insert("algorithm_type".into(), Value::from("dpmsolver"));
+    assert!(err("dpm_singlestep", &c, 10).contains("sigma_min"));
+    let mut c = ddim_like.clone();
+    c.timestep_spacing = webdiffusion::sampling::TimestepSpacing::Linspace;
+    let msg = err("ddim_inverse", &c, 10);
+    assert!(msg.contains("leading, trailing"), "{msg}");
+    let mut c = ddim_like.clone();
+    c.prediction_type = webdiffusion::sampling::PredictionType::Sample;
+    assert!(err("pndm", &c, 10).contains("epsilon, v_prediction"));
+    let mut c = euler_like.clone();
+    c.prediction_type = webdiffusion::sampling::PredictionType::Sample;
+    assert!(err("dpm2", &c, 10).contains("epsilon, v_prediction"));
+    // Clamps the linear update cannot express yet.
+    let msg = err("consistency", &SchedulerConfig::new(SchedulerClass::EdmEuler), 4);
+    assert!(msg.contains("clip_denoised"), "{msg}");
+    let msg = err("ddim_inverse", &SchedulerConfig::new(SchedulerClass::Ddim), 4);
+    assert!(msg.contains("clip_sample"), "{msg}");
+}

@@ -399,7 +399,16 @@ def run(name, solver, cls, overrides, steps, eta, extra=({}, {})):
         if k != "_use_default_values" and not (isinstance(v, float) and math.isinf(v))
     }
     config.update(extra_config)
+    extra_out = {}
+    if solver == "lms":
+        # diffusers' integrated coefficients (scipy.integrate.quad), newest derivative first.
+        order = step_kw.get("order", 4)
+        extra_out["lms_coeffs"] = [
+            [float(sched.get_lms_coefficient(min(k + 1, order), k, j)) for j in range(min(k + 1, order))]
+            for k in range(len(sched.timesteps))
+        ]
     return {
+        **extra_out,
         "name": name,
         "solver": solver,
         "class": cls.__name__,

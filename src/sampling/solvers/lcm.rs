@@ -56,6 +56,12 @@ impl Lcm {
             ));
         }
         let original = original as usize;
+        if steps > train {
+            return Err(Error::invalid(
+                OP,
+                format!("{steps} inference steps is more than the {train} training timesteps; use at most {original} (original_inference_steps)"),
+            ));
+        }
         if steps == 0 || steps > original {
             return Err(Error::invalid(
                 OP,

@@ -64,6 +64,11 @@ impl Lms {
         })
     }
 
+    /// σ_i (σ_n = 0 after the last step).
+    pub fn sigma(&self, i: usize) -> f64 {
+        self.s.sigmas[i]
+    }
+
     /// The integrated coefficients c_0 … c_{k−1} of step `i` (c_0 on the newest derivative),
     /// diffusers' `get_lms_coefficient(order, i, j)`.
     pub fn coefficients(&self, i: usize) -> Vec<f64> {
