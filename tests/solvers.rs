@@ -443,7 +443,9 @@ fn lms_coefficients_match_scipy() {
             checked += 1;
         }
     }
-    eprintln!("LMS coefficients: {checked} steps, max error {worst:.3e} relative to the step's max |c|");
+    eprintln!(
+        "LMS coefficients: {checked} steps, max error {worst:.3e} relative to the step's max |c|"
+    );
     assert!(checked > 30);
     // scipy integrates a float32 integrand (torch sigmas), so agreement is float32-level.
     assert!(worst <= 1e-6, "LMS coefficients off by {worst:e}");
@@ -470,7 +472,10 @@ fn more_solvers_bad_input() {
     let ddim_like = with(SchedulerClass::Ddim, &[("clip_sample", Value::Bool(false))]);
     let euler_like = SchedulerConfig::new(SchedulerClass::EulerDiscrete);
     let dpm_like = SchedulerConfig::new(SchedulerClass::DpmSolverMultistep);
-    let cm = with(SchedulerClass::EdmEuler, &[("clip_denoised", Value::Bool(false))]);
+    let cm = with(
+        SchedulerClass::EdmEuler,
+        &[("clip_denoised", Value::Bool(false))],
+    );
     // steps = 0 and more than the training steps, for every new solver.
     for (name, cfg) in [
         ("ddim_inverse", &ddim_like),
@@ -487,7 +492,10 @@ fn more_solvers_bad_input() {
         ("consistency", &cm),
     ] {
         let msg = err(name, cfg, 0);
-        assert!(msg.contains("at least 1") || msg.contains("1 to"), "{name}: {msg}");
+        assert!(
+            msg.contains("at least 1") || msg.contains("1 to"),
+            "{name}: {msg}"
+        );
         let msg = err(name, cfg, 1001);
         assert!(msg.contains("1000"), "{name}: {msg}");
         assert!(
@@ -497,7 +505,10 @@ fn more_solvers_bad_input() {
     }
     // Order too high for the step count: PNDM's Runge–Kutta warm-up needs 4 steps.
     let msg = err("pndm", &ddim_like, 3);
-    assert!(msg.contains("at least 4 steps") && msg.contains("skip_prk_steps"), "{msg}");
+    assert!(
+        msg.contains("at least 4 steps") && msg.contains("skip_prk_steps"),
+        "{msg}"
+    );
     assert!(solver_from_name("plms", &ddim_like, 3, opts).is_ok());
     // LCM's steps are a subset of its distillation schedule.
     let msg = err("lcm", &ddim_like, 51);
@@ -514,9 +525,15 @@ fn more_solvers_bad_input() {
     c.other
         .insert("algorithm_type".into(), Value::from("sde-dpmsolver"));
     let msg = err("dpm_singlestep", &c, 10);
-    assert!(msg.contains("algorithm_type") && msg.contains("sde-dpmsolver++"), "{msg}");
+    assert!(
+        msg.contains("algorithm_type") && msg.contains("sde-dpmsolver++"),
+        "{msg}"
+    );
     let msg = err("deis", &c, 10);
-    assert!(msg.contains("algorithm_type") && msg.contains("deis"), "{msg}");
+    assert!(
+        msg.contains("algorithm_type") && msg.contains("deis"),
+        "{msg}"
+    );
     let mut c = dpm_like.clone();
     c.other.insert("solver_type".into(), Value::from("rk4"));
     let msg = err("dpm_singlestep", &c, 10);
@@ -538,8 +555,16 @@ fn more_solvers_bad_input() {
     c.prediction_type = webdiffusion::sampling::PredictionType::Sample;
     assert!(err("dpm2", &c, 10).contains("epsilon, v_prediction"));
     // Clamps the linear update cannot express yet.
-    let msg = err("consistency", &SchedulerConfig::new(SchedulerClass::EdmEuler), 4);
+    let msg = err(
+        "consistency",
+        &SchedulerConfig::new(SchedulerClass::EdmEuler),
+        4,
+    );
     assert!(msg.contains("clip_denoised"), "{msg}");
-    let msg = err("ddim_inverse", &SchedulerConfig::new(SchedulerClass::Ddim), 4);
+    let msg = err(
+        "ddim_inverse",
+        &SchedulerConfig::new(SchedulerClass::Ddim),
+        4,
+    );
     assert!(msg.contains("clip_sample"), "{msg}");
 }

@@ -43,9 +43,9 @@ impl ConsistencyMultistep {
         }
         let s_noise = match cfg.other.get("s_noise") {
             None | Some(serde_json::Value::Null) => 1.0,
-            Some(v) => v.as_f64().ok_or_else(|| {
-                Error::invalid(OP, format!("s_noise must be a number, got {v}"))
-            })?,
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| Error::invalid(OP, format!("s_noise must be a number, got {v}")))?,
         };
         let train = cfg.num_train_timesteps;
         if steps == 0 || steps > train {

@@ -116,7 +116,10 @@ impl Deis {
             .map(f64::from)
             .collect();
         if sigmas.len() != ts.timesteps.len() + 1 {
-            return Err(Error::invalid(OP, "the schedule has the wrong number of sigmas"));
+            return Err(Error::invalid(
+                OP,
+                "the schedule has the wrong number of sigmas",
+            ));
         }
         Ok(Deis {
             timesteps: ts.timesteps,

@@ -93,7 +93,7 @@ pub fn singlestep_orders(
             _ => [rep(&[1, 2, 3], steps / 3), vec![1, 2]].concat(),
         },
         (2, true) => {
-            if steps % 2 == 0 {
+            if steps.is_multiple_of(2) {
                 [rep(&[1, 2], steps / 2 - 1), vec![1, 1]].concat()
             } else {
                 [rep(&[1, 2], steps / 2), vec![1]].concat()
@@ -178,7 +178,7 @@ impl DpmSolverSinglestep {
             ));
         }
         let mut lower_order_final = opt_bool(&cfg, OP, "lower_order_final", false)?;
-        if steps % order != 0 || final_zero {
+        if !steps.is_multiple_of(order) || final_zero {
             lower_order_final = true;
         }
         let schedule = Schedule::new(&cfg)?;
@@ -190,7 +190,10 @@ impl DpmSolverSinglestep {
             .map(f64::from)
             .collect();
         if sigmas.len() != ts.timesteps.len() + 1 {
-            return Err(Error::invalid(OP, "the schedule has the wrong number of sigmas"));
+            return Err(Error::invalid(
+                OP,
+                "the schedule has the wrong number of sigmas",
+            ));
         }
         Ok(DpmSolverSinglestep {
             name,
@@ -267,7 +270,10 @@ impl DpmSolverSinglestep {
         };
         // First-order Taylor coefficient (heun / third order) and second-order one.
         let (t1, t2) = match self.algorithm {
-            DpmSolverPP => (alpha_t * (em / h + 1.0), -alpha_t * ((em + h) / (h * h) - 0.5)),
+            DpmSolverPP => (
+                alpha_t * (em / h + 1.0),
+                -alpha_t * ((em + h) / (h * h) - 0.5),
+            ),
             DpmSolver => (
                 -sigma_t * (ep / h - 1.0),
                 -sigma_t * ((ep - h) / (h * h) - 0.5),

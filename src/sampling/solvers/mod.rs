@@ -45,21 +45,21 @@ pub mod lms;
 pub mod pndm;
 pub mod unipc;
 
+pub use consistency::ConsistencyMultistep;
 pub use ddim::Ddim;
+pub use ddim_inverse::DdimInverse;
 pub use ddpm::{Ddpm, DdpmVariance};
+pub use deis::Deis;
 pub use dpm_multistep::{DpmAlgorithm, DpmPreset, DpmSolverMultistep, DpmSolverType};
+pub use dpm_singlestep::{DpmSolverSinglestep, SinglestepAlgorithm};
 pub use euler::Euler;
 pub use euler_ancestral::EulerAncestral;
 pub use heun::Heun;
-pub use unipc::{UniPc, UniPcVariant};
-pub use consistency::ConsistencyMultistep;
-pub use ddim_inverse::DdimInverse;
-pub use lcm::Lcm;
-pub use deis::Deis;
-pub use dpm_singlestep::{DpmSolverSinglestep, SinglestepAlgorithm};
 pub use kdpm2::Kdpm2;
+pub use lcm::Lcm;
 pub use lms::Lms;
 pub use pndm::Pndm;
+pub use unipc::{UniPc, UniPcVariant};
 
 /// A model to sample: given x_t as the model takes it (already scaled by the solver where
 /// the scheduler's `scale_model_input` does so) and the model time (`timestep`, diffusers'

@@ -149,8 +149,7 @@ impl Pndm {
     /// x̂₀ = a·x + b·output at integer time `t`.
     fn x0_coefficients(&self, t: i64) -> (f64, f64) {
         let a = self.alpha_prod(t);
-        self.prediction
-            .x0_coefficients(a.sqrt(), (1.0 - a).sqrt())
+        self.prediction.x0_coefficients(a.sqrt(), (1.0 - a).sqrt())
     }
 }
 
@@ -184,7 +183,10 @@ impl Solver for Pndm {
         if i != self.counter {
             return Err(Error::invalid(
                 OP,
-                format!("steps must be taken in order: expected step {}, got {i}", self.counter),
+                format!(
+                    "steps must be taken in order: expected step {}, got {i}",
+                    self.counter
+                ),
             ));
         }
         let t_call = self.timesteps[i] as i64;
@@ -197,7 +199,7 @@ impl Solver for Pndm {
             let diff = if counter % 2 == 1 { 0 } else { self.ratio / 2 };
             let tp = t_call - diff;
             let t = self.timesteps[counter / 4 * 4] as i64;
-            if counter % 4 == 0 {
+            if counter.is_multiple_of(4) {
                 self.ets.push_back(out.clone());
                 self.cur_sample = Some(x.clone());
                 self.stages.clear();
