@@ -24,8 +24,8 @@ use common::gpu;
 use serde_json::Value;
 use webdiffusion::ops::SolverUpdate;
 use webdiffusion::sampling::solvers::{
-    initial_noise, sample, scale_initial_noise, solver_from_name, Control, Denoiser, Noise,
-    SolverOptions,
+    initial_noise, sample, scale_initial_noise, schedule_class_for, solver_from_name, Control,
+    Denoiser, Noise, SolverOptions,
 };
 use webdiffusion::sampling::{SchedulerClass, SchedulerConfig};
 use webdiffusion::{Error, Exec, Tensor};
@@ -93,17 +93,9 @@ fn read_golden(name: &str) -> Value {
 }
 
 fn class_of(g: &Value) -> SchedulerClass {
-    // Classes without a schedule of their own load as the class whose keys they share;
-    // the rest (Euler ancestral, Heun, LMS, KDPM2) as EulerDiscrete.
+    // Classes without a schedule of their own load as the class whose keys they share.
     let name = g["class"].as_str().unwrap();
-    match name {
-        "DDIMInverseScheduler" | "PNDMScheduler" | "LCMScheduler" => SchedulerClass::Ddim,
-        "DPMSolverSinglestepScheduler" | "DEISMultistepScheduler" => {
-            SchedulerClass::DpmSolverMultistep
-        }
-        "CMStochasticIterativeScheduler" => SchedulerClass::EdmEuler,
-        _ => SchedulerClass::from_name(name).unwrap_or(SchedulerClass::EulerDiscrete),
-    }
+    schedule_class_for(name).unwrap_or_else(|| panic!("{name}: no schedule class"))
 }
 
 /// Runs one golden on `exec`; returns the largest step error relative to the step's max |value|.
@@ -554,6 +546,25 @@ fn more_solvers_bad_input() {
     let mut c = euler_like.clone();
     c.prediction_type = webdiffusion::sampling::PredictionType::Sample;
     assert!(err("dpm2", &c, 10).contains("epsilon, v_prediction"));
+    let mut c = euler_like.clone();
+    c.rescale_betas_zero_snr = true;
+    for name in ["lms", "dpm2", "dpm2_ancestral", "deis", "dpm_singlestep"] {
+        assert!(
+            err(name, &c, 10).contains("rescale_betas_zero_snr"),
+            "{name}"
+        );
+    }
+    let mut c = ddim_like.clone();
+    c.rescale_betas_zero_snr = true;
+    assert!(err("pndm", &c, 10).contains("rescale_betas_zero_snr"));
+    assert!(solver_from_name("ddim_inverse", &c, 10, opts).is_ok());
+    assert!(solver_from_name("lcm", &c, 10, opts).is_ok());
+    // Every solver name and diffusers class name has a schedule class to load its config.
+    for (name, class) in webdiffusion::sampling::solvers::SOLVERS {
+        assert!(schedule_class_for(name).is_some(), "{name}");
+        assert!(schedule_class_for(class).is_some(), "{class}");
+    }
+    assert!(schedule_class_for("k_euler_9").is_none());
     // Clamps the linear update cannot express yet.
     let msg = err(
         "consistency",

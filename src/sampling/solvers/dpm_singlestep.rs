@@ -83,6 +83,9 @@ pub fn singlestep_orders(
     lower_order_final: bool,
     final_zero: bool,
 ) -> Vec<usize> {
+    if steps == 0 {
+        return Vec::new();
+    }
     let rep = |pat: &[usize], k: usize| -> Vec<usize> {
         pat.iter().copied().cycle().take(pat.len() * k).collect()
     };
@@ -380,5 +383,25 @@ impl Solver for DpmSolverSinglestep {
         };
         self.next_step += 1;
         Ok(StepOutput { prev_sample, x0 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::singlestep_orders;
+
+    /// diffusers' `get_order_list` for a few step counts (expected lists printed by diffusers
+    /// 0.42.1's own `get_order_list`).
+    #[test]
+    fn order_lists() {
+        assert_eq!(singlestep_orders(6, 3, true, false), [1, 2, 3, 1, 2, 1]);
+        assert_eq!(singlestep_orders(7, 3, true, true), [1, 2, 3, 1, 2, 3, 1]);
+        assert_eq!(singlestep_orders(5, 3, true, false), [1, 2, 3, 1, 2]);
+        assert_eq!(singlestep_orders(6, 2, true, true), [1, 2, 1, 2, 1, 1]);
+        assert_eq!(singlestep_orders(5, 2, true, false), [1, 2, 1, 2, 1]);
+        assert_eq!(singlestep_orders(6, 3, false, false), [1, 2, 3, 1, 2, 3]);
+        assert_eq!(singlestep_orders(4, 2, false, true), [1, 2, 1, 1]);
+        assert_eq!(singlestep_orders(3, 1, false, false), [1, 1, 1]);
+        assert!(singlestep_orders(0, 3, true, true).is_empty());
     }
 }

@@ -69,6 +69,12 @@ impl Kdpm2 {
         cfg.interpolation_type = InterpolationType::Linear;
         cfg.timestep_type = TimestepType::Discrete;
         super::reject_x0_processing(&cfg, op, false)?;
+        let class = if ancestral {
+            "KDPM2AncestralDiscreteScheduler"
+        } else {
+            "KDPM2DiscreteScheduler"
+        };
+        super::reject_zero_snr(&cfg, op, class)?;
         if !matches!(
             cfg.prediction_type,
             PredictionType::Epsilon | PredictionType::VPrediction

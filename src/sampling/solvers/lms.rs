@@ -49,6 +49,7 @@ impl Lms {
         cfg.final_sigmas_type = FinalSigmas::Zero;
         cfg.interpolation_type = InterpolationType::Linear;
         cfg.timestep_type = TimestepType::Discrete;
+        super::reject_zero_snr(&cfg, OP, "LMSDiscreteScheduler")?;
         let order = opt_int(&cfg, OP, "solver_order", 4)?;
         if !(1..=4).contains(&order) {
             return Err(Error::invalid(

@@ -419,6 +419,46 @@ pub fn solver_from_name(
     })
 }
 
+/// The schedule class whose `scheduler_config.json` keys a solver (name, alias or diffusers
+/// class name) shares: load a config for it with [`SchedulerConfig::from_json_value`] and
+/// `Some(class)`, e.g. Stable Diffusion 1.x's `PNDMScheduler` config as DDIM. Keys the class
+/// does not take land in [`SchedulerConfig::other`], where the solver reads them. `None` for
+/// an unknown name.
+pub fn schedule_class_for(name: &str) -> Option<SchedulerClass> {
+    let name = ALIASES
+        .iter()
+        .find(|(a, _)| *a == name)
+        .map_or(name, |(_, n)| *n);
+    Some(match name {
+        "ddim" | "ddim_inverse" | "pndm" | "plms" | "lcm" => SchedulerClass::Ddim,
+        "ddpm" => SchedulerClass::Ddpm,
+        "euler" | "euler_ancestral" | "heun" | "lms" | "dpm2" | "dpm2_ancestral" => {
+            SchedulerClass::EulerDiscrete
+        }
+        "dpm_multistep" | "dpmpp_2m" | "dpmpp_3m" | "dpmpp_2m_sde" | "dpmpp_3m_sde"
+        | "dpm_singlestep" | "dpmpp_2s" | "dpmpp_3s" | "deis" => SchedulerClass::DpmSolverMultistep,
+        "unipc" | "unipc_bh1" | "unipc_bh2" => SchedulerClass::UniPcMultistep,
+        "consistency" => SchedulerClass::EdmEuler,
+        _ => return None,
+    })
+}
+
+/// Rejects `rescale_betas_zero_snr` for classes that do not take it (diffusers would drop
+/// the key silently; an explicit request is better answered with an error).
+pub(crate) fn reject_zero_snr(
+    config: &SchedulerConfig,
+    op: &'static str,
+    class: &str,
+) -> Result<()> {
+    if config.rescale_betas_zero_snr {
+        return Err(Error::invalid(
+            op,
+            format!("rescale_betas_zero_snr is not an option of {class}; set it to false"),
+        ));
+    }
+    Ok(())
+}
+
 /// `config` re-targeted at `class` (the schedule keys kept, as `from_config` does).
 pub(crate) fn as_class(config: &SchedulerConfig, class: SchedulerClass) -> SchedulerConfig {
     let mut c = config.clone();

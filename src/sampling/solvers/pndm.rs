@@ -52,6 +52,7 @@ impl Pndm {
         skip_prk: Option<bool>,
     ) -> Result<Self> {
         let mut cfg = as_class(config, SchedulerClass::Ddim);
+        super::reject_zero_snr(&cfg, OP, "PNDMScheduler")?;
         if !matches!(
             cfg.prediction_type,
             PredictionType::Epsilon | PredictionType::VPrediction
