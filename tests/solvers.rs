@@ -1,10 +1,15 @@
 //! Solvers against diffusers' own trajectories, from `tests/goldens/solvers/` (written by
 //! `scripts/goldens/make_solver_goldens.py`: diffusers 0.42.1, torch 2.9.1 on x86-64 CPU).
 //!
-//! Each golden runs a diffusers scheduler for 10–20 steps on x_T of shape (1, 2, 5, 7) with
+//! Each golden runs a diffusers scheduler for 1–20 steps on x_T of shape (1, 2, 5, 7) with
 //! the fake model `a(t)·x + b(t)·c` ([`FakeModel`], implemented identically here with the
 //! solver-update op so it runs on either backend) and records every step's `prev_sample` and
-//! `pred_original_sample`. Stochastic solvers (DDIM η > 0, DDPM, Euler ancestral): torch's
+//! `pred_original_sample` (or, for classes that return none, the x̂₀ the solver previews:
+//! LCM's `denoised`, the consistency model's denoised sample, the multistep solvers' and
+//! PNDM's converted output). A step is one of our solver's steps: two of diffusers' `step()`
+//! calls for Heun and DPM2, one call (one model evaluation) for everything else, PNDM's
+//! Runge–Kutta stages included. Stochastic solvers (DDIM η > 0, DDPM, Euler ancestral, DPM2
+//! ancestral, SDE-DPM-Solver++, LCM, consistency): torch's
 //! noise cannot be reproduced by Philox, so the golden records each noise tensor diffusers
 //! drew and the test feeds the same tensors through [`Noise::Given`]; this checks the
 //! deterministic coefficients *and* the noise scale of every step exactly. That Philox noise

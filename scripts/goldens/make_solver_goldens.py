@@ -15,6 +15,15 @@ pipeline does: latents = x_T * init_noise_sigma, then per timestep scale_model_i
 model, scheduler.step. Every step's prev_sample and pred_original_sample are recorded. For
 stochastic solvers, every noise tensor diffusers draws (randn_tensor, in call order) is
 recorded too, so the Rust test can feed the same noise (see tests/solvers.rs).
+
+Classes that return no pred_original_sample get the x0 their Rust solver previews (LCM's
+`denoised`, the consistency model's denoised sample, PNDM's and the multistep solvers' x0 of
+the model output in float64). LMS goldens also carry diffusers' integrated coefficients
+(`lms_coeffs`, from scipy.integrate.quad; scipy 1.16.3). Cases in F64_REFERENCE are also run
+with the scheduler in float64 (`<name>_f64.json`), the reference where diffusers' own float32
+run is ill-conditioned. Optional further arguments pick cases by name prefix:
+
+    python scripts/goldens/make_solver_goldens.py tests/goldens/solvers lms deis_3
 """
 
 import inspect
