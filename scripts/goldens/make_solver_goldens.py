@@ -15,8 +15,18 @@ pipeline does: latents = x_T * init_noise_sigma, then per timestep scale_model_i
 model, scheduler.step. Every step's prev_sample and pred_original_sample are recorded. For
 stochastic solvers, every noise tensor diffusers draws (randn_tensor, in call order) is
 recorded too, so the Rust test can feed the same noise (see tests/solvers.rs).
+
+Classes that return no pred_original_sample get the x0 their Rust solver previews (LCM's
+`denoised`, the consistency model's denoised sample, PNDM's and the multistep solvers' x0 of
+the model output in float64). LMS goldens also carry diffusers' integrated coefficients
+(`lms_coeffs`, from scipy.integrate.quad; scipy 1.16.3). Cases in F64_REFERENCE are also run
+with the scheduler in float64 (`<name>_f64.json`), the reference where diffusers' own float32
+run is ill-conditioned. Optional further arguments pick cases by name prefix:
+
+    python scripts/goldens/make_solver_goldens.py tests/goldens/solvers lms deis_3
 """
 
+import inspect
 import json
 import math
 import os
@@ -27,19 +37,32 @@ import torch
 
 import diffusers
 from diffusers import (
+    DDIMInverseScheduler,
     DDIMScheduler,
+    CMStochasticIterativeScheduler,
     DDPMScheduler,
+    DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    LCMScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
     UniPCMultistepScheduler,
 )
 import diffusers.schedulers.scheduling_ddim as m_ddim
 import diffusers.schedulers.scheduling_ddpm as m_ddpm
 import diffusers.schedulers.scheduling_dpmsolver_multistep as m_dpm
+import diffusers.schedulers.scheduling_dpmsolver_singlestep as m_dpms
 import diffusers.schedulers.scheduling_euler_ancestral_discrete as m_ea
 import diffusers.schedulers.scheduling_euler_discrete as m_euler
+import diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete as m_kdpm2a
+import diffusers.schedulers.scheduling_lcm as m_lcm
+import diffusers.schedulers.scheduling_consistency_models as m_cm
 
 assert diffusers.__version__ == "0.42.1", diffusers.__version__
 assert torch.__version__.startswith("2.9.1"), torch.__version__
@@ -57,7 +80,7 @@ def recording(orig):
     return f
 
 
-for mod in (m_ddim, m_ddpm, m_dpm, m_ea, m_euler):
+for mod in (m_ddim, m_ddpm, m_dpm, m_dpms, m_ea, m_euler, m_kdpm2a, m_lcm, m_cm):
     mod.randn_tensor = recording(mod.randn_tensor)
 
 
@@ -207,6 +230,101 @@ CASES += [
           timestep_spacing="leading", steps_offset=1), 10, 0.0),
 ]
 
+# Cases may carry a 7th element: (step() keyword arguments, extra keys for the golden config
+# that tell the Rust solver the same thing, e.g. LMS's `order`).
+CASES += [
+    ("ddim_inv_eps", "ddim_inverse", DDIMInverseScheduler, dict(clip_sample=False), 10, 0.0),
+    ("ddim_inv_v_trailing", "ddim_inverse", DDIMInverseScheduler,
+     dict(SD, clip_sample=False, prediction_type="v_prediction", timestep_spacing="trailing",
+          set_alpha_to_one=False), 12, 0.0),
+    ("ddim_inv_sample_offset", "ddim_inverse", DDIMInverseScheduler,
+     dict(clip_sample=False, prediction_type="sample", steps_offset=1, set_alpha_to_one=False),
+     8, 0.0),
+    ("ddim_inv_v_zsnr_trailing", "ddim_inverse", DDIMInverseScheduler,
+     dict(SD, clip_sample=False, prediction_type="v_prediction", timestep_spacing="trailing",
+          rescale_betas_zero_snr=True), 10, 0.0),
+    ("pndm_plms_eps", "plms", PNDMScheduler, dict(SD, skip_prk_steps=True), 10, 0.0),
+    ("pndm_prk_eps", "pndm", PNDMScheduler, dict(), 10, 0.0),
+    ("pndm_plms_v_trailing", "pndm", PNDMScheduler,
+     dict(skip_prk_steps=True, prediction_type="v_prediction", timestep_spacing="trailing",
+          set_alpha_to_one=True), 12, 0.0),
+    ("pndm_prk_v_linspace", "pndm", PNDMScheduler,
+     dict(SD, prediction_type="v_prediction", timestep_spacing="linspace", steps_offset=1), 8, 0.0),
+    ("lms_eps", "lms", LMSDiscreteScheduler, dict(), 12, 0.0),
+    ("lms_v_karras", "lms", LMSDiscreteScheduler,
+     dict(SD, prediction_type="v_prediction", use_karras_sigmas=True), 10, 0.0),
+    ("lms_sample_leading", "lms", LMSDiscreteScheduler,
+     dict(prediction_type="sample", timestep_spacing="leading", steps_offset=1), 10, 0.0),
+    ("lms_order2_trailing", "lms", LMSDiscreteScheduler, dict(SD, timestep_spacing="trailing"), 9,
+     0.0, (dict(order=2), dict(solver_order=2))),
+    ("dpm2_eps", "dpm2", KDPM2DiscreteScheduler, dict(), 10, 0.0),
+    ("dpm2_v_karras", "dpm2", KDPM2DiscreteScheduler,
+     dict(SD, prediction_type="v_prediction", use_karras_sigmas=True), 8, 0.0),
+    ("dpm2_eps_leading", "dpm2", KDPM2DiscreteScheduler,
+     dict(SD, timestep_spacing="leading", steps_offset=1), 7, 0.0),
+    ("dpm2_a_eps", "dpm2_ancestral", KDPM2AncestralDiscreteScheduler, dict(), 10, 0.0),
+    ("dpm2_a_v_karras", "dpm2_ancestral", KDPM2AncestralDiscreteScheduler,
+     dict(SD, prediction_type="v_prediction", use_karras_sigmas=True), 8, 0.0),
+]
+
+DPMS = DPMSolverSinglestepScheduler
+DEIS = DEISMultistepScheduler
+CASES += [
+    ("dpms_2s_eps", "dpm_singlestep", DPMS, dict(), 10, 0.0),
+    ("dpms_3s_v_karras", "dpm_singlestep", DPMS,
+     dict(SD, solver_order=3, prediction_type="v_prediction", use_karras_sigmas=True), 12, 0.0),
+    ("dpms_1_eps", "dpm_singlestep", DPMS, dict(solver_order=1), 8, 0.0),
+    ("dpms_dpm2_sigmamin", "dpm_singlestep", DPMS,
+     dict(algorithm_type="dpmsolver", final_sigmas_type="sigma_min"), 10, 0.0),
+    ("dpms_dpm3_heun_sample_sigmamin", "dpm_singlestep", DPMS,
+     dict(SD, algorithm_type="dpmsolver", solver_order=3, solver_type="heun",
+          prediction_type="sample", final_sigmas_type="sigma_min"), 12, 0.0),
+    ("dpms_3s_heun_lof", "dpm_singlestep", DPMS,
+     dict(solver_order=3, solver_type="heun", lower_order_final=True), 11, 0.0),
+    ("dpms_sde_2s_heun", "dpm_singlestep", DPMS,
+     dict(algorithm_type="sde-dpmsolver++", solver_type="heun"), 10, 0.0),
+    ("dpms_2s_flow", "dpm_singlestep", DPMS,
+     dict(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0), 10, 0.0),
+    ("deis_2_eps", "deis", DEIS, dict(), 10, 0.0),
+    ("deis_3_v_karras", "deis", DEIS,
+     dict(SD, solver_order=3, prediction_type="v_prediction", use_karras_sigmas=True), 15, 0.0),
+    ("deis_1_sample_trailing", "deis", DEIS,
+     dict(solver_order=1, prediction_type="sample", timestep_spacing="trailing"), 8, 0.0),
+    ("deis_3_eps_leading_nolof", "deis", DEIS,
+     dict(SD, solver_order=3, lower_order_final=False, timestep_spacing="leading",
+          steps_offset=1), 12, 0.0),
+]
+
+CM = CMStochasticIterativeScheduler
+CASES += [
+    ("lcm_eps_4", "lcm", LCMScheduler, dict(), 4, 0.0),
+    ("lcm_v_8_orig40", "lcm", LCMScheduler,
+     dict(prediction_type="v_prediction", original_inference_steps=40, set_alpha_to_one=False),
+     8, 0.0),
+    ("lcm_sample_6_linear", "lcm", LCMScheduler,
+     dict(prediction_type="sample", beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
+          timestep_scaling=5.0), 6, 0.0),
+    ("cm_40_4", "consistency", CM, dict(clip_denoised=False), 4, 0.0),
+    ("cm_151_6_snoise", "consistency", CM,
+     dict(clip_denoised=False, num_train_timesteps=151, s_noise=0.9, sigma_data=0.6, rho=5.0),
+     6, 0.0),
+    ("cm_1step", "consistency", CM, dict(clip_denoised=False), 1, 0.0),
+]
+
+# Two-stage solvers: diffusers interleaves their timesteps and calls step() twice per step.
+TWO_STAGE = ("heun", "dpm2", "dpm2_ancestral")
+
+
+def alpha_x0(sched, t, sample, output):
+    """x0 of a solver indexed by integer timestep (PNDM), from (sample, output) in float64."""
+    a = float(sched.alphas_cumprod[int(t)])
+    x, o = sample.double(), output.double()
+    if sched.config.prediction_type == "epsilon":
+        x0 = (x - math.sqrt(1 - a) * o) / math.sqrt(a)
+    else:
+        x0 = math.sqrt(a) * x - math.sqrt(1 - a) * o
+    return x0.float()
+
 
 def multistep_x0(sched, k, sample, output):
     """The x0 prediction of a multistep solver's step k, which `step()` does not return: the
@@ -232,7 +350,8 @@ def multistep_x0(sched, k, sample, output):
     return x0.float()
 
 
-def run(name, solver, cls, overrides, steps, eta):
+def run(name, solver, cls, overrides, steps, eta, extra=({}, {})):
+    step_kw, extra_config = extra
     sched = cls(**overrides)
     sched.set_timesteps(steps)
     g = torch.Generator().manual_seed(1234)
@@ -251,15 +370,28 @@ def run(name, solver, cls, overrides, steps, eta):
         inp = sched.scale_model_input(latents, t)
         a, b = coeffs(t)
         out = a * inp + b * c
-        kw = {} if solver in ("heun", "unipc") else {"generator": gen}
+        params = inspect.signature(sched.step).parameters
+        kw = {"generator": gen} if "generator" in params else {}
         if solver == "ddim":
             kw["eta"] = eta
+        kw.update(step_kw)
+        latents_in = latents
         res = sched.step(out, t, latents, **kw)
         latents = res.prev_sample
         last = k + 1 == len(sched.timesteps)
-        if solver == "heun" and not sched.state_in_first_order and not last:
+        if solver in TWO_STAGE and not sched.state_in_first_order and not last:
             continue
         x0 = getattr(res, "pred_original_sample", None)
+        if solver == "lcm":
+            x0 = res.denoised
+        if solver == "consistency":
+            s = float(sched.sigmas[k])
+            e, sd = sched.config.sigma_min, sched.config.sigma_data
+            c_skip = sd**2 / ((s - e) ** 2 + sd**2)
+            c_out = (s - e) * sd / math.sqrt(s * s + sd**2)
+            x0 = (c_out * out.double() + c_skip * latents_in.double()).float()
+        if x0 is None and solver in ("pndm", "plms"):
+            x0 = alpha_x0(sched, t, inp, out)
         if x0 is None:
             x0 = multistep_x0(sched, k, inp, out)
         step = {
@@ -280,7 +412,17 @@ def run(name, solver, cls, overrides, steps, eta):
         for k, v in dict(sched.config).items()
         if k != "_use_default_values" and not (isinstance(v, float) and math.isinf(v))
     }
+    config.update(extra_config)
+    extra_out = {}
+    if solver == "lms":
+        # diffusers' integrated coefficients (scipy.integrate.quad), newest derivative first.
+        order = step_kw.get("order", 4)
+        extra_out["lms_coeffs"] = [
+            [float(sched.get_lms_coefficient(min(k + 1, order), k, j)) for j in range(min(k + 1, order))]
+            for k in range(len(sched.timesteps))
+        ]
     return {
+        **extra_out,
         "name": name,
         "solver": solver,
         "class": cls.__name__,
@@ -295,10 +437,54 @@ def run(name, solver, cls, overrides, steps, eta):
     }
 
 
+def run_f64(name, solver, cls, overrides, steps, eta, extra=({}, {})):
+    """The same case with the scheduler's sigmas, the samples and the model in float64: the
+    reference for cases whose float32 diffusers run is itself ill-conditioned (DEIS order 3
+    subtracts float32 antiderivatives). Deterministic multistep solvers only."""
+    sched = cls(**overrides)
+    sched.set_timesteps(steps)
+    sched.sigmas = sched.sigmas.double()
+    g = torch.Generator().manual_seed(1234)
+    x_unit = torch.randn(SHAPE, generator=g, dtype=torch.float32)
+    c = torch.randn(SHAPE, generator=g, dtype=torch.float32)
+    latents = x_unit.double() * sched.init_noise_sigma
+    traj = []
+    for k, t in enumerate(sched.timesteps):
+        inp = sched.scale_model_input(latents, t)
+        a, b = coeffs(t)
+        out = a * inp + b * c.double()
+        res = sched.step(out, t, latents)
+        latents = res.prev_sample
+        x0 = multistep_x0(sched, k, inp, out)
+        traj.append({"t": float(t), "prev": f32list(res.prev_sample), "x0": f32list(x0)})
+    g32 = run(name, solver, cls, overrides, steps, eta, extra)
+    worst = 0.0
+    for s64, s32 in zip(traj, g32["trajectory"]):
+        for key in ("prev", "x0"):
+            scale = max(abs(v) for v in s32[key])
+            err = max(abs(p - q) for p, q in zip(s64[key], s32[key]))
+            worst = max(worst, err / scale)
+    print(name, "diffusers float32 vs float64: max step error %.3e" % worst)
+    g32["name"] = name + "_f64"
+    g32["trajectory"] = traj
+    return g32
+
+
+F64_REFERENCE = ("deis_3_v_karras", "deis_3_eps_leading_nolof")
+
+
 def main():
     out_dir = sys.argv[1] if len(sys.argv) > 1 else "tests/goldens/solvers"
     os.makedirs(out_dir, exist_ok=True)
+    only = sys.argv[2:]
     for case in CASES:
+        if case[0] in F64_REFERENCE and (not only or any(case[0].startswith(p) for p in only)):
+            g = run_f64(*case)
+            with open(os.path.join(out_dir, case[0] + "_f64.json"), "w") as f:
+                json.dump(g, f, separators=(",", ":"), allow_nan=False)
+    for case in CASES:
+        if only and not any(case[0].startswith(p) for p in only):
+            continue
         g = run(*case)
         with open(os.path.join(out_dir, case[0] + ".json"), "w") as f:
             json.dump(g, f, separators=(",", ":"), allow_nan=False)

@@ -29,20 +29,36 @@ use crate::exec::Exec;
 use crate::ops::SolverUpdate;
 use crate::tensor::Tensor;
 
+pub mod consistency;
 pub mod ddim;
+pub mod ddim_inverse;
 pub mod ddpm;
+pub mod deis;
 pub mod dpm_multistep;
+pub mod dpm_singlestep;
 pub mod euler;
 pub mod euler_ancestral;
 pub mod heun;
+pub mod kdpm2;
+pub mod lcm;
+pub mod lms;
+pub mod pndm;
 pub mod unipc;
 
+pub use consistency::ConsistencyMultistep;
 pub use ddim::Ddim;
+pub use ddim_inverse::DdimInverse;
 pub use ddpm::{Ddpm, DdpmVariance};
+pub use deis::Deis;
 pub use dpm_multistep::{DpmAlgorithm, DpmPreset, DpmSolverMultistep, DpmSolverType};
+pub use dpm_singlestep::{DpmSolverSinglestep, SinglestepAlgorithm};
 pub use euler::Euler;
 pub use euler_ancestral::EulerAncestral;
 pub use heun::Heun;
+pub use kdpm2::Kdpm2;
+pub use lcm::Lcm;
+pub use lms::Lms;
+pub use pndm::Pndm;
 pub use unipc::{UniPc, UniPcVariant};
 
 /// A model to sample: given x_t as the model takes it (already scaled by the solver where
@@ -276,6 +292,18 @@ pub const SOLVERS: &[(&str, &str)] = &[
     ("unipc", "UniPCMultistepScheduler"),
     ("unipc_bh1", "UniPCMultistepScheduler"),
     ("unipc_bh2", "UniPCMultistepScheduler"),
+    ("ddim_inverse", "DDIMInverseScheduler"),
+    ("pndm", "PNDMScheduler"),
+    ("plms", "PNDMScheduler"),
+    ("lms", "LMSDiscreteScheduler"),
+    ("dpm2", "KDPM2DiscreteScheduler"),
+    ("dpm2_ancestral", "KDPM2AncestralDiscreteScheduler"),
+    ("dpm_singlestep", "DPMSolverSinglestepScheduler"),
+    ("dpmpp_2s", "DPMSolverSinglestepScheduler"),
+    ("dpmpp_3s", "DPMSolverSinglestepScheduler"),
+    ("deis", "DEISMultistepScheduler"),
+    ("lcm", "LCMScheduler"),
+    ("consistency", "CMStochasticIterativeScheduler"),
 ];
 
 /// Other names [`solver_from_name`] takes: diffusers class names and common spellings,
@@ -295,6 +323,21 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("UniPCMultistepScheduler", "unipc"),
     ("uni_pc", "unipc"),
     ("uni_pc_bh2", "unipc_bh2"),
+    ("DDIMInverseScheduler", "ddim_inverse"),
+    ("PNDMScheduler", "pndm"),
+    ("LMSDiscreteScheduler", "lms"),
+    ("k_lms", "lms"),
+    ("KDPM2DiscreteScheduler", "dpm2"),
+    ("k_dpm_2", "dpm2"),
+    ("KDPM2AncestralDiscreteScheduler", "dpm2_ancestral"),
+    ("k_dpm_2_ancestral", "dpm2_ancestral"),
+    ("dpm2_a", "dpm2_ancestral"),
+    ("DPMSolverSinglestepScheduler", "dpm_singlestep"),
+    ("dpmsolver_singlestep", "dpm_singlestep"),
+    ("DEISMultistepScheduler", "deis"),
+    ("LCMScheduler", "lcm"),
+    ("CMStochasticIterativeScheduler", "consistency"),
+    ("cm", "consistency"),
 ];
 
 /// Builds a solver by name for `steps` sampling steps. The config's schedule keys are used
@@ -345,6 +388,26 @@ pub fn solver_from_name(
             "unipc_bh2",
             Some(UniPcVariant::Bh2),
         )?),
+        "ddim_inverse" => Box::new(DdimInverse::new(config, steps)?),
+        "pndm" => Box::new(Pndm::new(config, steps, "pndm", None)?),
+        "plms" => Box::new(Pndm::new(config, steps, "plms", Some(true))?),
+        "lms" => Box::new(Lms::new(config, steps)?),
+        "dpm2" => Box::new(Kdpm2::new(config, steps, "dpm2", false)?),
+        "dpm2_ancestral" => Box::new(Kdpm2::new(config, steps, "dpm2_ancestral", true)?),
+        "dpm_singlestep" => Box::new(DpmSolverSinglestep::new(config, steps, "dpm_singlestep")?),
+        "dpmpp_2s" | "dpmpp_3s" => {
+            // A named variant fixes the algorithm and order whatever the config says.
+            let mut cfg = config.clone();
+            cfg.other
+                .insert("algorithm_type".into(), Value::from("dpmsolver++"));
+            let order = if name == "dpmpp_2s" { 2 } else { 3 };
+            cfg.other.insert("solver_order".into(), Value::from(order));
+            let name = if order == 2 { "dpmpp_2s" } else { "dpmpp_3s" };
+            Box::new(DpmSolverSinglestep::new(&cfg, steps, name)?)
+        }
+        "deis" => Box::new(Deis::new(config, steps)?),
+        "lcm" => Box::new(Lcm::new(config, steps)?),
+        "consistency" => Box::new(ConsistencyMultistep::new(config, steps)?),
         _ => {
             let mut valid: Vec<&str> = SOLVERS.iter().map(|(n, _)| *n).collect();
             valid.extend(ALIASES.iter().map(|(a, _)| *a));
@@ -354,6 +417,46 @@ pub fn solver_from_name(
             ));
         }
     })
+}
+
+/// The schedule class whose `scheduler_config.json` keys a solver (name, alias or diffusers
+/// class name) shares: load a config for it with [`SchedulerConfig::from_json_value`] and
+/// `Some(class)`, e.g. Stable Diffusion 1.x's `PNDMScheduler` config as DDIM. Keys the class
+/// does not take land in [`SchedulerConfig::other`], where the solver reads them. `None` for
+/// an unknown name.
+pub fn schedule_class_for(name: &str) -> Option<SchedulerClass> {
+    let name = ALIASES
+        .iter()
+        .find(|(a, _)| *a == name)
+        .map_or(name, |(_, n)| *n);
+    Some(match name {
+        "ddim" | "ddim_inverse" | "pndm" | "plms" | "lcm" => SchedulerClass::Ddim,
+        "ddpm" => SchedulerClass::Ddpm,
+        "euler" | "euler_ancestral" | "heun" | "lms" | "dpm2" | "dpm2_ancestral" => {
+            SchedulerClass::EulerDiscrete
+        }
+        "dpm_multistep" | "dpmpp_2m" | "dpmpp_3m" | "dpmpp_2m_sde" | "dpmpp_3m_sde"
+        | "dpm_singlestep" | "dpmpp_2s" | "dpmpp_3s" | "deis" => SchedulerClass::DpmSolverMultistep,
+        "unipc" | "unipc_bh1" | "unipc_bh2" => SchedulerClass::UniPcMultistep,
+        "consistency" => SchedulerClass::EdmEuler,
+        _ => return None,
+    })
+}
+
+/// Rejects `rescale_betas_zero_snr` for classes that do not take it (diffusers would drop
+/// the key silently; an explicit request is better answered with an error).
+pub(crate) fn reject_zero_snr(
+    config: &SchedulerConfig,
+    op: &'static str,
+    class: &str,
+) -> Result<()> {
+    if config.rescale_betas_zero_snr {
+        return Err(Error::invalid(
+            op,
+            format!("rescale_betas_zero_snr is not an option of {class}; set it to false"),
+        ));
+    }
+    Ok(())
 }
 
 /// `config` re-targeted at `class` (the schedule keys kept, as `from_config` does).

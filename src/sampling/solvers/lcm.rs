@@ -1,0 +1,145 @@
+//! LCM: Luo et al. (2023), "Latent Consistency Models: Synthesizing High-Resolution Images
+//! with Few-Step Inference", arXiv:2310.04378, Algorithm 3 (multistep latent consistency
+//! sampling), with the consistency-function parameterization f(x, t) = c_skip(t)·x +
+//! c_out(t)·x̂₀(x, t) of its eq. 5–6 (Song et al. 2023's eq. 7 with the timestep scaled by
+//! `timestep_scaling`): c_skip = σ_d²/((s·t)² + σ_d²), c_out = s·t/√((s·t)² + σ_d²), σ_d = ½.
+//! diffusers' `LCMScheduler.step` (0.42.1).
+//!
+//! Each step: denoised = c_out·x̂₀ + c_skip·x_t, then (except at the last step) re-noised to
+//! the next timestep, x = √ᾱ_{t'}·denoised + √(1 − ᾱ_{t'})·z. Linear in (x_t, output) plus
+//! noise: one update; `denoised` is the x₀ preview, as diffusers returns it.
+//!
+//! Timesteps as diffusers: the distillation schedule t_j = j·⌊N/K⌋ − 1 for j = 1 … K
+//! (K = `original_inference_steps`, default 50), reversed, and n of them at indices
+//! ⌊i·K/n⌋. Needs n ≤ K.
+
+use super::{as_class, check_step, opt_int, Denoiser, Solver, StepContext, StepOutput};
+use crate::error::{Error, Result};
+use crate::sampling::{PredictionType, Schedule, SchedulerClass, SchedulerConfig};
+use crate::tensor::Tensor;
+use serde_json::Value;
+
+const OP: &str = "LCM";
+
+pub struct Lcm {
+    timesteps: Vec<f64>,
+    alphas_cumprod: Vec<f32>,
+    prediction: PredictionType,
+    timestep_scaling: f64,
+}
+
+fn opt_float(config: &SchedulerConfig, key: &str, default: f64) -> Result<f64> {
+    match config.other.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v
+            .as_f64()
+            .ok_or_else(|| Error::invalid(OP, format!("{key} must be a number, got {v}"))),
+    }
+}
+
+impl Lcm {
+    pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
+        let cfg = as_class(config, SchedulerClass::Ddim);
+        super::reject_x0_processing(&cfg, OP, false)?;
+        if cfg.prediction_type == PredictionType::FlowPrediction {
+            return Err(Error::invalid(
+                OP,
+                "prediction_type flow_prediction is not supported; valid: epsilon, sample, v_prediction",
+            ));
+        }
+        let train = cfg.num_train_timesteps;
+        let original = opt_int(&cfg, OP, "original_inference_steps", 50)?;
+        if original < 1 || original as usize > train {
+            return Err(Error::invalid(
+                OP,
+                format!("original_inference_steps must be in 1..={train}, got {original}"),
+            ));
+        }
+        let original = original as usize;
+        if steps > train {
+            return Err(Error::invalid(
+                OP,
+                format!("{steps} inference steps is more than the {train} training timesteps; use at most {original} (original_inference_steps)"),
+            ));
+        }
+        if steps == 0 || steps > original {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "{steps} steps: LCM takes 1 to original_inference_steps = {original} steps (its timesteps are a subset of that schedule)"
+                ),
+            ));
+        }
+        let timestep_scaling = opt_float(&cfg, "timestep_scaling", 10.0)?;
+        let schedule = Schedule::new(&cfg)?;
+        let k = (train / original) as i64;
+        let origin: Vec<i64> = (1..=original as i64).rev().map(|j| j * k - 1).collect();
+        let stride = original as f64 / steps as f64;
+        let timesteps = (0..steps)
+            .map(|i| origin[((i as f64 * stride).floor() as usize).min(original - 1)] as f64)
+            .collect();
+        Ok(Lcm {
+            timesteps,
+            alphas_cumprod: schedule.alphas_cumprod,
+            prediction: cfg.prediction_type,
+            timestep_scaling,
+        })
+    }
+
+    fn alpha_prod(&self, t: f64) -> f64 {
+        self.alphas_cumprod
+            .get(t as usize)
+            .copied()
+            .unwrap_or(f32::NAN) as f64
+    }
+
+    /// (denoised's (c_x, c_o), the next level's (√ᾱ', √(1 − ᾱ')) or None at the last step).
+    #[allow(clippy::type_complexity)]
+    pub fn coefficients(&self, i: usize) -> ((f64, f64), Option<(f64, f64)>) {
+        let t = self.timesteps[i];
+        let a = self.alpha_prod(t);
+        let (x0a, x0b) = self.prediction.x0_coefficients(a.sqrt(), (1.0 - a).sqrt());
+        let st = t * self.timestep_scaling;
+        let sd2 = 0.25;
+        let c_skip = sd2 / (st * st + sd2);
+        let c_out = st / (st * st + sd2).sqrt();
+        let denoised = (c_out * x0a + c_skip, c_out * x0b);
+        let next = self.timesteps.get(i + 1).map(|&tp| {
+            let ap = self.alpha_prod(tp);
+            (ap.sqrt(), (1.0 - ap).sqrt())
+        });
+        (denoised, next)
+    }
+}
+
+impl Solver for Lcm {
+    fn name(&self) -> &'static str {
+        "lcm"
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+
+    fn step(
+        &mut self,
+        ctx: &mut StepContext<'_>,
+        model: &mut dyn Denoiser,
+        i: usize,
+        x: &Tensor,
+    ) -> Result<StepOutput> {
+        check_step(OP, i, self.timesteps.len())?;
+        let out = model.denoise(ctx.exec, x, self.timesteps[i])?;
+        let ((dx, dout), next) = self.coefficients(i);
+        let x0 = ctx.combine(&[dx, dout], &[x, &out])?;
+        let prev_sample = match next {
+            Some((sa, sb)) => ctx.combine_noisy(&[sa * dx, sa * dout], &[x, &out], sb, 0)?,
+            None => x0.clone(),
+        };
+        Ok(StepOutput { prev_sample, x0 })
+    }
+}
