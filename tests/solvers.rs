@@ -320,12 +320,25 @@ fn bad_input_errors() {
             && msg.contains("euler"),
         "{msg}"
     );
-    // diffusers' DDIM default clip_sample = true needs a clamp the update cannot do yet.
-    let msg = solver_from_name("ddim", &config, 10, SolverOptions::default())
+    // diffusers' DDIM default clip_sample = true is supported; bad thresholding options
+    // are errors naming the key.
+    assert!(solver_from_name("ddim", &config, 10, SolverOptions::default()).is_ok());
+    let mut bad = config.clone();
+    bad.other.insert("thresholding".into(), Value::Bool(true));
+    bad.other
+        .insert("dynamic_thresholding_ratio".into(), Value::from(1.5));
+    let msg = solver_from_name("ddim", &bad, 10, SolverOptions::default())
         .err()
-        .expect("clip_sample")
+        .expect("ratio 1.5")
         .to_string();
-    assert!(msg.contains("clip_sample"), "{msg}");
+    assert!(msg.contains("dynamic_thresholding_ratio"), "{msg}");
+    bad.other.insert("dynamic_thresholding_ratio".into(), Value::from(0.9));
+    bad.other.insert("sample_max_value".into(), Value::from(-1.0));
+    let msg = solver_from_name("dpmpp_2m", &bad, 10, SolverOptions::default())
+        .err()
+        .expect("negative sample_max_value")
+        .to_string();
+    assert!(msg.contains("sample_max_value"), "{msg}");
     let mut cfg = config.clone();
     cfg.other.insert("clip_sample".into(), Value::Bool(false));
     assert!(solver_from_name("ddim", &cfg, 0, SolverOptions::default()).is_err());
