@@ -20,6 +20,23 @@
 //! (`final_sigmas_type = sigma_min`) so every N integrates the same interval (onto σ = 0 the
 //! final step is a plain x̂₀ jump whose error is O(σ_last²), first order in 1/N), and
 //! `lower_order_final` is off so the order is the nominal one to the end.
+//!
+//! The mixture here ([`smooth_mixture`]) has wide, overlapping components: with the sharply
+//! separated one of the quality test, the posterior over components switches so fast that
+//! even 80 steps are pre-asymptotic for orders 2 and 3 (slopes ≈ 2 for both).
+//!
+//! # DPM-Solver-3M is second order
+//!
+//! diffusers' third-order multistep update (`multistep_dpm_solver_third_order_update`, the
+//! same in the DPM-Solver reference code and k-diffusion's 3M samplers) uses
+//! D₂ = (D1₀ − D1₁)/(r₀ + r₁), which by Taylor expansion is h²·x̂₀''/2 + O(h³), with the
+//! coefficient −α_t·((e^{−h} − 1 + h)/h² − ½) ≈ α_t·h/6; the exact integral
+//! α_t·∫₀ʰ e^{−(h−τ)}·τ²/2 dτ·x̂₀'' = α_t·(h³/6 + O(h⁴))·x̂₀'' needs twice that (α_t·h³/12
+//! vs h³/6). The local error is then O(h³) and the global order 2, which is what this test
+//! measures (1.95–2.0 asymptotically, both forms). Doubling that coefficient (an experiment,
+//! not committed: it would break parity with diffusers) gave fitted orders 3.4 in both forms
+//! on the same grid (local slopes 3.1–4.2 up to 113 steps, then the f32 floor), with errors
+//! 10–40× smaller from 40 steps on. The test therefore expects 2 for `solver_order = 3`.
 
 use webdiffusion::ops::SolverUpdate;
 use webdiffusion::sampling::analytic::{sliced_wasserstein, AnalyticDenoiser, GaussianMixture};
@@ -31,7 +48,8 @@ use webdiffusion::{Exec, Tensor};
 
 const DIM: usize = 4;
 const POINTS: usize = 256;
-const LAMBDA_MAX: f64 = 4.0;
+/// λ at t = 0 and at t = 999 of the order-test schedule.
+const LAMBDA_RANGE: (f64, f64) = (4.0, -4.0);
 
 fn mixture() -> GaussianMixture {
     GaussianMixture::new(
@@ -50,10 +68,24 @@ fn mixture() -> GaussianMixture {
     .unwrap()
 }
 
-/// Betas whose ᾱ = sigmoid(2λ) has λ linear in t from +Λ to −Λ.
-fn lambda_linear_betas(n: usize, lambda_max: f64) -> Vec<f64> {
+/// A smoother mixture for the order measurements: wider, closer components, so the
+/// posterior over components (and hence x̂₀ along the trajectory) changes on a λ-scale of
+/// order one and the solvers reach their asymptotic regime within ~100 steps. The mixture
+/// of [`mixture`] switches components so sharply that even 80 steps are pre-asymptotic
+/// for second- and third-order methods (measured slopes ≈ 2 for both).
+fn smooth_mixture() -> GaussianMixture {
+    GaussianMixture::new(
+        vec![0.3, 0.7],
+        vec![vec![-0.5, 0.3, 0.2, -0.3], vec![0.4, -0.2, 0.1, 0.3]],
+        vec![vec![0.3, 0.4, 0.35, 0.5], vec![0.45, 0.3, 0.4, 0.35]],
+    )
+    .unwrap()
+}
+
+/// Betas whose ᾱ = sigmoid(2λ) has λ linear in t from λ₀ (t = 0) to λ_T (t = n − 1).
+fn lambda_linear_betas(n: usize, (l0, lt): (f64, f64)) -> Vec<f64> {
     let abar = |t: usize| {
-        let l = lambda_max - 2.0 * lambda_max * t as f64 / (n - 1) as f64;
+        let l = l0 + (lt - l0) * t as f64 / (n - 1) as f64;
         1.0 / (1.0 + (-2.0 * l).exp())
     };
     (0..n)
@@ -63,7 +95,7 @@ fn lambda_linear_betas(n: usize, lambda_max: f64) -> Vec<f64> {
 
 fn config(class: SchedulerClass, opts: &[(&str, serde_json::Value)]) -> SchedulerConfig {
     let mut c = SchedulerConfig::new(class);
-    c.trained_betas = Some(lambda_linear_betas(1000, LAMBDA_MAX));
+    c.trained_betas = Some(lambda_linear_betas(1000, LAMBDA_RANGE));
     c.final_sigmas_type = webdiffusion::sampling::FinalSigmas::SigmaMin;
     c.other.insert("lower_order_final".into(), false.into());
     for (k, v) in opts {
@@ -135,14 +167,21 @@ fn fitted_order(ns: &[usize], errs: &[f64]) -> f64 {
 
 struct Case {
     label: &'static str,
-    expected: f64,
+    /// The fitted order must lie in this range.
+    expected: (f64, f64),
     build: Box<dyn Fn(usize) -> Box<dyn Solver>>,
 }
 
 fn dpm_case(label: &'static str, algorithm: &'static str, order: usize) -> Case {
     Case {
         label,
-        expected: order as f64,
+        expected: if order == 3 {
+            // diffusers' (and the reference implementation's) third-order multistep update
+            // is second order: see the module docs.
+            (1.7, 2.3)
+        } else {
+            (order as f64 - 0.3, order as f64 + 0.3)
+        },
         build: Box::new(move |n| {
             let c = config(
                 SchedulerClass::DpmSolverMultistep,
@@ -156,7 +195,12 @@ fn dpm_case(label: &'static str, algorithm: &'static str, order: usize) -> Case 
     }
 }
 
-fn unipc_case(label: &'static str, variant: &'static str, order: usize, expected: f64) -> Case {
+fn unipc_case(
+    label: &'static str,
+    variant: &'static str,
+    order: usize,
+    expected: (f64, f64),
+) -> Case {
     Case {
         label,
         expected,
@@ -172,7 +216,7 @@ fn unipc_case(label: &'static str, variant: &'static str, order: usize, expected
 
 #[test]
 fn convergence_orders() {
-    let g = mixture();
+    let g = smooth_mixture();
     let cfg = config(SchedulerClass::DpmSolverMultistep, &[]);
     let schedule = Schedule::new(&cfg).unwrap();
     let sig = schedule.train_sigmas();
@@ -186,12 +230,18 @@ fn convergence_orders() {
         dpm_case("DPM-Solver++1 (x₀)", "dpmsolver++", 1),
         dpm_case("DPM-Solver++2M (x₀)", "dpmsolver++", 2),
         dpm_case("DPM-Solver++3M (x₀)", "dpmsolver++", 3),
-        unipc_case("UniPC-1 bh2", "bh2", 1, 2.0),
-        unipc_case("UniPC-2 bh2", "bh2", 2, 3.0),
-        unipc_case("UniPC-1 bh1", "bh1", 1, 2.0),
-        unipc_case("UniPC-2 bh1", "bh1", 2, 3.0),
+        // UniPC-p with its corrector: order p + 1 (the paper's Theorem 3.1).
+        unipc_case("UniPC-1 bh2", "bh2", 1, (1.7, 2.3)),
+        unipc_case("UniPC-2 bh2", "bh2", 2, (2.7, 3.3)),
+        unipc_case("UniPC-1 bh1", "bh1", 1, (1.7, 2.3)),
+        unipc_case("UniPC-2 bh1", "bh1", 2, (2.7, 3.3)),
+        // At p = 3 the warm-up (a corrected first-order step, local error O(h³)) bounds the
+        // global order by 3 while UniC-3 is nominally 4; measured: between the two.
+        unipc_case("UniPC-3 bh2", "bh2", 3, (2.7, 4.3)),
     ];
-    let ns = [10usize, 14, 20, 28, 40, 56, 80];
+    // From 20 steps: below that the higher orders are visibly pre-asymptotic; 160 steps of
+    // the third-order solvers stay ~10× above the f32 rounding floor (~10⁻⁶).
+    let ns = [20usize, 28, 40, 56, 80, 113, 160];
     let mut failures = Vec::new();
     for case in &cases {
         let mut errs = Vec::new();
@@ -206,10 +256,15 @@ fn convergence_orders() {
             errs.push(rms(&out, &x_ref));
         }
         let order = fitted_order(&ns, &errs);
+        let local: Vec<String> = (1..ns.len())
+            .map(|i| format!("{:.2}", (errs[i - 1] / errs[i]).ln() / (ns[i] as f64 / ns[i - 1] as f64).ln()))
+            .collect();
+        eprintln!("   local orders {}", local.join(" "));
         let row: Vec<String> = ns.iter().zip(&errs).map(|(n, e)| format!("{n}:{e:.2e}")).collect();
-        eprintln!("{:22} order {order:.2} (expect {}) | {}", case.label, case.expected, row.join(" "));
-        if (order - case.expected).abs() > 0.3 {
-            failures.push(format!("{} order {order:.2}, expected {}", case.label, case.expected));
+        let (lo, hi) = case.expected;
+        eprintln!("{:22} order {order:.2} (expect {lo}–{hi}) | {}", case.label, row.join(" "));
+        if !(lo..=hi).contains(&order) {
+            failures.push(format!("{} order {order:.2}, expected {lo}–{hi}", case.label));
         }
     }
     assert!(failures.is_empty(), "{failures:?}");
