@@ -89,7 +89,13 @@ fn lambda_linear_betas(n: usize, (l0, lt): (f64, f64)) -> Vec<f64> {
         1.0 / (1.0 + (-2.0 * l).exp())
     };
     (0..n)
-        .map(|t| if t == 0 { 1.0 - abar(0) } else { 1.0 - abar(t) / abar(t - 1) })
+        .map(|t| {
+            if t == 0 {
+                1.0 - abar(0)
+            } else {
+                1.0 - abar(t) / abar(t - 1)
+            }
+        })
         .collect()
 }
 
@@ -144,12 +150,20 @@ fn reference(g: &GaussianMixture, x_t: &[f32], sbar_start: f64, sbar_end: f64) -
 fn run(solver: &mut dyn Solver, model: &mut AnalyticDenoiser, x_t: &Tensor, seed: u64) -> Vec<f32> {
     let mut exec = Exec::cpu();
     let mut noise = Noise::Philox { seed };
-    let out = sample(&mut exec, solver, model, x_t, &mut noise, |_, _| Control::Continue).unwrap();
+    let out = sample(&mut exec, solver, model, x_t, &mut noise, |_, _| {
+        Control::Continue
+    })
+    .unwrap();
     out.sample.cpu_data().unwrap().to_vec()
 }
 
 fn rms(a: &[f32], b: &[f64]) -> f64 {
-    (a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).powi(2)).sum::<f64>() / a.len() as f64).sqrt()
+    (a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y).powi(2))
+        .sum::<f64>()
+        / a.len() as f64)
+        .sqrt()
 }
 
 /// Least-squares slope of −log(err) against log(N).
@@ -207,7 +221,10 @@ fn unipc_case(
         build: Box::new(move |n| {
             let c = config(
                 SchedulerClass::UniPcMultistep,
-                &[("solver_type", variant.into()), ("solver_order", order.into())],
+                &[
+                    ("solver_type", variant.into()),
+                    ("solver_order", order.into()),
+                ],
             );
             Box::new(UniPc::new(&c, n, "unipc", None).unwrap())
         }),
@@ -257,14 +274,30 @@ fn convergence_orders() {
         }
         let order = fitted_order(&ns, &errs);
         let local: Vec<String> = (1..ns.len())
-            .map(|i| format!("{:.2}", (errs[i - 1] / errs[i]).ln() / (ns[i] as f64 / ns[i - 1] as f64).ln()))
+            .map(|i| {
+                format!(
+                    "{:.2}",
+                    (errs[i - 1] / errs[i]).ln() / (ns[i] as f64 / ns[i - 1] as f64).ln()
+                )
+            })
             .collect();
         eprintln!("   local orders {}", local.join(" "));
-        let row: Vec<String> = ns.iter().zip(&errs).map(|(n, e)| format!("{n}:{e:.2e}")).collect();
+        let row: Vec<String> = ns
+            .iter()
+            .zip(&errs)
+            .map(|(n, e)| format!("{n}:{e:.2e}"))
+            .collect();
         let (lo, hi) = case.expected;
-        eprintln!("{:22} order {order:.2} (expect {lo}–{hi}) | {}", case.label, row.join(" "));
+        eprintln!(
+            "{:22} order {order:.2} (expect {lo}–{hi}) | {}",
+            case.label,
+            row.join(" ")
+        );
         if !(lo..=hi).contains(&order) {
-            failures.push(format!("{} order {order:.2}, expected {lo}–{hi}", case.label));
+            failures.push(format!(
+                "{} order {order:.2}, expected {lo}–{hi}",
+                case.label
+            ));
         }
     }
     assert!(failures.is_empty(), "{failures:?}");
@@ -286,12 +319,22 @@ fn few_step_quality_ranks_as_the_papers_claim() {
     let truth = g.sample(n, 101);
     let x_t = {
         let mut exec = Exec::cpu();
-        exec.run(&SolverUpdate::noise(&[n, DIM], 1.0, 5, u32::MAX, 0), &[]).unwrap()
+        exec.run(&SolverUpdate::noise(&[n, DIM], 1.0, 5, u32::MAX, 0), &[])
+            .unwrap()
     };
-    let model = || AnalyticDenoiser::new(g.clone(), schedule.alphas_cumprod.clone(), PredictionType::Epsilon);
+    let model = || {
+        AnalyticDenoiser::new(
+            g.clone(),
+            schedule.alphas_cumprod.clone(),
+            PredictionType::Epsilon,
+        )
+    };
     let sw = |s: &[f32]| sliced_wasserstein(s, &truth, DIM, 64, 9).unwrap();
     let mut results = Vec::new();
-    for (name, variance) in [("ddpm fixed_small", "fixed_small"), ("ddpm fixed_large", "fixed_large")] {
+    for (name, variance) in [
+        ("ddpm fixed_small", "fixed_small"),
+        ("ddpm fixed_large", "fixed_large"),
+    ] {
         let mut c = cfg.clone();
         c.other.insert("variance_type".into(), variance.into());
         let mut solver = Ddpm::new(&c, steps).unwrap();
@@ -310,7 +353,10 @@ fn few_step_quality_ranks_as_the_papers_claim() {
         33,
     ))
     .unwrap();
-    for (name, variant) in [("analytic-ddpm", AnalyticVariant::Ddpm), ("analytic-ddim", AnalyticVariant::Ddim)] {
+    for (name, variant) in [
+        ("analytic-ddpm", AnalyticVariant::Ddpm),
+        ("analytic-ddim", AnalyticVariant::Ddim),
+    ] {
         let mut solver = AnalyticDpm::new(&cfg, steps, variant, gamma.clone(), None).unwrap();
         let out = run(&mut solver, &mut model(), &x_t, 21);
         results.push((name, sw(&out)));
@@ -349,7 +395,12 @@ fn adaptive_dpm_solver_controls_its_error() {
         let mut errs = Vec::new();
         for (rtol, atol) in [(0.05, 0.0078), (0.01, 0.0016), (0.002, 0.0003)] {
             let mut model = AnalyticDenoiser::new(g.clone(), abar.clone(), PredictionType::Epsilon);
-            let opts = AdaptiveOptions { order, rtol, atol, ..Default::default() };
+            let opts = AdaptiveOptions {
+                order,
+                rtol,
+                atol,
+                ..Default::default()
+            };
             let res = webdiffusion::platform::block_on(sample_adaptive(
                 &mut Exec::cpu(),
                 &mut model,
@@ -365,7 +416,8 @@ fn adaptive_dpm_solver_controls_its_error() {
             let mut c = cfg.clone();
             c.other.insert("algorithm_type".into(), "dpmsolver".into());
             let mut fixed =
-                DpmSolverMultistep::new(&c, res.model_calls, "dpm_multistep", DpmPreset::default()).unwrap();
+                DpmSolverMultistep::new(&c, res.model_calls, "dpm_multistep", DpmPreset::default())
+                    .unwrap();
             let mut m2 = AnalyticDenoiser::new(g.clone(), abar.clone(), PredictionType::Epsilon);
             let fixed_err = rms(&run(&mut fixed, &mut m2, &x_t, 0), &x_ref);
             let line = format!(
@@ -379,7 +431,13 @@ fn adaptive_dpm_solver_controls_its_error() {
             report.push(line);
             errs.push((err, fixed_err));
         }
-        assert!(errs[0].0 > errs[1].0 && errs[1].0 > errs[2].0, "tolerance does not control the error: {report:?}");
-        assert!(errs.iter().all(|(a, f)| a < f), "adaptive loses to fixed steps at equal NFE: {report:?}");
+        assert!(
+            errs[0].0 > errs[1].0 && errs[1].0 > errs[2].0,
+            "tolerance does not control the error: {report:?}"
+        );
+        assert!(
+            errs.iter().all(|(a, f)| a < f),
+            "adaptive loses to fixed steps at equal NFE: {report:?}"
+        );
     }
 }

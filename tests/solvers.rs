@@ -340,8 +340,10 @@ fn bad_input_errors() {
         .expect("ratio 1.5")
         .to_string();
     assert!(msg.contains("dynamic_thresholding_ratio"), "{msg}");
-    bad.other.insert("dynamic_thresholding_ratio".into(), Value::from(0.9));
-    bad.other.insert("sample_max_value".into(), Value::from(-1.0));
+    bad.other
+        .insert("dynamic_thresholding_ratio".into(), Value::from(0.9));
+    bad.other
+        .insert("sample_max_value".into(), Value::from(-1.0));
     let msg = solver_from_name("dpmpp_2m", &bad, 10, SolverOptions::default())
         .err()
         .expect("negative sample_max_value")

@@ -64,7 +64,11 @@ pub fn gms_element(c: [f32; 3], x: f32, m1: f32, m2: f32, m3: f32, z: f32, u: f3
         d = -d;
     }
     let v = (spread + lambda2 - 0.5 * d * d).max(0.0);
-    let mu = if u < 1.0 / 3.0 { mean + d } else { mean - 0.5 * d };
+    let mu = if u < 1.0 / 3.0 {
+        mean + d
+    } else {
+        mean - 0.5 * d
+    };
     mu + v.sqrt() * z
 }
 
@@ -78,10 +82,7 @@ impl Op for GmsUpdate {
         if inputs.len() != 4 {
             return Err(Error::invalid(
                 op,
-                format!(
-                    "takes x_t, E[ε], E[ε²], E[ε³]; got {} inputs",
-                    inputs.len()
-                ),
+                format!("takes x_t, E[ε], E[ε²], E[ε³]; got {} inputs", inputs.len()),
             ));
         }
         let names = ["x_t", "E[ε]", "E[ε²]", "E[ε³]"];

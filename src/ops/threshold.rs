@@ -75,7 +75,7 @@ pub fn abs_quantile_row(row: &[f32], q: f64) -> f32 {
 
 fn check_rows(op: &'static str, shape: &[usize]) -> Result<(usize, usize)> {
     let rows = shape.first().copied().unwrap_or(0);
-    let n = if rows == 0 { 0 } else { numel(shape) / rows };
+    let n = numel(shape).checked_div(rows).unwrap_or(0);
     if rows == 0 || n == 0 {
         return Err(Error::shape(
             op,
@@ -117,7 +117,7 @@ impl Op for Clamp {
                 format!("takes 1 input, got {}", inputs.len()),
             ));
         };
-        if !(self.lo <= self.hi) {
+        if self.lo.is_nan() || self.hi.is_nan() || self.lo > self.hi {
             return Err(Error::invalid(
                 self.name(),
                 format!("bounds [{}, {}] are empty", self.lo, self.hi),

@@ -79,7 +79,10 @@ impl GaussianMixture {
             ));
         }
         if weights.iter().any(|w| !(*w > 0.0 && w.is_finite()))
-            || variances.iter().flatten().any(|v| !(*v > 0.0 && v.is_finite()))
+            || variances
+                .iter()
+                .flatten()
+                .any(|v| !(*v > 0.0 && v.is_finite()))
             || means.iter().flatten().any(|m| !m.is_finite())
         {
             return Err(Error::invalid(
@@ -132,8 +135,8 @@ impl GaussianMixture {
             }
             let mx = logw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let z: f64 = logw.iter().map(|l| (l - mx).exp()).sum();
-            for k in 0..kk {
-                let w = (logw[k] - mx).exp() / z;
+            for (k, lw) in logw.iter().enumerate() {
+                let w = (lw - mx).exp() / z;
                 for (j, &xv) in row.iter().enumerate() {
                     let s2 = self.variances[k][j];
                     let v = alpha * alpha * s2 + sigma * sigma;
@@ -247,7 +250,7 @@ impl AnalyticDenoiser {
     }
 
     fn host(&self, exec: &mut Exec, x: &Tensor) -> Result<Vec<f32>> {
-        if x.numel() % self.mixture.dim != 0 {
+        if !x.numel().is_multiple_of(self.mixture.dim) {
             return Err(Error::shape(
                 OP,
                 "x",
@@ -318,7 +321,7 @@ pub fn sliced_wasserstein(
     projections: usize,
     seed: u64,
 ) -> Result<f64> {
-    if dim == 0 || a.len() != b.len() || a.len() % dim != 0 || a.is_empty() {
+    if dim == 0 || a.len() != b.len() || !a.len().is_multiple_of(dim) || a.is_empty() {
         return Err(Error::invalid(
             "sliced_wasserstein",
             format!(
@@ -337,13 +340,24 @@ pub fn sliced_wasserstein(
         let proj = |x: &[f32]| -> Vec<f64> {
             let mut v: Vec<f64> = x
                 .chunks(dim)
-                .map(|r| r.iter().zip(&dir).map(|(&a, &d)| a as f64 * d as f64).sum::<f64>() / norm)
+                .map(|r| {
+                    r.iter()
+                        .zip(&dir)
+                        .map(|(&a, &d)| a as f64 * d as f64)
+                        .sum::<f64>()
+                        / norm
+                })
                 .collect();
             v.sort_by(f64::total_cmp);
             v
         };
         let (pa, pb) = (proj(a), proj(b));
-        total += pa.iter().zip(&pb).map(|(x, y)| (x - y).powi(2)).sum::<f64>() / n as f64;
+        total += pa
+            .iter()
+            .zip(&pb)
+            .map(|(x, y)| (x - y).powi(2))
+            .sum::<f64>()
+            / n as f64;
     }
     Ok((total / projections as f64).sqrt())
 }
@@ -366,9 +380,17 @@ mod tests {
     /// numerical integration over x₀ in 1-D (the posterior p(x₀|x_t) ∝ p(x₀)·N(x_t; αx₀, σ²)).
     #[test]
     fn moments_match_quadrature_1d() {
-        let g = GaussianMixture::new(vec![0.4, 0.6], vec![vec![-0.8], vec![0.9]], vec![vec![0.05], vec![0.2]])
-            .unwrap();
-        for &(alpha, sigma, x) in &[(0.9, 0.43588989, 0.3f32), (0.5, 0.8660254, -1.1), (0.99, 0.14106736, 0.85)] {
+        let g = GaussianMixture::new(
+            vec![0.4, 0.6],
+            vec![vec![-0.8], vec![0.9]],
+            vec![vec![0.05], vec![0.2]],
+        )
+        .unwrap();
+        for &(alpha, sigma, x) in &[
+            (0.9, 0.43588989, 0.3f32),
+            (0.5, 0.8660254, -1.1),
+            (0.99, 0.14106736, 0.85),
+        ] {
             let m = g.eps_moments(&[x], alpha, sigma);
             let (mut z, mut s1, mut s2, mut s3) = (0.0, 0.0, 0.0, 0.0);
             let h = 1e-4;
@@ -419,12 +441,18 @@ mod tests {
         for j in 0..2 {
             let mean: f64 = (0..n).map(|r| s[r * 2 + j] as f64).sum::<f64>() / n as f64;
             let want: f64 = (0..2).map(|k| g.weights[k] * g.means[k][j]).sum();
-            let var: f64 = (0..n).map(|r| (s[r * 2 + j] as f64 - want).powi(2)).sum::<f64>() / n as f64;
+            let var: f64 = (0..n)
+                .map(|r| (s[r * 2 + j] as f64 - want).powi(2))
+                .sum::<f64>()
+                / n as f64;
             let want_var: f64 = (0..2)
                 .map(|k| g.weights[k] * (g.variances[k][j] + (g.means[k][j] - want).powi(2)))
                 .sum();
             assert!((mean - want).abs() < 0.02, "dim {j}: mean {mean} vs {want}");
-            assert!((var - want_var).abs() < 0.03, "dim {j}: var {var} vs {want_var}");
+            assert!(
+                (var - want_var).abs() < 0.03,
+                "dim {j}: var {var} vs {want_var}"
+            );
         }
     }
 

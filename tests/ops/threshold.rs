@@ -38,11 +38,21 @@ fn abs_quantile_matches_cpu_exactly() {
         }
         for q in [0.0, 0.3, 0.5, 0.9, 0.995, 1.0] {
             // Selection returns input values and the lerp is the same f32 arithmetic.
-            check_op(&format!("abs_quantile {shape:?} q={q}"), &AbsQuantile { q }, &[&x], 0.0, 0.0);
+            check_op(
+                &format!("abs_quantile {shape:?} q={q}"),
+                &AbsQuantile { q },
+                &[&x],
+                0.0,
+                0.0,
+            );
         }
     }
     let mut exec = Exec::cpu();
-    let x = Tensor::from_vec(&[2, 5], vec![3.0, -1.0, 2.0, -5.0, 4.0, 0.0, f32::NAN, 1.0, 1.0, 1.0]).unwrap();
+    let x = Tensor::from_vec(
+        &[2, 5],
+        vec![3.0, -1.0, 2.0, -5.0, 4.0, 0.0, f32::NAN, 1.0, 1.0, 1.0],
+    )
+    .unwrap();
     let s = exec.run(&AbsQuantile { q: 0.625 }, &[&x]).unwrap();
     let s = s.cpu_data().unwrap();
     assert_eq!(s[0], 3.5);
@@ -57,10 +67,18 @@ fn threshold_rows_matches_cpu() {
     let x = rng.tensor(&[3, 2, 41]);
     let s = Tensor::from_vec(&[3], vec![0.5, 0.8, 3.0]).unwrap();
     // s' = clamp(s, 0.6, 1.7): clamped below, inside and above.
-    check_op("threshold_rows", &ThresholdRows { lo: 0.6, hi: 1.7 }, &[&x, &s], 3e-7, 1e-7);
+    check_op(
+        "threshold_rows",
+        &ThresholdRows { lo: 0.6, hi: 1.7 },
+        &[&x, &s],
+        3e-7,
+        1e-7,
+    );
     let mut exec = Exec::cpu();
     let bad = Tensor::from_vec(&[2], vec![1.0, 1.0]).unwrap();
-    assert!(exec.run(&ThresholdRows { lo: 1.0, hi: 2.0 }, &[&x, &bad]).is_err());
+    assert!(exec
+        .run(&ThresholdRows { lo: 1.0, hi: 2.0 }, &[&x, &bad])
+        .is_err());
 }
 
 #[test]
@@ -75,10 +93,22 @@ fn gms_update_matches_cpu() {
     let extra = rng.vec(m1v.len(), 0.0, 1.0);
     let m2: Vec<f32> = m1v.iter().zip(&extra).map(|(m, e)| m * m + e).collect();
     let skew = rng.vec(m1v.len(), -3.0, 3.0);
-    let m3: Vec<f32> = m1v.iter().zip(&m2).zip(&skew).map(|((m, v2), k)| m * m * m + 3.0 * m * (v2 - m * m) + k).collect();
+    let m3: Vec<f32> = m1v
+        .iter()
+        .zip(&m2)
+        .zip(&skew)
+        .map(|((m, v2), k)| m * m * m + 3.0 * m * (v2 - m * m) + k)
+        .collect();
     let m2 = Tensor::from_vec(&shape, m2).unwrap();
     let m3 = Tensor::from_vec(&shape, m3).unwrap();
-    let op = GmsUpdate { c_x: 1.02, c_eps: -0.31, lambda2: 0.004, seed: 77, step: 3, stream: 0 };
+    let op = GmsUpdate {
+        c_x: 1.02,
+        c_eps: -0.31,
+        lambda2: 0.004,
+        seed: 77,
+        step: 3,
+        stream: 0,
+    };
     check_op("gms_update", &op, &[&x, &m1, &m2, &m3], 1e-5, 1e-5);
 }
 
@@ -98,7 +128,8 @@ fn gms_fit_matches_moments() {
     for (u, w) in [(0.0f32, 1.0 / 3.0), (0.5, 2.0 / 3.0)] {
         for i in 0..steps {
             let z = -8.0 + 16.0 * (i as f32 + 0.5) / steps as f32;
-            let pz = (-(z as f64).powi(2) / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt() * 16.0 / steps as f64;
+            let pz = (-(z as f64).powi(2) / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt() * 16.0
+                / steps as f64;
             let y = gms_element(c, x, m, m2, m3, z, u) as f64;
             mom[0] += w * pz * y;
             mom[1] += w * pz * y * y;
@@ -112,5 +143,8 @@ fn gms_fit_matches_moments() {
     let got_third = mom[2] - 3.0 * mom[0] * mom[1] + 2.0 * mom[0].powi(3);
     assert!((mom[0] - mean).abs() < 1e-4, "mean {} vs {mean}", mom[0]);
     assert!((got_var - var).abs() < 1e-4, "variance {got_var} vs {var}");
-    assert!((got_third - third).abs() < 1e-3, "third {got_third} vs {third}");
+    assert!(
+        (got_third - third).abs() < 1e-3,
+        "third {got_third} vs {third}"
+    );
 }

@@ -227,8 +227,13 @@ pub async fn sample_adaptive(
         let mut err = 0f64;
         for r in 0..rows {
             let mut acc = 0.0;
-            for e in r * n..(r + 1) * n {
-                let (lo, hi, cur) = (v[0][e] as f64, v[1][e] as f64, v[2][e] as f64);
+            let range = r * n..(r + 1) * n;
+            let rows_of = v[0][range.clone()]
+                .iter()
+                .zip(&v[1][range.clone()])
+                .zip(&v[2][range]);
+            for ((&lo, &hi), &cur) in rows_of {
+                let (lo, hi, cur) = (lo as f64, hi as f64, cur as f64);
                 let delta = opts.atol.max(opts.rtol * lo.abs().max(cur.abs()));
                 acc += ((hi - lo) / delta).powi(2);
             }

@@ -24,7 +24,9 @@
 //! at λ² + c²·((b − a)/2)². As in the paper's samplers the last step (onto ᾱ = 1) outputs
 //! the mean x̂₀ with no noise.
 
-use super::{as_class, check_step, reject_x0_processing, Denoiser, Solver, StepContext, StepOutput};
+use super::{
+    as_class, check_step, reject_x0_processing, Denoiser, Solver, StepContext, StepOutput,
+};
 use crate::error::{Error, Result};
 use crate::exec::Exec;
 use crate::ops::SolverUpdate;

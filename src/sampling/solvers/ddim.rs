@@ -13,8 +13,7 @@
 //! `prev = c_x·x_t + c_o·output (+ σ_t·z)`; x̂₀ is a second update for previews.
 
 use super::{
-    as_class, check_step, x0_processing, Denoiser, Solver, StepContext, StepOutput,
-    X0Processing,
+    as_class, check_step, x0_processing, Denoiser, Solver, StepContext, StepOutput, X0Processing,
 };
 use crate::error::{Error, Result};
 use crate::sampling::{PredictionType, Schedule, SchedulerClass, SchedulerConfig};

@@ -13,8 +13,8 @@
 //! `current_sample_coeff` the two weights of μ̃.
 
 use super::{
-    as_class, check_step, opt_choice, x0_processing, Denoiser, Solver, StepContext,
-    StepOutput, X0Processing,
+    as_class, check_step, opt_choice, x0_processing, Denoiser, Solver, StepContext, StepOutput,
+    X0Processing,
 };
 use crate::error::{Error, Result};
 use crate::sampling::{PredictionType, Schedule, SchedulerClass, SchedulerConfig};

@@ -463,7 +463,10 @@ pub enum X0Processing {
     /// `thresholding` (dynamic thresholding, Imagen, arXiv:2205.11487 Sec. 2.3): per sample,
     /// s = the `dynamic_thresholding_ratio` quantile of |x̂₀| clamped to
     /// [1, `sample_max_value`], then x̂₀ ← clamp(x̂₀, −s, s)/s.
-    Threshold { ratio: f64, max_value: f64 },
+    Threshold {
+        ratio: f64,
+        max_value: f64,
+    },
 }
 
 /// A float option from [`SchedulerConfig::other`], or the class default.

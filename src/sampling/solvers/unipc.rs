@@ -174,7 +174,11 @@ impl UniPc {
             lower_order_final: opt_bool(&cfg, OP, "lower_order_final", true)?,
             disable_corrector,
             flow: cfg.sigma_schedule == SigmaSchedule::Flow,
-            processing: if predict_x0 { processing } else { X0Processing::None },
+            processing: if predict_x0 {
+                processing
+            } else {
+                X0Processing::None
+            },
             history: VecDeque::new(),
             last_sample: None,
             this_order: 0,
