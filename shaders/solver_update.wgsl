@@ -156,15 +156,15 @@ fn solver_update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
 // ⅓·N(M1 + d, v) + ⅔·N(M1 − d/2, v) matching the transition's mean M1, variance M2 and third
 // central moment M3, sampled with z from the (step, stream) Philox block and the component
 // from the (step, stream + 1) block.
-//   in0: x_t, in1: E[ε], in2: E[ε²], in3: E[ε³] (n); in4 unused; out: (n)
+//   in0: x_t, in1: E[ε], in2: Var[ε], in3: κ₃[ε] (third central moment) (n); in4 unused;
+//   out: (n)
 //   coef[0] = c_x, coef[1] = c_ε, coef[2] = λ² (posterior noise variance)
-fn gms_element(x: f32, m1: f32, m2: f32, m3: f32, z: f32, u: f32) -> f32 {
+fn gms_element(x: f32, m1: f32, variance: f32, k3: f32, z: f32, u: f32) -> f32 {
     let c_x = coef(0u);
     let c_e = coef(1u);
     let lambda2 = coef(2u);
     let mean = c_x * x + c_e * m1;
-    let var_e = max(m2 - m1 * m1, 0.0);
-    let k3 = m3 - 3.0 * m1 * m2 + 2.0 * m1 * m1 * m1;
+    let var_e = max(variance, 0.0);
     let spread = c_e * c_e * var_e;
     let t = 4.0 * (c_e * c_e * c_e * k3);
     // ∛|t| through exp2/log2 (WGSL has no cbrt); 0 stays 0.

@@ -1,14 +1,15 @@
 //! The GMS step (Guo et al. 2023, "Gaussian Mixture Solvers for Diffusion Models",
 //! arXiv:2311.00941): per element, fit a two-component Gaussian mixture to the first three
 //! moments of the reverse transition q(x_s | x_t) and draw from it. Inputs are x_t and the
-//! model's raw moments E[ε], E[ε²], E[ε³]; see `sampling::solvers::gms` for where the
+//! model's E[ε], Var[ε] and third central moment κ₃[ε] (central, not raw: κ₃ = E[ε³] −
+//! 3E[ε]E[ε²] + 2E[ε]³ cancels badly in float32, and the fit takes its cube root, which is
+//! not Lipschitz at 0, so rounding noise in κ₃ would become visible noise in samples); see `sampling::solvers::gms` for where the
 //! coefficients come from and `shaders/solver_update.wgsl` (`gms_update`) for the GPU twin.
 //!
 //! The transition is x_s = c_x·x_t + c_ε·ε + λ·z (the DDPM posterior with x₀ written
 //! through ε, z ~ N(0, 1) independent of ε), so its mean, central variance and central
 //! third moment are
 //!   M₁ = c_x·x_t + c_ε·E[ε],  M₂ = c_ε²·Var[ε] + λ²,  M₃ = c_ε³·κ₃[ε],
-//! with Var[ε] = E[ε²] − E[ε]² and κ₃[ε] = E[ε³] − 3E[ε]E[ε²] + 2E[ε]³.
 //!
 //! The mixture is ⅓·N(M₁ + d, v) + ⅔·N(M₁ − d/2, v): fixed weights and one shared variance
 //! leave three unknowns (d, v and the mean, fixed by the weights' balance) for three
@@ -44,11 +45,10 @@ pub struct GmsUpdate {
 }
 
 /// One element of the GMS step in f32, the same operations as the shader.
-pub fn gms_element(c: [f32; 3], x: f32, m1: f32, m2: f32, m3: f32, z: f32, u: f32) -> f32 {
+pub fn gms_element(c: [f32; 3], x: f32, m1: f32, var: f32, k3: f32, z: f32, u: f32) -> f32 {
     let [c_x, c_e, lambda2] = c;
     let mean = c_x * x + c_e * m1;
-    let var_e = (m2 - m1 * m1).max(0.0);
-    let k3 = m3 - 3.0 * m1 * m2 + 2.0 * m1 * m1 * m1;
+    let var_e = var.max(0.0);
     let spread = c_e * c_e * var_e;
     let m3c = c_e * c_e * c_e * k3;
     let t = 4.0 * m3c;
@@ -82,10 +82,13 @@ impl Op for GmsUpdate {
         if inputs.len() != 4 {
             return Err(Error::invalid(
                 op,
-                format!("takes x_t, E[ε], E[ε²], E[ε³]; got {} inputs", inputs.len()),
+                format!(
+                    "takes x_t, E[ε], Var[ε], κ₃[ε]; got {} inputs",
+                    inputs.len()
+                ),
             ));
         }
-        let names = ["x_t", "E[ε]", "E[ε²]", "E[ε³]"];
+        let names = ["x_t", "E[ε]", "Var[ε]", "κ₃[ε]"];
         for (i, s) in inputs.iter().enumerate().skip(1) {
             if *s != inputs[0] {
                 return Err(Error::shape(

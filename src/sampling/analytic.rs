@@ -303,10 +303,18 @@ impl MomentDenoiser for AnalyticDenoiser {
         let (alpha, sigma) = alpha_sigma_at(&self.alphas_cumprod, timestep)?;
         let host = self.host(exec, x)?;
         let m = self.mixture.eps_moments(&host, alpha, sigma);
+        // Central moments in f64 (the trait's contract; see MomentDenoiser).
+        let var: Vec<f64> = m.m1.iter().zip(&m.m2).map(|(a, b)| b - a * a).collect();
+        let k3: Vec<f64> =
+            m.m1.iter()
+                .zip(&m.m2)
+                .zip(&m.m3)
+                .map(|((a, b), c)| c - 3.0 * a * b + 2.0 * a * a * a)
+                .collect();
         Ok([
             to_tensor(exec, x.shape(), &m.m1)?,
-            to_tensor(exec, x.shape(), &m.m2)?,
-            to_tensor(exec, x.shape(), &m.m3)?,
+            to_tensor(exec, x.shape(), &var)?,
+            to_tensor(exec, x.shape(), &k3)?,
         ])
     }
 }

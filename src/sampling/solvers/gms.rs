@@ -3,7 +3,7 @@
 //!
 //! A DDPM-type ancestral sampler over the DDPM schedule's timesteps whose reverse
 //! transition q(x_s | x_t) is a two-component Gaussian mixture per element instead of a
-//! Gaussian: the model ([`MomentDenoiser`]) predicts E[ε|x_t], E[ε²|x_t], E[ε³|x_t]; the
+//! Gaussian: the model ([`MomentDenoiser`]) predicts E[ε|x_t], Var[ε|x_t], κ₃[ε|x_t]; the
 //! first three moments of x_s = c_x·x_t + c_ε·ε + λ·z follow (the DDPM posterior
 //! q(x_s | x_t, x₀) = N(μ̃, λ²) with x₀ = (x_t − σ_t·ε)/α_t, so its moments are those of ε
 //! pushed through an affine map, plus Gaussian noise of variance λ² = β̃), and the
@@ -122,10 +122,10 @@ impl Solver for Gms {
         let moments = model.as_moments().ok_or_else(|| {
             Error::invalid(
                 OP,
-                "GMS needs a model that predicts E[ε²] and E[ε³] (a MomentDenoiser); this model only predicts its output",
+                "GMS needs a model that predicts the variance and skewness of ε (a MomentDenoiser); this model only predicts its output",
             )
         })?;
-        let [m1, m2, m3] = moments.eps_moments(ctx.exec, x, self.timesteps[i])?;
+        let [m1, var, k3] = moments.eps_moments(ctx.exec, x, self.timesteps[i])?;
         let c = self.coefficients(i);
         let x0 = ctx.combine(&[c.x0.0, c.x0.1], &[x, &m1])?;
         let prev_sample = if c.lambda2 > 0.0 {
@@ -137,7 +137,7 @@ impl Solver for Gms {
                 step: ctx.step,
                 stream: 0,
             };
-            ctx.exec.run(&op, &[x, &m1, &m2, &m3])?
+            ctx.exec.run(&op, &[x, &m1, &var, &k3])?
         } else {
             ctx.combine(&[c.c_x, c.c_eps], &[x, &m1])?
         };

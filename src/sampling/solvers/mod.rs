@@ -66,8 +66,11 @@ pub trait Denoiser {
 /// A model that also predicts the per-element conditional moments of the noise, as the
 /// second- and third-order noise networks of GMS (Guo et al. 2023, arXiv:2311.00941) do.
 pub trait MomentDenoiser {
-    /// `[E[ε|x_t], E[ε²|x_t], E[ε³|x_t]]` per element (raw, not central, moments), for x_t
-    /// and the model time as [`Denoiser::denoise`] takes them.
+    /// `[E[ε|x_t], Var[ε|x_t], κ₃[ε|x_t]]` per element (mean, variance and third central
+    /// moment E[(ε − E[ε])³|x_t]), for x_t and the model time as [`Denoiser::denoise`]
+    /// takes them. Central rather than raw moments: E[ε³] − 3E[ε]E[ε²] + 2E[ε]³ cancels in
+    /// float32, and GMS takes the cube root of κ₃, so a model with raw-moment networks
+    /// should convert in its own (higher) precision.
     fn eps_moments(&mut self, exec: &mut Exec, x: &Tensor, timestep: f64) -> Result<[Tensor; 3]>;
 }
 
