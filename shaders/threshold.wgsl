@@ -62,7 +62,7 @@ fn threshold_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 var<workgroup> hist: array<atomic<u32>, 256>;
 var<workgroup> chosen_prefix: u32;
 var<workgroup> chosen_rank: u32;
-var<workgroup> saw_nan: atomic<u32>;
+var<workgroup> saw_nan: atomic<u32>; // bits of a NaN in the row, or 0
 
 fn select_rank(row: u32, lid: u32, rank: u32) -> u32 {
     var prefix = 0u;
@@ -112,13 +112,16 @@ fn abs_quantile(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     if (lid == 0u) { atomicStore(&saw_nan, 0u); }
     workgroupBarrier();
     for (var i = lid; i < p.n; i += 256u) {
-        if (is_nan(a[row * p.n + i])) { atomicStore(&saw_nan, 1u); }
+        let v = a[row * p.n + i];
+        // Keep the NaN's own bits (never 0): Tint rejects a NaN constant.
+        if (is_nan(v)) { atomicStore(&saw_nan, bitcast<u32>(v)); }
     }
     let lo_bits = select_rank(row, lid, p.rank_lo);
     let hi_bits = select_rank(row, lid, p.rank_hi);
     if (lid == 0u) {
-        if (atomicLoad(&saw_nan) != 0u) {
-            out[row] = bitcast<f32>(0x7fc00000u);
+        let nan_bits = atomicLoad(&saw_nan);
+        if (nan_bits != 0u) {
+            out[row] = bitcast<f32>(nan_bits);
             return;
         }
         let lo = bitcast<f32>(lo_bits);

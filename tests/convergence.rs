@@ -357,16 +357,15 @@ fn few_step_quality_ranks_as_the_papers_claim() {
         33,
     ))
     .unwrap();
-    // Γ = E‖E[ε|x_t]‖²/d: near 1 where x_t is almost pure noise, falling towards 0 as the
-    // data becomes identifiable; the timesteps run from noisy to clean.
+    // Γ = E‖E[ε|x_t]‖²/d: ≈ 1 where x_t is almost pure noise, falling towards 0 as the
+    // data becomes identifiable (the timesteps run from noisy to clean). The Monte Carlo
+    // estimate fluctuates by ~0.02 (8000 values), so the checks leave that much room.
     eprintln!("Γ at {ts:?}: {gamma:.4?}");
+    assert!(gamma.iter().all(|&g| g > 0.0 && g < 1.05), "{gamma:?}");
+    assert!(gamma[0] > 0.95 && gamma[9] < 0.05, "{gamma:?}");
     assert!(
-        gamma[0] > 0.95 && gamma.iter().all(|&g| g > 0.0 && g <= 1.0),
+        gamma[9] < gamma[7] && gamma[7] < gamma[5] && gamma[5] < gamma[1],
         "{gamma:?}"
-    );
-    assert!(
-        gamma.windows(2).all(|w| w[1] < w[0]),
-        "Γ not decreasing: {gamma:?}"
     );
     for (name, variant) in [
         ("analytic-ddpm", AnalyticVariant::Ddpm),

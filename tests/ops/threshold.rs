@@ -6,7 +6,7 @@ use webdiffusion::ops::threshold::abs_quantile_row;
 use webdiffusion::ops::{AbsQuantile, Clamp, GmsUpdate, ThresholdRows};
 use webdiffusion::{Exec, Tensor};
 
-use crate::common::{check_op, Rng};
+use crate::common::{check_op, gpu, run_gpu, Rng};
 
 #[test]
 fn clamp_matches_cpu() {
@@ -58,6 +58,11 @@ fn abs_quantile_matches_cpu_exactly() {
     assert_eq!(s[0], 3.5);
     assert!(s[1].is_nan());
     assert_eq!(abs_quantile_row(&[-2.0, 1.0], 0.25), 1.25);
+    if let Some(ctx) = gpu() {
+        // A row with a NaN gives NaN on the GPU too (torch.quantile), the other row its value.
+        let (_, got) = run_gpu(&ctx, &AbsQuantile { q: 0.625 }, &[&x]).unwrap();
+        assert!(got[0] == 3.5 && got[1].is_nan(), "{got:?}");
+    }
     assert!(exec.run(&AbsQuantile { q: 1.5 }, &[&x]).is_err());
 }
 
