@@ -39,7 +39,6 @@
 //! 10–40× smaller from 40 steps on. The test therefore expects 2 for `solver_order = 3`.
 
 #[path = "ops/common.rs"]
-#[allow(dead_code)]
 mod common;
 
 use webdiffusion::ops::SolverUpdate;
@@ -474,7 +473,8 @@ fn research_samplers_agree_on_cpu_and_gpu() {
             .unwrap()
     };
     let gamma: Vec<f64> = (0..10).map(|i| 0.2 + 0.07 * i as f64).collect();
-    let builders: Vec<(&str, Box<dyn Fn() -> Box<dyn Solver>>)> = vec![
+    type Build<'a> = Box<dyn Fn() -> Box<dyn Solver> + 'a>;
+    let builders: Vec<(&str, Build)> = vec![
         ("gms", Box::new(|| Box::new(Gms::new(&cfg, 10).unwrap()))),
         (
             "analytic-ddpm",
