@@ -150,3 +150,55 @@ fn solver_update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
         }
     }
 }
+
+// GMS step (Guo et al. 2023, arXiv:2311.00941; CPU twin and derivation in
+// src/ops/gms_update.rs): per element, the two-component mixture
+// ⅓·N(M1 + d, v) + ⅔·N(M1 − d/2, v) matching the transition's mean M1, variance M2 and third
+// central moment M3, sampled with z from the (step, stream) Philox block and the component
+// from the (step, stream + 1) block.
+//   in0: x_t, in1: E[ε], in2: Var[ε], in3: κ₃[ε] (third central moment) (n); in4 unused;
+//   out: (n)
+//   coef[0] = c_x, coef[1] = c_ε, coef[2] = λ² (posterior noise variance)
+fn gms_element(x: f32, m1: f32, variance: f32, k3: f32, z: f32, u: f32) -> f32 {
+    let c_x = coef(0u);
+    let c_e = coef(1u);
+    let lambda2 = coef(2u);
+    let mean = c_x * x + c_e * m1;
+    let var_e = max(variance, 0.0);
+    let spread = c_e * c_e * var_e;
+    let t = 4.0 * (c_e * c_e * c_e * k3);
+    // ∛|t| through exp2/log2 (WGSL has no cbrt); 0 stays 0.
+    var d = 0.0;
+    if (t != 0.0) {
+        d = exp2(log2(abs(t)) * (1.0 / 3.0));
+    }
+    d = min(d, sqrt(2.0 * spread));
+    if (t < 0.0) {
+        d = -d;
+    }
+    let v = max(spread + lambda2 - 0.5 * d * d, 0.0);
+    var mu = mean - 0.5 * d;
+    if (u < 1.0 / 3.0) {
+        mu = mean + d;
+    }
+    return mu + p.noise_scale * sqrt(v) * z;
+}
+
+@compute @workgroup_size(WG)
+fn gms_update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let block = (wg.x + wg.y * nwg.x) * WG + lid;
+    let e0 = block * 4u;
+    if (e0 >= p.n) { return; }
+    let key = vec2<u32>(p.seed_lo, p.seed_hi);
+    let w = philox4x32_10(vec4<u32>(block, 0u, p.step, p.stream), key);
+    let z = vec4<f32>(box_muller(w.x, w.y), box_muller(w.z, w.w));
+    let wu = philox4x32_10(vec4<u32>(block, 0u, p.step, p.stream + 1u), key);
+    for (var j = 0u; j < 4u; j++) {
+        let e = e0 + j;
+        if (e < p.n) {
+            let u = f32(wu[j] >> 8u) * (1.0 / 16777216.0);
+            out[e] = gms_element(in0[e], in1[e], in2[e], in3[e], z[j], u);
+        }
+    }
+}

@@ -114,6 +114,38 @@ pub async fn run_async(ctx: &Arc<GpuContext>) -> Result<Vec<CheckResult>> {
         .await?,
     );
 
+    // x̂₀ processing and the GMS step (Tint must accept their atomics, barriers and bit casts).
+    let clamp = ops::Clamp { lo: -0.4, hi: 0.6 };
+    out.push(compare(ctx, "clamp", &clamp, std::slice::from_ref(&x), 0.0).await?);
+    let q = ops::AbsQuantile { q: 0.995 };
+    out.push(compare(ctx, "abs_quantile", &q, std::slice::from_ref(&x), 0.0).await?);
+    let thr = ops::ThresholdRows { lo: 0.5, hi: 0.9 };
+    let s = data(&[2], 9);
+    out.push(compare(ctx, "threshold_rows", &thr, &[x.clone(), s], 1e-6).await?);
+    let (xv, yv) = (x.cpu_data().unwrap_or(&[]), y.cpu_data().unwrap_or(&[]));
+    // Variances ≥ 0 and third central moments of both signs.
+    let var: Vec<f32> = yv
+        .iter()
+        .zip(xv)
+        .map(|(m, e)| 0.5 * m.abs() + e.abs())
+        .collect();
+    let k3: Vec<f32> = xv.iter().map(|e| 0.3 * e).collect();
+    let gms_in = [
+        x.clone(),
+        y.clone(),
+        Tensor::from_vec(x.shape(), var)?,
+        Tensor::from_vec(x.shape(), k3)?,
+    ];
+    let gms = ops::GmsUpdate {
+        c_x: 1.02,
+        c_eps: -0.3,
+        lambda2: 0.004,
+        seed: 7,
+        step: 3,
+        stream: 0,
+    };
+    out.push(compare(ctx, "gms_update", &gms, &gms_in, 1e-5).await?);
+
     let conv = Conv2d::new(1, 1).with_bias().with_residual();
     let conv_in = [
         x.clone(),

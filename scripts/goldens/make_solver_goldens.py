@@ -5,7 +5,7 @@ numpy 2.3.5), run on x86-64 CPU:
 
     python scripts/goldens/make_solver_goldens.py tests/goldens/solvers
 
-Each case samples a small x_T (shape (1, 2, 5, 7)) with a deterministic fake model
+Each case samples a small x_T (shape (1, 2, 5, 7); (2, 3, 4, 5) for the thresholding cases) with a deterministic fake model
 
     model(x, t) = a(t) * x + b(t) * c,   a(t) = 0.6 + 0.3 cos(t / 170),
                                          b(t) = 0.5 sin(t / 90 + 0.3),
@@ -326,6 +326,29 @@ def alpha_x0(sched, t, sample, output):
     return x0.float()
 
 
+# x0 clipping and dynamic thresholding (Imagen's per-sample quantile of |x0|). A batch of 2
+# with 60 values per sample makes the quantile per sample and non-trivial (r = q*59 is not an
+# integer); ratios and sample_max_value are chosen so that s lands strictly inside
+# (1, sample_max_value) on some steps and is clamped on others.
+TSHAPE = (2, 3, 4, 5)
+CASES += [
+    ("ddpm_clip", "ddpm", DDPMScheduler, dict(clip_sample=True, clip_sample_range=1.5), 10, 0.0),
+    ("ddpm_threshold_v", "ddpm", DDPMScheduler,
+     dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.0,
+          prediction_type="v_prediction"), 10, 0.0, TSHAPE),
+    ("ddim_clip", "ddim", DDIMScheduler, dict(clip_sample=True), 10, 0.0),
+    ("ddim_threshold_eta", "ddim", DDIMScheduler,
+     dict(thresholding=True, dynamic_thresholding_ratio=0.995, sample_max_value=1.5), 10, 0.5,
+     TSHAPE),
+    ("dpmpp_2m_threshold", "dpmpp_2m", DPM,
+     dict(thresholding=True, dynamic_thresholding_ratio=0.95, sample_max_value=1.5), 10, 0.0,
+     TSHAPE),
+    ("unipc_bh2_threshold_sample", "unipc", UNIPC,
+     dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.0,
+          prediction_type="sample"), 10, 0.0, TSHAPE),
+]
+
+
 def multistep_x0(sched, k, sample, output):
     """The x0 prediction of a multistep solver's step k, which `step()` does not return: the
     converted model output where that is x0 (DPM-Solver++, UniPC with predict_x0), else x0 from
@@ -350,13 +373,13 @@ def multistep_x0(sched, k, sample, output):
     return x0.float()
 
 
-def run(name, solver, cls, overrides, steps, eta, extra=({}, {})):
+def run(name, solver, cls, overrides, steps, eta, extra=({}, {}), shape=SHAPE):
     step_kw, extra_config = extra
     sched = cls(**overrides)
     sched.set_timesteps(steps)
     g = torch.Generator().manual_seed(1234)
-    x_unit = torch.randn(SHAPE, generator=g, dtype=torch.float32)
-    c = torch.randn(SHAPE, generator=g, dtype=torch.float32)
+    x_unit = torch.randn(shape, generator=g, dtype=torch.float32)
+    c = torch.randn(shape, generator=g, dtype=torch.float32)
     gen = torch.Generator().manual_seed(99)
     latents = x_unit * sched.init_noise_sigma
     traj = []
@@ -429,7 +452,7 @@ def run(name, solver, cls, overrides, steps, eta, extra=({}, {})):
         "config": config,
         "steps": steps,
         "eta": eta,
-        "shape": list(SHAPE),
+        "shape": list(shape),
         "init_noise_sigma": float(sched.init_noise_sigma),
         "x_unit": f32list(x_unit),
         "c": f32list(c),

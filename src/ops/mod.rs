@@ -16,6 +16,7 @@ pub mod concat;
 pub mod conv2d;
 pub mod conv_transpose2d;
 pub mod elementwise;
+pub mod gms_update;
 pub mod group_norm;
 pub mod layer_norm;
 pub mod matmul;
@@ -23,6 +24,7 @@ pub mod norm;
 pub mod philox;
 pub mod resample;
 pub mod solver_update;
+pub mod threshold;
 pub mod timestep;
 
 pub use attention::{Attention, QkvLayout};
@@ -30,11 +32,13 @@ pub use concat::Concat;
 pub use conv2d::Conv2d;
 pub use conv_transpose2d::ConvTranspose2d;
 pub use elementwise::{Binary, BinaryOp, Geglu, Unary, UnaryOp};
+pub use gms_update::GmsUpdate;
 pub use group_norm::GroupNorm;
 pub use layer_norm::LayerNorm;
 pub use matmul::Matmul;
 pub use resample::{AvgPool2x, Upsample2x};
 pub use solver_update::SolverUpdate;
+pub use threshold::{AbsQuantile, Clamp, ThresholdRows};
 pub use timestep::TimestepEmbedding;
 
 /// A GPU input or output of an op: its shape and its buffer.
@@ -83,6 +87,10 @@ pub fn param_layouts() -> Vec<(&'static str, usize)> {
         (
             solver_update::SHADER,
             std::mem::size_of::<solver_update::SolverUpdateParams>(),
+        ),
+        (
+            threshold::SHADER,
+            std::mem::size_of::<threshold::ThresholdParams>(),
         ),
         (norm::SHADER, std::mem::size_of::<norm::NormParams>()),
         (

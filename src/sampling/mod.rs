@@ -3,6 +3,7 @@
 //!
 //! * [`schedule`]: diffusers' discrete schedules (betas, ᾱ, timesteps, sigmas) per scheduler
 //!   class, reproduced bit for bit where diffusers is deterministic.
+//! * [`analytic`]: an exact Gaussian-mixture denoiser (test model of the research solvers).
 //! * [`config`]: diffusers' `scheduler_config.json` with each class's defaults.
 //! * [`continuous`]: continuous-time VP-SDE, EDM preconditioning, prediction-type
 //!   conversions.
@@ -66,6 +67,7 @@
 //! * ≤ 33 ulp: Euler's converted or continuous float32 timesteps (numpy's SIMD log);
 //! * `rescale_betas_zero_snr`: relative 1.4·10⁻³ (an ill-conditioned σ₀ amplifies MKL's √).
 
+pub mod analytic;
 pub mod config;
 pub mod continuous;
 pub mod mirror;

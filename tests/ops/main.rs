@@ -11,4 +11,5 @@ mod matmul;
 mod norms;
 mod resample;
 mod solver_update;
+mod threshold;
 mod timestep;

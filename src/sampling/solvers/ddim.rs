@@ -13,7 +13,7 @@
 //! `prev = c_x·x_t + c_o·output (+ σ_t·z)`; x̂₀ is a second update for previews.
 
 use super::{
-    as_class, check_step, reject_x0_processing, Denoiser, Solver, StepContext, StepOutput,
+    as_class, check_step, x0_processing, Denoiser, Solver, StepContext, StepOutput, X0Processing,
 };
 use crate::error::{Error, Result};
 use crate::sampling::{PredictionType, Schedule, SchedulerClass, SchedulerConfig};
@@ -27,6 +27,7 @@ pub struct Ddim {
     final_alpha_cumprod: f32,
     prediction: PredictionType,
     eta: f64,
+    processing: X0Processing,
     /// `num_train_timesteps // num_inference_steps`.
     step_ratio: i64,
 }
@@ -37,7 +38,7 @@ impl Ddim {
         if !(eta >= 0.0 && eta.is_finite()) {
             return Err(Error::invalid(OP, format!("eta must be ≥ 0, got {eta}")));
         }
-        reject_x0_processing(&cfg, OP, true)?;
+        let processing = x0_processing(&cfg, OP, Some(true))?;
         if cfg.prediction_type == PredictionType::FlowPrediction {
             return Err(Error::invalid(
                 OP,
@@ -52,6 +53,7 @@ impl Ddim {
             alphas_cumprod: schedule.alphas_cumprod,
             prediction: cfg.prediction_type,
             eta,
+            processing,
             step_ratio: (cfg.num_train_timesteps / steps) as i64,
         })
     }
@@ -83,6 +85,20 @@ impl Ddim {
         let sp = a_prev.sqrt();
         ((sp * x0.0 + dir * eps.0, sp * x0.1 + dir * eps.1, std), x0)
     }
+
+    /// √ᾱ_{t−1}, the direction weight √(1 − ᾱ_{t−1} − σ_t²) and ε̂'s (a, b) of step `i`: the
+    /// update's parts when x̂₀ is clipped (diffusers keeps the unclipped ε̂ unless its
+    /// `use_clipped_model_output` step argument is set).
+    fn parts(&self, i: usize) -> (f64, f64, (f64, f64)) {
+        let t = self.timesteps[i] as i64;
+        let a_t = self.alpha_prod(t);
+        let a_prev = self.alpha_prod(t - self.step_ratio);
+        let (alpha, sigma) = (a_t.sqrt(), (1.0 - a_t).sqrt());
+        let eps = self.prediction.eps_coefficients(alpha, sigma);
+        let variance = ((1.0 - a_prev) / (1.0 - a_t)) * (1.0 - a_t / a_prev);
+        let std = self.eta * variance.sqrt();
+        (a_prev.sqrt(), (1.0 - a_prev - std * std).sqrt(), eps)
+    }
 }
 
 impl Solver for Ddim {
@@ -110,6 +126,17 @@ impl Solver for Ddim {
         let out = model.denoise(ctx.exec, x, t)?;
         let ((cx, co, std), (ax, bx)) = self.coefficients(i);
         let x0 = ctx.combine(&[ax, bx], &[x, &out])?;
+        if self.processing != X0Processing::None {
+            let x0 = ctx.process_x0(self.processing, x0)?;
+            let (sp, dir, (ea, eb)) = self.parts(i);
+            let (coefs, inputs) = ([sp, dir * ea, dir * eb], [&x0, x, &out]);
+            let prev_sample = if self.eta > 0.0 {
+                ctx.combine_noisy(&coefs, &inputs, std, 0)?
+            } else {
+                ctx.combine(&coefs, &inputs)?
+            };
+            return Ok(StepOutput { prev_sample, x0 });
+        }
         let prev_sample = if self.eta > 0.0 {
             ctx.combine_noisy(&[cx, co], &[x, &out], std, 0)?
         } else {

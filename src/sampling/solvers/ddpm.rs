@@ -13,8 +13,8 @@
 //! `current_sample_coeff` the two weights of μ̃.
 
 use super::{
-    as_class, check_step, opt_choice, reject_x0_processing, Denoiser, Solver, StepContext,
-    StepOutput,
+    as_class, check_step, opt_choice, x0_processing, Denoiser, Solver, StepContext, StepOutput,
+    X0Processing,
 };
 use crate::error::{Error, Result};
 use crate::sampling::{PredictionType, Schedule, SchedulerClass, SchedulerConfig};
@@ -43,6 +43,7 @@ pub struct Ddpm {
     alphas_cumprod: Vec<f32>,
     prediction: PredictionType,
     variance: DdpmVariance,
+    processing: X0Processing,
 }
 
 /// One step's coefficients.
@@ -54,12 +55,15 @@ pub struct DdpmCoefficients {
     pub noise: f64,
     /// x̂₀ = x0.0·x_t + x0.1·output
     pub x0: (f64, f64),
+    /// μ̃ = c_x0·x̂₀ + c_cur·x_t (eq. 7's two weights), used when x̂₀ is clipped first.
+    pub c_x0: f64,
+    pub c_cur: f64,
 }
 
 impl Ddpm {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
         let cfg = as_class(config, SchedulerClass::Ddpm);
-        reject_x0_processing(&cfg, OP, true)?;
+        let processing = x0_processing(&cfg, OP, Some(true))?;
         let variance = opt_choice(
             &cfg,
             OP,
@@ -80,6 +84,7 @@ impl Ddpm {
             alphas_cumprod: schedule.alphas_cumprod,
             prediction: cfg.prediction_type,
             variance,
+            processing,
         })
     }
 
@@ -119,6 +124,8 @@ impl Ddpm {
             c_o: c_x0 * x0.1,
             noise,
             x0,
+            c_x0,
+            c_cur,
         }
     }
 }
@@ -147,6 +154,16 @@ impl Solver for Ddpm {
         let out = model.denoise(ctx.exec, x, self.timestep(i))?;
         let c = self.coefficients(i);
         let x0 = ctx.combine(&[c.x0.0, c.x0.1], &[x, &out])?;
+        if self.processing != X0Processing::None {
+            // Clipped, x̂₀ enters the update as a tensor: μ̃ = c_x0·x̂₀ + c_cur·x_t.
+            let x0 = ctx.process_x0(self.processing, x0)?;
+            let prev_sample = if c.noise > 0.0 {
+                ctx.combine_noisy(&[c.c_x0, c.c_cur], &[&x0, x], c.noise, 0)?
+            } else {
+                ctx.combine(&[c.c_x0, c.c_cur], &[&x0, x])?
+            };
+            return Ok(StepOutput { prev_sample, x0 });
+        }
         let prev_sample = if c.noise > 0.0 {
             ctx.combine_noisy(&[c.c_x, c.c_o], &[x, &out], c.noise, 0)?
         } else {

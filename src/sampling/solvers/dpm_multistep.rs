@@ -30,8 +30,8 @@
 use std::collections::VecDeque;
 
 use super::{
-    as_class, check_step, opt_bool, opt_choice, opt_int, reject_x0_processing, Denoiser, Solver,
-    StepContext, StepOutput,
+    as_class, check_step, opt_bool, opt_choice, opt_int, x0_processing, Denoiser, Solver,
+    StepContext, StepOutput, X0Processing,
 };
 use crate::error::{Error, Result};
 use crate::sampling::{
@@ -115,6 +115,7 @@ pub struct DpmSolverMultistep {
     euler_at_final: bool,
     final_zero: bool,
     flow: bool,
+    processing: X0Processing,
     /// Converted outputs of the last `order` steps, oldest first (`model_outputs`).
     history: VecDeque<Tensor>,
     lower_order_nums: usize,
@@ -139,7 +140,7 @@ impl DpmSolverMultistep {
         preset: DpmPreset,
     ) -> Result<Self> {
         let cfg = as_class(config, SchedulerClass::DpmSolverMultistep);
-        reject_x0_processing(&cfg, OP, false)?;
+        let processing = x0_processing(&cfg, OP, None)?;
         let algorithm = match preset.algorithm {
             Some(a) => a,
             None => opt_choice(
@@ -226,6 +227,7 @@ impl DpmSolverMultistep {
             euler_at_final,
             final_zero,
             flow: cfg.sigma_schedule == SigmaSchedule::Flow,
+            processing,
             history: VecDeque::new(),
             lower_order_nums: 0,
             next_step: 0,
@@ -404,13 +406,28 @@ impl Solver for DpmSolverMultistep {
             ));
         }
         let out = model.denoise(ctx.exec, x, self.timesteps[i])?;
-        let (a, b) = self.conversion(i);
-        let m = ctx.combine(&[a, b], &[x, &out])?;
-        let x0 = if self.algorithm.data_prediction() {
-            m.clone()
+        let (m, x0) = if self.processing == X0Processing::None {
+            let (a, b) = self.conversion(i);
+            let m = ctx.combine(&[a, b], &[x, &out])?;
+            let x0 = if self.algorithm.data_prediction() {
+                m.clone()
+            } else {
+                let (a, b) = self.x0_conversion(i);
+                ctx.combine(&[a, b], &[x, &out])?
+            };
+            (m, x0)
         } else {
+            // `convert_model_output` thresholds x̂₀; the ε form re-derives ε̂ from it.
             let (a, b) = self.x0_conversion(i);
-            ctx.combine(&[a, b], &[x, &out])?
+            let x0 = ctx.combine(&[a, b], &[x, &out])?;
+            let x0 = ctx.process_x0(self.processing, x0)?;
+            let m = if self.algorithm.data_prediction() {
+                x0.clone()
+            } else {
+                let (alpha, sigma) = self.alpha_sigma(self.sigmas[i]);
+                ctx.combine(&[1.0 / sigma, -alpha / sigma], &[x, &x0])?
+            };
+            (m, x0)
         };
         self.history.push_back(m);
         while self.history.len() > self.order {

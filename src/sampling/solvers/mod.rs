@@ -26,10 +26,12 @@ use serde_json::Value;
 use super::{SchedulerClass, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::exec::Exec;
-use crate::ops::SolverUpdate;
+use crate::ops::{AbsQuantile, Clamp, SolverUpdate, ThresholdRows};
 use crate::tensor::Tensor;
 
 pub mod consistency;
+pub mod adaptive;
+pub mod analytic_dpm;
 pub mod ddim;
 pub mod ddim_inverse;
 pub mod ddpm;
@@ -38,6 +40,7 @@ pub mod dpm_multistep;
 pub mod dpm_singlestep;
 pub mod euler;
 pub mod euler_ancestral;
+pub mod gms;
 pub mod heun;
 pub mod kdpm2;
 pub mod lcm;
@@ -46,6 +49,8 @@ pub mod pndm;
 pub mod unipc;
 
 pub use consistency::ConsistencyMultistep;
+pub use adaptive::{sample_adaptive, AdaptiveOptions, AdaptiveOrder, AdaptiveResult};
+pub use analytic_dpm::{estimate_gamma, AnalyticDpm, AnalyticVariant};
 pub use ddim::Ddim;
 pub use ddim_inverse::DdimInverse;
 pub use ddpm::{Ddpm, DdpmVariance};
@@ -54,6 +59,7 @@ pub use dpm_multistep::{DpmAlgorithm, DpmPreset, DpmSolverMultistep, DpmSolverTy
 pub use dpm_singlestep::{DpmSolverSinglestep, SinglestepAlgorithm};
 pub use euler::Euler;
 pub use euler_ancestral::EulerAncestral;
+pub use gms::Gms;
 pub use heun::Heun;
 pub use kdpm2::Kdpm2;
 pub use lcm::Lcm;
@@ -66,6 +72,22 @@ pub use unipc::{UniPc, UniPcVariant};
 /// `t` passed to the network), returns the model output in the schedule's prediction type.
 pub trait Denoiser {
     fn denoise(&mut self, exec: &mut Exec, x: &Tensor, timestep: f64) -> Result<Tensor>;
+
+    /// The same model's higher moments of ε, when it has them (GMS needs them).
+    fn as_moments(&mut self) -> Option<&mut dyn MomentDenoiser> {
+        None
+    }
+}
+
+/// A model that also predicts the per-element conditional moments of the noise, as the
+/// second- and third-order noise networks of GMS (Guo et al. 2023, arXiv:2311.00941) do.
+pub trait MomentDenoiser {
+    /// `[E[ε|x_t], Var[ε|x_t], κ₃[ε|x_t]]` per element (mean, variance and third central
+    /// moment E[(ε − E[ε])³|x_t]), for x_t and the model time as [`Denoiser::denoise`]
+    /// takes them. Central rather than raw moments: E[ε³] − 3E[ε]E[ε²] + 2E[ε]³ cancels in
+    /// float32, and GMS takes the cube root of κ₃, so a model with raw-moment networks
+    /// should convert in its own (higher) precision.
+    fn eps_moments(&mut self, exec: &mut Exec, x: &Tensor, timestep: f64) -> Result<[Tensor; 3]>;
 }
 
 impl<F> Denoiser for F
@@ -535,6 +557,103 @@ pub(crate) fn check_step(op: &'static str, i: usize, n: usize) -> Result<()> {
         Ok(())
     } else {
         Err(Error::invalid(op, format!("step {i} of a {n}-step solver")))
+    }
+}
+
+/// diffusers' processing of the x₀ prediction before it enters the update.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum X0Processing {
+    None,
+    /// `clip_sample`: clamp to ±`clip_sample_range`.
+    Clip(f64),
+    /// `thresholding` (dynamic thresholding, Imagen, arXiv:2205.11487 Sec. 2.3): per sample,
+    /// s = the `dynamic_thresholding_ratio` quantile of |x̂₀| clamped to
+    /// [1, `sample_max_value`], then x̂₀ ← clamp(x̂₀, −s, s)/s.
+    Threshold {
+        ratio: f64,
+        max_value: f64,
+    },
+}
+
+/// A float option from [`SchedulerConfig::other`], or the class default.
+pub(crate) fn opt_float(
+    config: &SchedulerConfig,
+    op: &'static str,
+    key: &str,
+    default: f64,
+) -> Result<f64> {
+    match config.other.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .ok_or_else(|| Error::invalid(op, format!("{key} must be a finite number, got {v}"))),
+    }
+}
+
+/// Reads `thresholding` (with `dynamic_thresholding_ratio`, `sample_max_value`) and, for
+/// classes that have it (`clip_default` is its default there, `None` for classes without
+/// the option, which ignore the key as diffusers does), `clip_sample` (with
+/// `clip_sample_range`). Thresholding wins over clipping, as in diffusers' `step`.
+pub(crate) fn x0_processing(
+    config: &SchedulerConfig,
+    op: &'static str,
+    clip_default: Option<bool>,
+) -> Result<X0Processing> {
+    if opt_bool(config, op, "thresholding", false)? {
+        let ratio = opt_float(config, op, "dynamic_thresholding_ratio", 0.995)?;
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(Error::invalid(
+                op,
+                format!("dynamic_thresholding_ratio must be in [0, 1], got {ratio}"),
+            ));
+        }
+        let max_value = opt_float(config, op, "sample_max_value", 1.0)?;
+        if max_value <= 0.0 {
+            return Err(Error::invalid(
+                op,
+                format!("sample_max_value must be positive, got {max_value}"),
+            ));
+        }
+        return Ok(X0Processing::Threshold { ratio, max_value });
+    }
+    if let Some(default) = clip_default {
+        if opt_bool(config, op, "clip_sample", default)? {
+            let range = opt_float(config, op, "clip_sample_range", 1.0)?;
+            if range < 0.0 {
+                return Err(Error::invalid(
+                    op,
+                    format!("clip_sample_range must be ≥ 0, got {range}"),
+                ));
+            }
+            return Ok(X0Processing::Clip(range));
+        }
+    }
+    Ok(X0Processing::None)
+}
+
+impl StepContext<'_> {
+    /// Applies `p` to an x₀ prediction (one or two dispatches; none for `None`).
+    pub fn process_x0(&mut self, p: X0Processing, x0: Tensor) -> Result<Tensor> {
+        match p {
+            X0Processing::None => Ok(x0),
+            X0Processing::Clip(r) => self.exec.run(
+                &Clamp {
+                    lo: -r as f32,
+                    hi: r as f32,
+                },
+                &[&x0],
+            ),
+            X0Processing::Threshold { ratio, max_value } => {
+                let s = self.exec.run(&AbsQuantile { q: ratio }, &[&x0])?;
+                // torch.clamp(s, min=1, max=m) is m whenever m < 1.
+                let op = ThresholdRows {
+                    lo: (max_value as f32).min(1.0),
+                    hi: max_value as f32,
+                };
+                self.exec.run(&op, &[&x0, &s])
+            }
+        }
     }
 }
 

@@ -28,8 +28,8 @@ use std::collections::VecDeque;
 use serde_json::Value;
 
 use super::{
-    as_class, check_step, opt_bool, opt_choice, opt_int, reject_x0_processing, Denoiser, Solver,
-    StepContext, StepOutput,
+    as_class, check_step, opt_bool, opt_choice, opt_int, x0_processing, Denoiser, Solver,
+    StepContext, StepOutput, X0Processing,
 };
 use crate::error::{Error, Result};
 use crate::sampling::{
@@ -68,6 +68,8 @@ pub struct UniPc {
     lower_order_final: bool,
     disable_corrector: Vec<i64>,
     flow: bool,
+    /// Thresholding applies in the data-prediction form only (as in diffusers).
+    processing: X0Processing,
     history: VecDeque<Tensor>,
     last_sample: Option<Tensor>,
     this_order: usize,
@@ -94,7 +96,7 @@ impl UniPc {
         variant: Option<UniPcVariant>,
     ) -> Result<Self> {
         let cfg = as_class(config, SchedulerClass::UniPcMultistep);
-        reject_x0_processing(&cfg, OP, false)?;
+        let processing = x0_processing(&cfg, OP, None)?;
         let variant = match variant {
             Some(v) => v,
             None => opt_choice(&cfg, OP, "solver_type", VARIANTS, UniPcVariant::Bh2)?,
@@ -172,6 +174,11 @@ impl UniPc {
             lower_order_final: opt_bool(&cfg, OP, "lower_order_final", true)?,
             disable_corrector,
             flow: cfg.sigma_schedule == SigmaSchedule::Flow,
+            processing: if predict_x0 {
+                processing
+            } else {
+                X0Processing::None
+            },
             history: VecDeque::new(),
             last_sample: None,
             this_order: 0,
@@ -355,6 +362,7 @@ impl Solver for UniPc {
         let out = model.denoise(ctx.exec, x, self.timesteps[i])?;
         let (a, b) = self.conversion(i);
         let m = ctx.combine(&[a, b], &[x, &out])?;
+        let m = ctx.process_x0(self.processing, m)?;
         let x0 = if self.predict_x0 {
             m.clone()
         } else {
