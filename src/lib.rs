@@ -6,6 +6,7 @@ pub mod exec;
 pub mod gpu;
 pub mod models;
 pub mod nn;
+pub mod npy;
 pub mod ops;
 pub mod platform;
 pub mod sampling;

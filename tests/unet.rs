@@ -1,7 +1,8 @@
-//! UNet2DModel vs diffusers: the goldens in `tests/goldens/unet/<case>/` were written by
-//! `scripts/goldens/make_unet_goldens.py` (diffusers 0.42.1, torch 2.9.1, float32 CPU). Each
-//! case holds the model folder and `io.safetensors` with the inputs, the output and
-//! per-block intermediates. Target: max |ours − diffusers| / max |diffusers| ≤ 1e-4 for the
+//! UNet2DModel and UNet2DConditionModel vs diffusers: the goldens in
+//! `tests/goldens/unet/<case>/` were written by `scripts/goldens/make_unet_goldens.py`
+//! (`uncond_attn`, `class_cond`, `plain`) and `make_unet_cond_goldens.py` (`cross_attn`,
+//! `cross_linear`) (diffusers 0.42.1, torch 2.9.1, float32 CPU). Each case holds the model
+//! folder and `io.safetensors` with the inputs, the output and per-block intermediates. Target: max |ours − diffusers| / max |diffusers| ≤ 1e-4 for the
 //! whole model, on the CPU reference backend and on the GPU.
 
 #[path = "ops/common.rs"]
@@ -10,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use webdiffusion::models::config::ModelConfig;
-use webdiffusion::models::UNet2DModel;
+use webdiffusion::models::{Conditioning, UNet, UNet2DConditionModel, UNet2DModel};
 use webdiffusion::weights::{LoadOptions, ReadyTensor, TensorData, Weights};
 use webdiffusion::{Error, Exec, Tensor};
 
@@ -62,7 +63,7 @@ fn rel_err(got: &[f32], want: &[f32]) -> f64 {
 
 /// Runs one case on `exec` and checks the output and every recorded intermediate.
 fn run_case(exec: &mut Exec, name: &str) {
-    let mut model = UNet2DModel::load_dir(exec, case_dir(name)).unwrap();
+    let mut model = UNet::load_dir(exec, case_dir(name)).unwrap();
     let mut g = Golden::load(name);
     let sample = g.get("sample");
     let timesteps: Vec<f64> = g
@@ -80,14 +81,21 @@ fn run_case(exec: &mut Exec, name: &str) {
             .map(|&l| l as usize)
             .collect()
     });
+    let ehs = g
+        .has("encoder_hidden_states")
+        .then(|| g.get("encoder_hidden_states"));
     let sample = exec.upload(&sample).unwrap();
     let mut traced: Vec<(String, Tensor)> = Vec::new();
+    let cond = Conditioning {
+        class_labels: labels.as_deref(),
+        encoder_hidden_states: ehs.as_ref(),
+    };
     let out = model
-        .forward_traced(
+        .run_traced(
             exec,
             &sample,
             &timesteps,
-            labels.as_deref(),
+            cond,
             &mut |k: &str, t: &Tensor| traced.push((k.to_string(), t.clone())),
         )
         .unwrap();
@@ -110,6 +118,7 @@ fn run_case(exec: &mut Exec, name: &str) {
 
     // The Denoiser path (one timestep for the batch) runs and gives the output's shape.
     model.set_class_labels(labels);
+    model.set_encoder_hidden_states(exec, ehs.as_ref()).unwrap();
     let y = webdiffusion::sampling::solvers::Denoiser::denoise(&mut model, exec, &sample, 500.0)
         .unwrap();
     let s = sample.shape();
@@ -151,6 +160,93 @@ fn uncond_attn_gpu_matches_diffusers() {
 #[test]
 fn class_cond_gpu_matches_diffusers() {
     run_gpu_case("class_cond");
+}
+
+#[test]
+fn cross_attn_cpu_matches_diffusers() {
+    run_case(&mut Exec::cpu(), "cross_attn");
+}
+
+#[test]
+fn cross_attn_gpu_matches_diffusers() {
+    run_gpu_case("cross_attn");
+}
+
+#[test]
+fn cross_linear_cpu_matches_diffusers() {
+    run_case(&mut Exec::cpu(), "cross_linear");
+}
+
+#[test]
+fn cross_linear_gpu_matches_diffusers() {
+    run_gpu_case("cross_linear");
+}
+
+/// The class-checked wrappers refuse the other class, naming both.
+#[test]
+fn wrappers_check_the_class() {
+    let mut exec = Exec::cpu();
+    let err = UNet2DModel::load_dir(&mut exec, case_dir("cross_attn"))
+        .err()
+        .expect("a UNet2DConditionModel folder is not a UNet2DModel");
+    assert!(err.to_string().contains("UNet2DConditionModel"), "{err}");
+    let err = UNet2DConditionModel::load_dir(&mut exec, case_dir("plain"))
+        .err()
+        .expect("a UNet2DModel folder is not a UNet2DConditionModel");
+    assert!(
+        err.to_string().contains("not a UNet2DConditionModel"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_encoder_hidden_states_are_errors() {
+    let mut exec = Exec::cpu();
+    let mut model = UNet2DConditionModel::load_dir(&mut exec, case_dir("cross_attn")).unwrap();
+    let x = Tensor::from_vec(&[2, 4, 6, 10], vec![0.1; 480]).unwrap();
+    let ehs =
+        |n: usize, l: usize, d: usize| Tensor::from_vec(&[n, l, d], vec![0.2; n * l * d]).unwrap();
+    // Wrong width: the error names the expected cross_attention_dim and the shape got.
+    let err = model
+        .forward(&mut exec, &x, &[5.0], &ehs(2, 7, 23), None)
+        .err()
+        .expect("width 23 for cross_attention_dim 24 must fail");
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Shape { .. }), "{msg}");
+    assert!(
+        msg.contains("cross_attention_dim 24") && msg.contains("23"),
+        "{msg}"
+    );
+    // Wrong batch, wrong rank.
+    assert!(model
+        .forward(&mut exec, &x, &[5.0], &ehs(3, 7, 24), None)
+        .is_err());
+    let flat = Tensor::from_vec(&[7, 24], vec![0.0; 168]).unwrap();
+    assert!(model.forward(&mut exec, &x, &[5.0], &flat, None).is_err());
+    assert!(model
+        .set_encoder_hidden_states(&mut exec, Some(&ehs(1, 7, 25)))
+        .is_err());
+    // Labels for a model without a class embedding.
+    assert!(model
+        .forward(&mut exec, &x, &[5.0], &ehs(2, 7, 24), Some(&[0, 1]))
+        .is_err());
+    // The Denoiser path without encoder hidden states names them.
+    let err = webdiffusion::sampling::solvers::Denoiser::denoise(&mut model, &mut exec, &x, 1.0)
+        .err()
+        .expect("no encoder hidden states must fail");
+    assert!(err.to_string().contains("encoder_hidden_states"), "{err}");
+    // A size the skips cannot match (diffusers would resize; not implemented here).
+    let odd = Tensor::from_vec(&[2, 4, 5, 10], vec![0.1; 400]).unwrap();
+    let err = model
+        .forward(&mut exec, &odd, &[5.0], &ehs(2, 7, 24), None)
+        .err()
+        .expect("height 5 must fail");
+    assert!(err.to_string().contains("multiples of 2"), "{err}");
+    // A UNet2DModel takes no encoder hidden states.
+    let mut plain = UNet::load_dir(&mut exec, case_dir("plain")).unwrap();
+    assert!(plain
+        .set_encoder_hidden_states(&mut exec, Some(&ehs(2, 7, 24)))
+        .is_err());
 }
 
 fn golden_weights(name: &str) -> (ModelConfig, Weights) {

@@ -21,9 +21,12 @@ pub mod layer_norm;
 pub mod matmul;
 pub mod norm;
 pub mod philox;
+pub mod reduce;
 pub mod resample;
+pub mod slice;
 pub mod solver_update;
 pub mod timestep;
+pub mod transpose;
 
 pub use attention::{Attention, QkvLayout};
 pub use concat::Concat;
@@ -33,9 +36,12 @@ pub use elementwise::{Binary, BinaryOp, Geglu, Unary, UnaryOp};
 pub use group_norm::GroupNorm;
 pub use layer_norm::LayerNorm;
 pub use matmul::Matmul;
+pub use reduce::SampleStd;
 pub use resample::{AvgPool2x, Upsample2x};
+pub use slice::SliceBatch;
 pub use solver_update::SolverUpdate;
 pub use timestep::TimestepEmbedding;
+pub use transpose::Transpose;
 
 /// A GPU input or output of an op: its shape and its buffer.
 pub struct GpuArg<'a> {
@@ -99,6 +105,11 @@ pub fn param_layouts() -> Vec<(&'static str, usize)> {
             attention::SHADER,
             std::mem::size_of::<attention::AttentionParams>(),
         ),
+        (
+            transpose::SHADER,
+            std::mem::size_of::<transpose::TransposeParams>(),
+        ),
+        (reduce::SHADER, std::mem::size_of::<reduce::ReduceParams>()),
     ]
 }
 

@@ -68,6 +68,7 @@
 
 pub mod config;
 pub mod continuous;
+pub mod guidance;
 pub mod mirror;
 pub mod schedule;
 pub mod solvers;
@@ -75,6 +76,7 @@ pub mod special;
 
 pub use config::SchedulerConfig;
 pub use continuous::{Edm, EdmCoefficients, VpSde};
+pub use guidance::{guidance_combine, Guided};
 pub use schedule::{
     BetaSchedule, FinalSigmas, InterpolationType, PredictionType, Schedule, SchedulerClass,
     SigmaSchedule, TimestepSpacing, TimestepType, Timesteps,
