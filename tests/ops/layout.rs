@@ -73,7 +73,8 @@ fn sample_std_matches_cpu_and_known_values() {
         let a = check_op("std offset", &SampleStd, &[&xs], 2e-4, 1e-5);
         let b = Exec::cpu().run(&SampleStd, &[&x]).unwrap();
         for (u, v) in a.iter().zip(b.cpu_data().unwrap()) {
-            assert!((u - v).abs() <= 1e-4 * v.abs(), "{u} vs {v}");
+            // Shifting by 1000 rounds each input to its ulp there (6e-5): the only error.
+            assert!((u - v).abs() <= 1e-4 * v.abs() + 1e-4, "{u} vs {v}");
         }
     }
     for bad in [vec![3usize], vec![3, 1], vec![0, 4]] {
