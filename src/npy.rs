@@ -397,7 +397,7 @@ mod tests {
             (b"\x93NUMPY\x09\x00\x10\x00".to_vec(), "version 9"),
         ];
         for (bytes, want) in cases {
-            let err = parse("in.npy", &bytes).err().expect(want);
+            let err = parse("in.npy", &bytes).expect_err(want);
             let msg = err.to_string();
             assert!(
                 msg.contains("in.npy") && msg.contains(want),

@@ -209,8 +209,7 @@ fn bad_encoder_hidden_states_are_errors() {
     // Wrong width: the error names the expected cross_attention_dim and the shape got.
     let err = model
         .forward(&mut exec, &x, &[5.0], &ehs(2, 7, 23), None)
-        .err()
-        .expect("width 23 for cross_attention_dim 24 must fail");
+        .expect_err("width 23 for cross_attention_dim 24 must fail");
     let msg = err.to_string();
     assert!(matches!(err, Error::Shape { .. }), "{msg}");
     assert!(
@@ -232,15 +231,13 @@ fn bad_encoder_hidden_states_are_errors() {
         .is_err());
     // The Denoiser path without encoder hidden states names them.
     let err = webdiffusion::sampling::solvers::Denoiser::denoise(&mut model, &mut exec, &x, 1.0)
-        .err()
-        .expect("no encoder hidden states must fail");
+        .expect_err("no encoder hidden states must fail");
     assert!(err.to_string().contains("encoder_hidden_states"), "{err}");
     // A size the skips cannot match (diffusers would resize; not implemented here).
     let odd = Tensor::from_vec(&[2, 4, 5, 10], vec![0.1; 400]).unwrap();
     let err = model
         .forward(&mut exec, &odd, &[5.0], &ehs(2, 7, 24), None)
-        .err()
-        .expect("height 5 must fail");
+        .expect_err("height 5 must fail");
     assert!(err.to_string().contains("multiples of 2"), "{err}");
     // A UNet2DModel takes no encoder hidden states.
     let mut plain = UNet::load_dir(&mut exec, case_dir("plain")).unwrap();
@@ -414,4 +411,47 @@ fn too_wide_attention_heads_fail_at_load() {
     .expect("head dim 512 must be rejected");
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
     assert!(err.to_string().contains("mid_block.attentions.0"), "{err}");
+}
+
+/// `info`'s activation estimate against what the GPU pool really holds at its peak during one
+/// forward pass (pool buckets round sizes up by at most 25 %).
+#[test]
+fn activation_estimate_bounds_the_measured_peak() {
+    let Some(ctx) = common::gpu() else { return };
+    for (case, tokens) in [("cross_attn", 7), ("uncond_attn", 0), ("cross_linear", 5)] {
+        let mut exec = Exec::gpu(ctx.clone());
+        let model = UNet::load_dir(&mut exec, case_dir(case)).unwrap();
+        let a = model.arch().clone();
+        let (n, h, w) = (2, 16, 24);
+        let x = exec
+            .tensor(
+                &[n, a.in_channels, h, w],
+                &vec![0.1; n * a.in_channels * h * w],
+            )
+            .unwrap();
+        let ehs = a
+            .cross_attention_dim
+            .map(|d| Tensor::from_vec(&[n, tokens, d], vec![0.2; n * tokens * d]).unwrap());
+        let labels = a.num_class_embeds.map(|_| vec![1; n]);
+        let before = exec.pool_stats().unwrap().live_bytes;
+        let y = model
+            .run(
+                &mut exec,
+                &x,
+                &[3.0],
+                Conditioning {
+                    class_labels: labels.as_deref(),
+                    encoder_hidden_states: ehs.as_ref(),
+                },
+            )
+            .unwrap();
+        webdiffusion::platform::block_on(exec.read(&y)).unwrap();
+        let measured = exec.pool_stats().unwrap().peak_bytes - before;
+        let est = webdiffusion::models::info::peak_activation_bytes(&a, n, h, w, tokens);
+        eprintln!("{case}: estimate {est} bytes, measured pool peak {measured} bytes");
+        assert!(
+            est as f64 >= 0.8 * measured as f64 && (est as f64) <= 4.0 * measured as f64,
+            "{case}: estimate {est}, measured {measured}"
+        );
+    }
 }

@@ -46,8 +46,7 @@ fn slice_batch_matches_cpu() {
     for (start, len) in [(4, 2), (0, 0), (6, 1)] {
         let err = Exec::cpu()
             .run(&SliceBatch::new(start, len), &[&x])
-            .err()
-            .expect("out of range");
+            .expect_err("out of range");
         assert!(matches!(err, Error::Shape { .. }), "{err}");
     }
 }
