@@ -455,3 +455,30 @@ fn activation_estimate_bounds_the_measured_peak() {
         );
     }
 }
+
+#[test]
+fn too_wide_transformer_heads_fail_at_load() {
+    let mut w = Weights::new("empty");
+    let cfg = webdiffusion::nn::Transformer2DConfig {
+        channels: 640,
+        heads: 2,
+        head_dim: 320,
+        depth: 1,
+        cross_attention_dim: 768,
+        norm_groups: 32,
+        use_linear_projection: false,
+    };
+    let err = webdiffusion::nn::Transformer2D::load(
+        &mut Exec::cpu(),
+        &mut w,
+        "down_blocks.2.attentions.0",
+        &cfg,
+    )
+    .err()
+    .expect("head dim 320 must be rejected");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("down_blocks.2.attentions.0") && msg.contains("320") && msg.contains("256"),
+        "{msg}"
+    );
+}
