@@ -126,32 +126,45 @@ fn guided_runs_one_batched_forward_uncond_first() {
     assert_eq!(calls.get(), 1);
 }
 
-/// Guidance around the cross-attention golden model equals guiding two separate runs.
+/// Guidance around the cross-attention golden models equals guiding two separate runs
+/// (`cross_linear` is also class-conditional: labels are split the same way).
 #[test]
 fn guided_unet_equals_separate_cond_and_uncond_runs() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/goldens/unet/cross_attn");
-    let mut exec = Exec::cpu();
-    let mut rng = Rng::new(10);
-    let x = rng.tensor(&[1, 4, 4, 6]);
-    let cond = rng.tensor(&[1, 7, 24]);
-    let uncond = rng.tensor(&[1, 7, 24]);
-    let unet = UNet::load_dir(&mut exec, &dir).unwrap();
-    let c = |e| Conditioning {
-        class_labels: None,
-        encoder_hidden_states: Some(e),
-    };
-    let eps_c = unet.run(&mut exec, &x, &[500.0], c(&cond)).unwrap();
-    let eps_u = unet.run(&mut exec, &x, &[500.0], c(&uncond)).unwrap();
-    let (w, phi) = (5.0, 0.6);
-    let mut both = eps_u.cpu_data().unwrap().to_vec();
-    both.extend_from_slice(eps_c.cpu_data().unwrap());
-    let want = reference(&both, 1, w, phi);
-    let mut g = Guided::for_unet(&mut exec, unet, c(&cond), c(&uncond), w)
-        .unwrap()
-        .with_rescale(phi)
-        .unwrap();
-    let got = g.denoise(&mut exec, &x, 500.0).unwrap();
-    assert_close("guided unet", got.cpu_data().unwrap(), &want, 1e-4, 1e-5);
+    let cases: [(&str, usize, usize, Option<(Vec<usize>, Vec<usize>)>); 2] = [
+        ("cross_attn", 7, 24, None),
+        ("cross_linear", 5, 12, Some((vec![3, 0], vec![4, 4]))),
+    ];
+    for (case, tokens, dim, labels) in cases {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/goldens/unet")
+            .join(case);
+        let mut exec = Exec::cpu();
+        let mut rng = Rng::new(10);
+        let x = rng.tensor(&[2, 4, 4, 6]);
+        let cond = rng.tensor(&[2, tokens, dim]);
+        let uncond = rng.tensor(&[2, tokens, dim]);
+        let unet = UNet::load_dir(&mut exec, &dir).unwrap();
+        let c = |e, l| Conditioning {
+            class_labels: l,
+            encoder_hidden_states: Some(e),
+        };
+        let (lc, lu) = match &labels {
+            Some((a, b)) => (Some(a.as_slice()), Some(b.as_slice())),
+            None => (None, None),
+        };
+        let eps_c = unet.run(&mut exec, &x, &[500.0], c(&cond, lc)).unwrap();
+        let eps_u = unet.run(&mut exec, &x, &[500.0], c(&uncond, lu)).unwrap();
+        let (w, phi) = (5.0, 0.6);
+        let mut both = eps_u.cpu_data().unwrap().to_vec();
+        both.extend_from_slice(eps_c.cpu_data().unwrap());
+        let want = reference(&both, 2, w, phi);
+        let mut g = Guided::for_unet(&mut exec, unet, c(&cond, lc), c(&uncond, lu), w)
+            .unwrap()
+            .with_rescale(phi)
+            .unwrap();
+        let got = g.denoise(&mut exec, &x, 500.0).unwrap();
+        assert_close(case, got.cpu_data().unwrap(), &want, 1e-4, 1e-5);
+    }
 }
 
 #[test]
