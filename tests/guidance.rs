@@ -205,3 +205,44 @@ fn bad_guidance_inputs_are_errors() {
         .denoise(&mut exec, &rng.tensor(&[1, 2, 2, 2]), 1.0)
         .is_err());
 }
+
+/// Against diffusers' own `rescale_noise_cfg` (goldens by
+/// `scripts/goldens/make_guidance_goldens.py`), on the CPU and the GPU.
+#[test]
+fn combine_matches_diffusers_golden() {
+    use webdiffusion::weights::{LoadOptions, Weights};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/goldens/guidance.safetensors");
+    let mut g = Weights::load_file(&path, &LoadOptions::default()).unwrap();
+    let mut get = |name: &str| {
+        let shape = g.shape(name).unwrap().to_vec();
+        g.take(name, &shape).unwrap()
+    };
+    let out2 = get("out2");
+    let cases: Vec<(Tensor, Tensor)> = (0..4)
+        .map(|k| (get(&format!("guided_{k}")), get(&format!("params_{k}"))))
+        .collect();
+    for mut exec in execs() {
+        let t = exec.upload(&out2).unwrap();
+        for (want, params) in &cases {
+            let p = params.cpu_data().unwrap();
+            // Stored as f32; diffusers used the decimal values.
+            let round = |v: f32| (v as f64 * 1e6).round() / 1e6;
+            let (w, phi) = (round(p[0]), round(p[1]));
+            let got = guidance_combine(&mut exec, &t, w, phi).unwrap();
+            assert_eq!(got.shape(), want.shape());
+            let got = block_on(exec.read(&got)).unwrap();
+            let want = want.cpu_data().unwrap();
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = got
+                .iter()
+                .zip(want)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            eprintln!(
+                "w={w} φ={phi} on {}: relative error {:.2e}",
+                exec.backend_name(),
+                err / scale
+            );
+            assert!(err / scale <= 1e-6, "w={w} φ={phi}: {}", err / scale);
+        }
+    }
+}
