@@ -200,6 +200,17 @@ pub async fn run_async(ctx: &Arc<GpuContext>) -> Result<Vec<CheckResult>> {
         )
         .await?,
     );
+    let resize = ops::ResizeNearest::new(7, 9);
+    out.push(
+        compare(
+            ctx,
+            "resize_nearest",
+            &resize,
+            &[data(&[2, 3, 4, 5], 32)],
+            0.0,
+        )
+        .await?,
+    );
     Ok(out)
 }
 

@@ -130,7 +130,9 @@ fn guided_runs_one_batched_forward_uncond_first() {
 /// (`cross_linear` is also class-conditional: labels are split the same way).
 #[test]
 fn guided_unet_equals_separate_cond_and_uncond_runs() {
-    let cases: [(&str, usize, usize, Option<(Vec<usize>, Vec<usize>)>); 2] = [
+    // (case, tokens, cross_attention_dim, (cond, uncond) labels)
+    type Case = (&'static str, usize, usize, Option<(Vec<usize>, Vec<usize>)>);
+    let cases: [Case; 2] = [
         ("cross_attn", 7, 24, None),
         ("cross_linear", 5, 12, Some((vec![3, 0], vec![4, 4]))),
     ];

@@ -182,6 +182,34 @@ fn cross_linear_gpu_matches_diffusers() {
     run_gpu_case("cross_linear");
 }
 
+/// An input size that is not a multiple of the downsampling (7×9 with one downsampler):
+/// diffusers resizes each upsampled map to its skip's size.
+fn odd_size_case(exec: &mut Exec) {
+    let mut g = Golden::load("cross_attn");
+    let model = UNet2DConditionModel::load_dir(exec, case_dir("cross_attn")).unwrap();
+    let x = exec.upload(&g.get("odd.sample")).unwrap();
+    let e = g.get("odd.encoder_hidden_states");
+    let t = g.get("odd.timestep").cpu_data().unwrap()[0] as f64;
+    let y = model.forward(exec, &x, &[t], &e, None).unwrap();
+    let got = webdiffusion::platform::block_on(exec.read(&y)).unwrap();
+    let want = g.get("odd.output");
+    assert_eq!(y.shape(), want.shape());
+    let err = rel_err(&got, want.cpu_data().unwrap());
+    eprintln!("odd size 7×9 on {}: {err:.2e}", exec.backend_name());
+    assert!(err <= TOL, "odd size on {}: {err:.3e}", exec.backend_name());
+}
+
+#[test]
+fn odd_size_cpu_matches_diffusers() {
+    odd_size_case(&mut Exec::cpu());
+}
+
+#[test]
+fn odd_size_gpu_matches_diffusers() {
+    let Some(ctx) = common::gpu() else { return };
+    odd_size_case(&mut Exec::gpu(ctx));
+}
+
 /// The class-checked wrappers refuse the other class, naming both.
 #[test]
 fn wrappers_check_the_class() {
@@ -233,10 +261,11 @@ fn bad_encoder_hidden_states_are_errors() {
     let err = webdiffusion::sampling::solvers::Denoiser::denoise(&mut model, &mut exec, &x, 1.0)
         .expect_err("no encoder hidden states must fail");
     assert!(err.to_string().contains("encoder_hidden_states"), "{err}");
-    // A size the skips cannot match (diffusers would resize; not implemented here).
-    let odd = Tensor::from_vec(&[2, 4, 5, 10], vec![0.1; 400]).unwrap();
-    let err = model
-        .forward(&mut exec, &odd, &[5.0], &ehs(2, 7, 24), None)
+    // A UNet2DModel cannot take a size its skips do not match (diffusers fails too).
+    let plain_model = UNet2DModel::load_dir(&mut exec, case_dir("plain")).unwrap();
+    let odd = Tensor::from_vec(&[2, 2, 5, 10], vec![0.1; 200]).unwrap();
+    let err = plain_model
+        .forward(&mut exec, &odd, &[5.0], None)
         .expect_err("height 5 must fail");
     assert!(err.to_string().contains("multiples of 2"), "{err}");
     // A UNet2DModel takes no encoder hidden states.

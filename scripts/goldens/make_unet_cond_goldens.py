@@ -20,7 +20,9 @@ Written under `<out>/<case>/`:
   fractional), `encoder_hidden_states` (N, L, cross_attention_dim), `class_labels` (N) when
   the model is class-conditional, `output` (the model's `sample`), and intermediates: `emb`
   (time + class embedding), `down.<i>` (the hidden state each down block returns), `mid`,
-  `up.<i>`.
+  `up.<i>`; for `cross_attn` also `odd.sample` (1, 4, 7, 9), `odd.encoder_hidden_states`,
+  `odd.timestep` and `odd.output`: a size that is not a multiple of the downsampling, where
+  diffusers resizes each upsampled map to its skip's size.
 """
 
 import os
@@ -51,6 +53,8 @@ CASES = {
         shape=(2, 4, 6, 10),
         tokens=7,
         labels=None,
+        # A size that is not a multiple of 2: diffusers upsamples to the skip's size.
+        odd_shape=(1, 4, 7, 9),
     ),
     # Linear proj_in/proj_out, two transformer layers per block, per-block head counts
     # (`attention_head_dim` is the head count here), a class embedding, upcast_attention.
@@ -120,6 +124,20 @@ def main(out_dir):
         emb = inter.pop("time_embedding")
         if "class_embedding" in inter:
             emb = emb + inter.pop("class_embedding")
+        odd = {}
+        if "odd_shape" in case:
+            # Drawn after the main case so that its inputs stay as they were.
+            hooks_off = {k: v for k, v in inter.items()}
+            x_odd = torch.randn(case["odd_shape"])
+            e_odd = torch.randn(case["odd_shape"][0], case["tokens"], case["config"]["cross_attention_dim"])
+            t_odd = torch.tensor([321.0])
+            odd = {
+                "odd.sample": x_odd,
+                "odd.encoder_hidden_states": e_odd,
+                "odd.timestep": t_odd,
+                "odd.output": model(x_odd, t_odd, encoder_hidden_states=e_odd).sample,
+            }
+            inter = hooks_off
 
         d = os.path.join(out_dir, name)
         model.save_pretrained(d, safe_serialization=True)
@@ -132,6 +150,7 @@ def main(out_dir):
             "output": out,
             "emb": emb,
             **inter,
+            **odd,
         }
         if labels is not None:
             tensors["class_labels"] = torch.tensor(labels, dtype=torch.float32)

@@ -15,14 +15,13 @@
 //! where `attn` is the spatial self-attention of `Attn*Block2D` / `UNetMidBlock2D`, or a
 //! [`Transformer2D`] attending to the encoder hidden states in `CrossAttn*Block2D` /
 //! `UNetMidBlock2DCrossAttn`.
-//! Shapes: sample (N, in_channels, H, W) with H and W multiples of 2^(number of
-//! downsamplers), timesteps one for the batch or one per sample (integer or fractional),
+//! Shapes: sample (N, in_channels, H, W) (for `UNet2DModel` H and W multiples of 2^(number
+//! of upsamplers)), timesteps one for the batch or one per sample (integer or fractional),
 //! class labels (N), encoder_hidden_states (N, L, cross_attention_dim) → (N, out_channels,
 //! H, W).
 //!
-//! diffusers' `UNet2DConditionModel` also takes sizes that are not multiples (it then
-//! upsamples to each skip's size instead of 2×); that path is not implemented and such sizes
-//! are an error naming the multiple.
+//! `UNet2DConditionModel` also takes sizes that are not such multiples: as in diffusers, each
+//! upsampler then resizes (nearest) to the size of the skip it will be concatenated with.
 
 use std::path::Path;
 
@@ -372,14 +371,19 @@ impl UNet {
                 s,
             ));
         }
-        let downsamplers = self.down.iter().filter(|b| b.downsample.is_some()).count();
-        let multiple = 1usize << downsamplers.min(30);
-        if !s[2].is_multiple_of(multiple) || !s[3].is_multiple_of(multiple) {
+        let upsamplers = self.up.iter().filter(|b| b.upsample.is_some()).count();
+        let multiple = 1usize << upsamplers.min(30);
+        // UNet2DConditionModel upsamples to each skip's size when the input is not a multiple
+        // of the total upsampling (`forward_upsample_size`); UNet2DModel has no such path
+        // (diffusers fails at the skip concatenation), so it is an error here.
+        let misfit = !s[2].is_multiple_of(multiple) || !s[3].is_multiple_of(multiple);
+        let resize_to_skips = misfit && a.class == UNetClass::UNet2DConditionModel;
+        if misfit && !resize_to_skips {
             return Err(Error::shape(
                 op,
                 "sample",
                 format!(
-                    "height and width multiples of {multiple} (the model downsamples {downsamplers} time(s))"
+                    "height and width multiples of {multiple} (a UNet2DModel upsamples {upsamplers} time(s))"
                 ),
                 s,
             ));
@@ -483,7 +487,11 @@ impl UNet {
                 }
             }
             if let Some(us) = &b.upsample {
-                h = us.forward(exec, &h)?;
+                let size = skips
+                    .last()
+                    .filter(|_| resize_to_skips)
+                    .map(|t| (t.shape()[2], t.shape()[3]));
+                h = us.forward_to(exec, &h, size)?;
             }
             trace(&format!("up.{i}"), &h);
         }

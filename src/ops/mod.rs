@@ -23,6 +23,7 @@ pub mod norm;
 pub mod philox;
 pub mod reduce;
 pub mod resample;
+pub mod resize;
 pub mod slice;
 pub mod solver_update;
 pub mod timestep;
@@ -38,6 +39,7 @@ pub use layer_norm::LayerNorm;
 pub use matmul::Matmul;
 pub use reduce::SampleStd;
 pub use resample::{AvgPool2x, Upsample2x};
+pub use resize::ResizeNearest;
 pub use slice::SliceBatch;
 pub use solver_update::SolverUpdate;
 pub use timestep::TimestepEmbedding;
@@ -110,6 +112,7 @@ pub fn param_layouts() -> Vec<(&'static str, usize)> {
             std::mem::size_of::<transpose::TransposeParams>(),
         ),
         (reduce::SHADER, std::mem::size_of::<reduce::ReduceParams>()),
+        (resize::SHADER, std::mem::size_of::<resize::ResizeParams>()),
     ]
 }
 

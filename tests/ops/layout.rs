@@ -84,3 +84,31 @@ fn sample_std_matches_cpu_and_known_values() {
         ));
     }
 }
+
+#[test]
+fn resize_nearest_matches_cpu_and_pytorch() {
+    use webdiffusion::ops::ResizeNearest;
+    // F.interpolate(torch.arange(4.).view(1, 1, 1, 4), size=(1, 7), mode="nearest")
+    //   = [0, 0, 1, 1, 2, 2, 3]  (source ⌊d·4/7⌋)
+    let x = Tensor::from_vec(&[1, 1, 1, 4], vec![0.0, 1.0, 2.0, 3.0]).unwrap();
+    let out = check_op("resize 4→7", &ResizeNearest::new(1, 7), &[&x], 0.0, 0.0);
+    assert_eq!(out, [0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0]);
+    // ... size=(1, 9) from 4: ⌊d·4/9⌋ = [0, 0, 0, 1, 1, 2, 2, 3, 3]
+    let out = check_op("resize 4→9", &ResizeNearest::new(1, 9), &[&x], 0.0, 0.0);
+    assert_eq!(out, [0.0, 0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0]);
+    let mut rng = Rng::new(34);
+    let x = rng.tensor(&[2, 3, 4, 5]);
+    for (h, w) in [(7, 9), (8, 10), (3, 2), (13, 5)] {
+        check_op(
+            &format!("resize to {h}×{w}"),
+            &ResizeNearest::new(h, w),
+            &[&x],
+            0.0,
+            0.0,
+        );
+    }
+    assert!(Exec::cpu().run(&ResizeNearest::new(0, 3), &[&x]).is_err());
+    assert!(Exec::cpu()
+        .run(&ResizeNearest::new(3, 3), &[&rng.tensor(&[2, 3, 4])])
+        .is_err());
+}
