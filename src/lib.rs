@@ -11,6 +11,7 @@ pub mod gpu;
 pub mod image;
 pub mod models;
 pub mod nn;
+pub mod npy;
 pub mod ops;
 pub mod platform;
 pub mod sampling;

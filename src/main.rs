@@ -9,6 +9,8 @@ fn main() -> anyhow::Result<()> {
 fn main() {}
 
 #[cfg(not(target_arch = "wasm32"))]
+mod cli_denoise;
+#[cfg(not(target_arch = "wasm32"))]
 mod sample_cmd;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -34,7 +36,20 @@ mod cli {
             /// Use a low-power adapter where there is a choice.
             #[arg(long)]
             low_power: bool,
+            /// Also describe this diffusers UNet folder: parameters, weight bytes, blocks and
+            /// an estimate of the activation memory.
+            #[arg(long)]
+            model: Option<std::path::PathBuf>,
+            /// Resolution (height width) for the activation estimate; default: the config's
+            /// sample_size.
+            #[arg(long, num_args = 2, value_names = ["H", "W"])]
+            resolution: Option<Vec<usize>>,
+            /// Batch size for the activation estimate.
+            #[arg(long, default_value_t = 1)]
+            batch: usize,
         },
+        /// Run a diffusers UNet once on a .npy input and write its output as .npy.
+        Denoise(crate::cli_denoise::DenoiseArgs),
         /// Run every kernel on the GPU against the CPU reference on small odd shapes and
         /// report the largest error of each: a quick check that this adapter computes right.
         Check,
@@ -48,11 +63,29 @@ mod cli {
         env_logger_init();
         let cli = Cli::parse();
         match cli.cmd {
-            Cmd::Info { low_power } => {
-                let ctx = block_on(GpuContext::new(&GpuOptions {
+            Cmd::Denoise(args) => crate::cli_denoise::denoise(args)?,
+            Cmd::Info {
+                low_power,
+                model,
+                resolution,
+                batch,
+            } => {
+                if let Some(dir) = &model {
+                    let res = resolution.map(|r| (r[0], r[1]));
+                    crate::cli_denoise::print_model_info(dir, res, batch)?;
+                }
+                let ctx = match block_on(GpuContext::new(&GpuOptions {
                     high_performance: !low_power,
                     ..Default::default()
-                }))?;
+                })) {
+                    Ok(ctx) => ctx,
+                    // The model report stands on its own; say why the adapter part is missing.
+                    Err(e) if model.is_some() => {
+                        println!("adapter: none ({e})");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 println!("{}", ctx.caps.summary());
                 let shaders: Vec<_> = webdiffusion::shaders::names().collect();
                 println!(

@@ -212,6 +212,37 @@ pub async fn run_async(ctx: &Arc<GpuContext>) -> Result<Vec<CheckResult>> {
         data(&[2, 7, 24], 23),
     ];
     out.push(compare(ctx, "attention (cross, 3 heads)", &attn, &attn_in, 1e-4).await?);
+    out.push(
+        compare(
+            ctx,
+            "transpose",
+            &ops::Transpose,
+            &[data(&[2, 15, 7], 30)],
+            0.0,
+        )
+        .await?,
+    );
+    out.push(
+        compare(
+            ctx,
+            "sample_std",
+            &ops::SampleStd,
+            &[data(&[3, 5, 67], 31)],
+            1e-5,
+        )
+        .await?,
+    );
+    let resize = ops::ResizeNearest::new(7, 9);
+    out.push(
+        compare(
+            ctx,
+            "resize_nearest",
+            &resize,
+            &[data(&[2, 3, 4, 5], 32)],
+            0.0,
+        )
+        .await?,
+    );
     Ok(out)
 }
 

@@ -1,5 +1,8 @@
-//! diffusers' `UNet2DModel` (`src/diffusers/models/unets/unet_2d.py` at 0.42.1: DDPM-style
-//! pixel-space UNets, optionally class-conditional), wired from a validated [`UNetArch`]:
+//! The diffusers UNets, wired from a validated [`UNetArch`] by one shared core, [`UNet`]:
+//! `UNet2DModel` (`src/diffusers/models/unets/unet_2d.py` at 0.42.1: DDPM-style pixel-space
+//! UNets, optionally class-conditional) and `UNet2DConditionModel` (`unet_2d_condition.py`:
+//! latent UNets with cross-attention on encoder hidden states, Stable Diffusion 1.x/2.x).
+//! Both run the same skeleton:
 //! ```text
 //! x = 2x − 1 if center_input_sample
 //! emb = time_embedding(time_proj(t)) [+ class_embedding(labels)]
@@ -9,44 +12,85 @@
 //! up blocks: per layer h = attn(resnet(cat(h, skips.pop()), emb)); then h = upsample(h)
 //! out = conv_out(silu(conv_norm_out(h)))
 //! ```
-//! Shapes: sample (N, in_channels, H, W), timesteps one for the batch or one per sample
-//! (integer or fractional), class labels (N) → (N, out_channels, H, W).
+//! where `attn` is the spatial self-attention of `Attn*Block2D` / `UNetMidBlock2D`, or a
+//! [`Transformer2D`] attending to the encoder hidden states in `CrossAttn*Block2D` /
+//! `UNetMidBlock2DCrossAttn`.
+//! Shapes: sample (N, in_channels, H, W) (for `UNet2DModel` H and W multiples of 2^(number
+//! of upsamplers)), timesteps one for the batch or one per sample (integer or fractional),
+//! class labels (N), encoder_hidden_states (N, L, cross_attention_dim) → (N, out_channels,
+//! H, W).
+//!
+//! `UNet2DConditionModel` also takes sizes that are not such multiples: as in diffusers, each
+//! upsampler then resizes (nearest) to the size of the skip it will be concatenated with.
 
 use std::path::Path;
 
 use super::config::{
-    AttentionSpec, DownKind, ModelConfig, ResnetSpec, TimeScaleShift, UNetArch, UNetClass, UpKind,
+    AttentionSpec, ModelConfig, ResnetSpec, TimeScaleShift, TransformerSpec, UNetArch, UNetClass,
 };
 use crate::error::{Error, Result};
 use crate::exec::Exec;
 use crate::nn::{
     AttentionBlock, Conv2d, Downsample2D, Embedding, GroupNorm, ResnetBlock2D, TimeEmbedding,
-    Upsample2D,
+    Transformer2D, Transformer2DConfig, Upsample2D,
 };
 use crate::ops::{Concat, TimestepEmbedding, Unary, UnaryOp};
 use crate::sampling::solvers::Denoiser;
 use crate::tensor::Tensor;
 use crate::weights::{LoadOptions, Weights};
 
+/// The attention after a resnet: spatial self-attention or a cross-attention transformer.
+enum Attn {
+    Spatial(AttentionBlock),
+    Transformer(Transformer2D),
+}
+
+impl Attn {
+    fn forward(&self, exec: &mut Exec, h: &Tensor, ctx: Option<&Tensor>) -> Result<Tensor> {
+        match (self, ctx) {
+            (Attn::Spatial(a), _) => a.forward(exec, h),
+            (Attn::Transformer(t), Some(c)) => t.forward(exec, h, c),
+            (Attn::Transformer(_), None) => Err(missing_ehs()),
+        }
+    }
+}
+
+fn missing_ehs() -> Error {
+    Error::invalid(
+        "unet2d_condition",
+        "encoder_hidden_states are required: the model has cross-attention blocks",
+    )
+}
+
 struct DownBlock {
     resnets: Vec<ResnetBlock2D>,
-    attentions: Vec<AttentionBlock>,
+    attentions: Vec<Attn>,
     downsample: Option<Downsample2D>,
 }
 
 struct MidBlock {
     resnets: Vec<ResnetBlock2D>,
-    attentions: Vec<AttentionBlock>,
+    attentions: Vec<Attn>,
 }
 
 struct UpBlock {
     resnets: Vec<ResnetBlock2D>,
-    attentions: Vec<AttentionBlock>,
+    attentions: Vec<Attn>,
     upsample: Option<Upsample2D>,
 }
 
-/// A loaded `UNet2DModel`; see the module docs.
-pub struct UNet2DModel {
+/// What a forward pass is conditioned on besides the timestep.
+#[derive(Clone, Copy, Default)]
+pub struct Conditioning<'a> {
+    /// One per sample; required iff the model has a class embedding (`num_class_embeds`).
+    pub class_labels: Option<&'a [usize]>,
+    /// (N, L, cross_attention_dim); required iff the model has cross-attention blocks.
+    pub encoder_hidden_states: Option<&'a Tensor>,
+}
+
+/// A loaded diffusers UNet of either class; see the module docs. [`UNet2DModel`] and
+/// [`UNet2DConditionModel`](super::UNet2DConditionModel) are this with the class checked.
+pub struct UNet {
     arch: UNetArch,
     time_proj: TimestepEmbedding,
     time_embedding: TimeEmbedding,
@@ -59,11 +103,14 @@ pub struct UNet2DModel {
     conv_out: Conv2d,
     /// Class labels used by the [`Denoiser`] implementation.
     class_labels: Option<Vec<usize>>,
+    /// Encoder hidden states used by the [`Denoiser`] implementation.
+    encoder_hidden_states: Option<Tensor>,
 }
 
-impl UNet2DModel {
-    /// Loads a diffusers model folder (`config.json` and the safetensors weights, single or
-    /// sharded). Every tensor must be used: leftovers are `Error::UnexpectedTensors`.
+impl UNet {
+    /// Loads a diffusers model folder (`config.json` with `_class_name` `UNet2DModel` or
+    /// `UNet2DConditionModel`, and the safetensors weights, single or sharded). Every tensor
+    /// must be used: leftovers are `Error::UnexpectedTensors`.
     pub fn load_dir(exec: &mut Exec, dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let config = ModelConfig::from_file(dir.join("config.json"))?;
@@ -80,15 +127,6 @@ impl UNet2DModel {
         w: &mut Weights,
         allow_extra: bool,
     ) -> Result<Self> {
-        if arch.class != UNetClass::UNet2DModel {
-            return Err(Error::invalid(
-                "unet2d",
-                format!(
-                    "the config describes a {}, not a UNet2DModel",
-                    arch.class.name()
-                ),
-            ));
-        }
         let (groups, eps, shift) = (
             arch.norm_num_groups,
             arch.norm_eps,
@@ -108,6 +146,37 @@ impl UNet2DModel {
                 r.output_scale_factor,
             )
         };
+        let resnets = |exec: &mut Exec, w: &mut Weights, p: &str, specs: &[ResnetSpec]| {
+            let mut v = Vec::with_capacity(specs.len());
+            for (j, r) in specs.iter().enumerate() {
+                v.push(resnet(exec, w, &format!("{p}.resnets.{j}"), r)?);
+            }
+            Ok::<_, Error>(v)
+        };
+        let attentions = |exec: &mut Exec,
+                          w: &mut Weights,
+                          p: &str,
+                          spatial: &[AttentionSpec],
+                          cross: &[TransformerSpec]| {
+            let mut v = Vec::with_capacity(spatial.len() + cross.len());
+            for (j, a) in spatial.iter().enumerate() {
+                v.push(Attn::Spatial(attention(
+                    exec,
+                    w,
+                    &format!("{p}.attentions.{j}"),
+                    a,
+                )?));
+            }
+            for (j, t) in cross.iter().enumerate() {
+                v.push(Attn::Transformer(transformer(
+                    exec,
+                    w,
+                    &format!("{p}.attentions.{j}"),
+                    t,
+                )?));
+            }
+            Ok::<_, Error>(v)
+        };
         let c0 = arch.block_out_channels.first().copied().unwrap_or(0);
 
         let time_embedding =
@@ -121,18 +190,7 @@ impl UNet2DModel {
 
         let mut down = Vec::with_capacity(arch.down_blocks.len());
         for (i, spec) in arch.down_blocks.iter().enumerate() {
-            if spec.kind == DownKind::CrossAttnDownBlock2D {
-                return Err(unsupported("CrossAttnDownBlock2D"));
-            }
             let p = format!("down_blocks.{i}");
-            let mut resnets = Vec::new();
-            for (j, r) in spec.resnets.iter().enumerate() {
-                resnets.push(resnet(exec, w, &format!("{p}.resnets.{j}"), r)?);
-            }
-            let mut attentions = Vec::new();
-            for (j, a) in spec.attentions.iter().enumerate() {
-                attentions.push(attention(exec, w, &format!("{p}.attentions.{j}"), a)?);
-            }
             let downsample = match spec.downsample_padding {
                 Some(pad) => Some(Downsample2D::load(
                     exec,
@@ -144,47 +202,23 @@ impl UNet2DModel {
                 None => None,
             };
             down.push(DownBlock {
-                resnets,
-                attentions,
+                resnets: resnets(exec, w, &p, &spec.resnets)?,
+                attentions: attentions(exec, w, &p, &spec.attentions, &spec.transformers)?,
                 downsample,
             });
         }
 
         let mid = match &arch.mid_block {
             None => None,
-            Some(spec) => {
-                if !spec.transformers.is_empty() {
-                    return Err(unsupported("UNetMidBlock2DCrossAttn"));
-                }
-                let mut resnets = Vec::new();
-                for (j, r) in spec.resnets.iter().enumerate() {
-                    resnets.push(resnet(exec, w, &format!("mid_block.resnets.{j}"), r)?);
-                }
-                let mut attentions = Vec::new();
-                for (j, a) in spec.attentions.iter().enumerate() {
-                    attentions.push(attention(exec, w, &format!("mid_block.attentions.{j}"), a)?);
-                }
-                Some(MidBlock {
-                    resnets,
-                    attentions,
-                })
-            }
+            Some(spec) => Some(MidBlock {
+                resnets: resnets(exec, w, "mid_block", &spec.resnets)?,
+                attentions: attentions(exec, w, "mid_block", &spec.attentions, &spec.transformers)?,
+            }),
         };
 
         let mut up = Vec::with_capacity(arch.up_blocks.len());
         for (i, spec) in arch.up_blocks.iter().enumerate() {
-            if spec.kind == UpKind::CrossAttnUpBlock2D {
-                return Err(unsupported("CrossAttnUpBlock2D"));
-            }
             let p = format!("up_blocks.{i}");
-            let mut resnets = Vec::new();
-            for (j, r) in spec.resnets.iter().enumerate() {
-                resnets.push(resnet(exec, w, &format!("{p}.resnets.{j}"), r)?);
-            }
-            let mut attentions = Vec::new();
-            for (j, a) in spec.attentions.iter().enumerate() {
-                attentions.push(attention(exec, w, &format!("{p}.attentions.{j}"), a)?);
-            }
             let upsample = if spec.upsample {
                 Some(Upsample2D::load(
                     exec,
@@ -196,8 +230,8 @@ impl UNet2DModel {
                 None
             };
             up.push(UpBlock {
-                resnets,
-                attentions,
+                resnets: resnets(exec, w, &p, &spec.resnets)?,
+                attentions: attentions(exec, w, &p, &spec.attentions, &spec.transformers)?,
                 upsample,
             });
         }
@@ -231,6 +265,7 @@ impl UNet2DModel {
             conv_norm_out,
             conv_out,
             class_labels: None,
+            encoder_hidden_states: None,
         })
     }
 
@@ -238,39 +273,118 @@ impl UNet2DModel {
         &self.arch
     }
 
+    fn op(&self) -> &'static str {
+        match self.arch.class {
+            UNetClass::UNet2DModel => "unet2d",
+            UNetClass::UNet2DConditionModel => "unet2d_condition",
+        }
+    }
+
     /// Class labels for [`Denoiser::denoise`] (required by class-conditional models).
     pub fn set_class_labels(&mut self, labels: Option<Vec<usize>>) {
         self.class_labels = labels;
     }
 
-    /// Runs the network once. `timesteps`: one for the whole batch or one per sample.
-    pub fn forward(
-        &self,
+    /// Encoder hidden states (N, L, cross_attention_dim) for [`Denoiser::denoise`] (required
+    /// by models with cross-attention), moved to the executor's backend; checked here and at
+    /// each forward.
+    pub fn set_encoder_hidden_states(
+        &mut self,
         exec: &mut Exec,
-        sample: &Tensor,
-        timesteps: &[f64],
-        class_labels: Option<&[usize]>,
-    ) -> Result<Tensor> {
-        self.forward_traced(exec, sample, timesteps, class_labels, &mut |_, _| {})
+        states: Option<&Tensor>,
+    ) -> Result<()> {
+        self.encoder_hidden_states = match states {
+            Some(t) => {
+                self.check_ehs(None, t)?;
+                Some(exec.upload(t)?)
+            }
+            None => None,
+        };
+        Ok(())
     }
 
-    /// [`forward`](Self::forward), handing intermediates to `trace`: `emb` (N, time_embed_dim),
-    /// `down.<i>` (each down block's output), `mid`, `up.<i>`.
-    pub fn forward_traced(
+    /// The conditioning set by [`set_class_labels`](Self::set_class_labels) and
+    /// [`set_encoder_hidden_states`](Self::set_encoder_hidden_states).
+    pub fn conditioning(&self) -> Conditioning<'_> {
+        Conditioning {
+            class_labels: self.class_labels.as_deref(),
+            encoder_hidden_states: self.encoder_hidden_states.as_ref(),
+        }
+    }
+
+    /// `(N, L, cross_attention_dim)`, with N checked when given.
+    fn check_ehs(&self, n: Option<usize>, t: &Tensor) -> Result<()> {
+        let op = self.op();
+        let Some(dim) = self.arch.cross_attention_dim else {
+            if self.arch.class == UNetClass::UNet2DModel {
+                return Err(Error::invalid(
+                    op,
+                    "encoder_hidden_states were given but a UNet2DModel takes none",
+                ));
+            }
+            // diffusers takes (and ignores) them when no block attends to them.
+            return Ok(());
+        };
+        let s = t.shape();
+        let batch_ok = n.is_none_or(|n| s.first() == Some(&n));
+        if s.len() != 3 || s[1] == 0 || s[2] != dim || !batch_ok {
+            let n = n.map_or("N".to_string(), |n| n.to_string());
+            return Err(Error::shape(
+                op,
+                "encoder_hidden_states",
+                format!("({n}, L, {dim}): L tokens of the model's cross_attention_dim {dim}, one sequence per sample"),
+                s,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs the network once. `timesteps`: one for the whole batch or one per sample.
+    pub fn run(
         &self,
         exec: &mut Exec,
         sample: &Tensor,
         timesteps: &[f64],
-        class_labels: Option<&[usize]>,
+        cond: Conditioning<'_>,
+    ) -> Result<Tensor> {
+        self.run_traced(exec, sample, timesteps, cond, &mut |_, _| {})
+    }
+
+    /// [`run`](Self::run), handing intermediates to `trace`: `emb` (N, time_embed_dim),
+    /// `down.<i>` (each down block's output), `mid`, `up.<i>`.
+    pub fn run_traced(
+        &self,
+        exec: &mut Exec,
+        sample: &Tensor,
+        timesteps: &[f64],
+        cond: Conditioning<'_>,
         trace: &mut dyn FnMut(&str, &Tensor),
     ) -> Result<Tensor> {
         let a = &self.arch;
+        let op = self.op();
         let s = sample.shape();
         if s.len() != 4 || s[1] != a.in_channels || s.contains(&0) {
             return Err(Error::shape(
-                "unet2d",
+                op,
                 "sample",
                 format!("(N, {}, H, W)", a.in_channels),
+                s,
+            ));
+        }
+        let upsamplers = self.up.iter().filter(|b| b.upsample.is_some()).count();
+        let multiple = 1usize << upsamplers.min(30);
+        // UNet2DConditionModel upsamples to each skip's size when the input is not a multiple
+        // of the total upsampling (`forward_upsample_size`); UNet2DModel has no such path
+        // (diffusers fails at the skip concatenation), so it is an error here.
+        let misfit = !s[2].is_multiple_of(multiple) || !s[3].is_multiple_of(multiple);
+        let resize_to_skips = misfit && a.class == UNetClass::UNet2DConditionModel;
+        if misfit && !resize_to_skips {
+            return Err(Error::shape(
+                op,
+                "sample",
+                format!(
+                    "height and width multiples of {multiple} (a UNet2DModel upsamples {upsamplers} time(s))"
+                ),
                 s,
             ));
         }
@@ -281,26 +395,32 @@ impl UNet2DModel {
             len if len == n => timesteps.iter().map(|&t| t as f32).collect(),
             len => {
                 return Err(Error::invalid(
-                    "unet2d",
+                    op,
                     format!("got {len} timesteps for a batch of {n}: give one, or one per sample"),
                 ))
             }
         };
         if let Some(bad) = t.iter().find(|v| !v.is_finite()) {
-            return Err(Error::invalid(
-                "unet2d",
-                format!("timestep {bad} is not finite"),
-            ));
+            return Err(Error::invalid(op, format!("timestep {bad} is not finite")));
         }
+        let ctx = match cond.encoder_hidden_states {
+            Some(e) => {
+                self.check_ehs(Some(n), e)?;
+                Some(exec.upload(e)?)
+            }
+            None if a.cross_attention_dim.is_some() => return Err(missing_ehs()),
+            None => None,
+        };
+        let ctx = ctx.as_ref();
 
         let t = exec.tensor(&[n], &t)?;
         let t_emb = exec.run(&self.time_proj, &[&t])?;
         let mut emb = self.time_embedding.forward(exec, &t_emb)?;
-        match (&self.class_embedding, class_labels) {
+        match (&self.class_embedding, cond.class_labels) {
             (Some(ce), Some(labels)) => {
                 if labels.len() != n {
                     return Err(Error::invalid(
-                        "unet2d",
+                        op,
                         format!("got {} class labels for a batch of {n}", labels.len()),
                     ));
                 }
@@ -308,13 +428,13 @@ impl UNet2DModel {
             }
             (Some(_), None) => {
                 return Err(Error::invalid(
-                    "unet2d",
+                    op,
                     "class labels are required: the model has a class embedding (num_class_embeds)",
                 ))
             }
             (None, Some(_)) => {
                 return Err(Error::invalid(
-                    "unet2d",
+                    op,
                     "class labels were given but the model has no class embedding",
                 ))
             }
@@ -334,7 +454,7 @@ impl UNet2DModel {
             for (j, r) in b.resnets.iter().enumerate() {
                 h = r.forward(exec, &h, &temb_act)?;
                 if let Some(at) = b.attentions.get(j) {
-                    h = at.forward(exec, &h)?;
+                    h = at.forward(exec, &h, ctx)?;
                 }
                 skips.push(h.clone());
             }
@@ -348,7 +468,7 @@ impl UNet2DModel {
             for (j, r) in m.resnets.iter().enumerate() {
                 if j > 0 {
                     if let Some(at) = m.attentions.get(j - 1) {
-                        h = at.forward(exec, &h)?;
+                        h = at.forward(exec, &h, ctx)?;
                     }
                 }
                 h = r.forward(exec, &h, &temb_act)?;
@@ -358,25 +478,117 @@ impl UNet2DModel {
         for (i, b) in self.up.iter().enumerate() {
             for (j, r) in b.resnets.iter().enumerate() {
                 let skip = skips.pop().ok_or_else(|| {
-                    Error::invalid(
-                        "unet2d",
-                        "the up blocks use more skips than the down blocks make",
-                    )
+                    Error::invalid(op, "the up blocks use more skips than the down blocks make")
                 })?;
                 h = exec.run(&Concat::channels(), &[&h, &skip])?;
                 h = r.forward(exec, &h, &temb_act)?;
                 if let Some(at) = b.attentions.get(j) {
-                    h = at.forward(exec, &h)?;
+                    h = at.forward(exec, &h, ctx)?;
                 }
             }
             if let Some(us) = &b.upsample {
-                h = us.forward(exec, &h)?;
+                let size = skips
+                    .last()
+                    .filter(|_| resize_to_skips)
+                    .map(|t| (t.shape()[2], t.shape()[3]));
+                h = us.forward_to(exec, &h, size)?;
             }
             trace(&format!("up.{i}"), &h);
         }
         let h = self.conv_norm_out.forward(exec, &h, true)?;
         self.conv_out.forward(exec, &h)
     }
+}
+
+impl Denoiser for UNet {
+    fn denoise(&mut self, exec: &mut Exec, x: &Tensor, timestep: f64) -> Result<Tensor> {
+        self.run(exec, x, &[timestep], self.conditioning())
+    }
+}
+
+/// A loaded `UNet2DModel` ([`UNet`] with the class checked).
+pub struct UNet2DModel(UNet);
+
+impl UNet2DModel {
+    /// Loads a diffusers `UNet2DModel` folder; see [`UNet::load_dir`].
+    pub fn load_dir(exec: &mut Exec, dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = ModelConfig::from_file(dir.join("config.json"))?;
+        check_class(&config.arch, UNetClass::UNet2DModel)?;
+        let mut weights = Weights::load_model_dir(dir, &LoadOptions::default(), |_| {})?;
+        Self::from_weights(exec, &config.arch, &mut weights, false)
+    }
+
+    /// See [`UNet::from_weights`].
+    pub fn from_weights(
+        exec: &mut Exec,
+        arch: &UNetArch,
+        w: &mut Weights,
+        allow_extra: bool,
+    ) -> Result<Self> {
+        check_class(arch, UNetClass::UNet2DModel)?;
+        Ok(Self(UNet::from_weights(exec, arch, w, allow_extra)?))
+    }
+
+    pub fn arch(&self) -> &UNetArch {
+        self.0.arch()
+    }
+
+    /// Class labels for [`Denoiser::denoise`] (required by class-conditional models).
+    pub fn set_class_labels(&mut self, labels: Option<Vec<usize>>) {
+        self.0.set_class_labels(labels);
+    }
+
+    /// Runs the network once. `timesteps`: one for the whole batch or one per sample.
+    pub fn forward(
+        &self,
+        exec: &mut Exec,
+        sample: &Tensor,
+        timesteps: &[f64],
+        class_labels: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        self.forward_traced(exec, sample, timesteps, class_labels, &mut |_, _| {})
+    }
+
+    /// See [`UNet::run_traced`].
+    pub fn forward_traced(
+        &self,
+        exec: &mut Exec,
+        sample: &Tensor,
+        timesteps: &[f64],
+        class_labels: Option<&[usize]>,
+        trace: &mut dyn FnMut(&str, &Tensor),
+    ) -> Result<Tensor> {
+        let cond = Conditioning {
+            class_labels,
+            encoder_hidden_states: None,
+        };
+        self.0.run_traced(exec, sample, timesteps, cond, trace)
+    }
+
+    pub fn into_inner(self) -> UNet {
+        self.0
+    }
+}
+
+impl Denoiser for UNet2DModel {
+    fn denoise(&mut self, exec: &mut Exec, x: &Tensor, timestep: f64) -> Result<Tensor> {
+        self.0.denoise(exec, x, timestep)
+    }
+}
+
+pub(crate) fn check_class(arch: &UNetArch, want: UNetClass) -> Result<()> {
+    if arch.class != want {
+        return Err(Error::invalid(
+            "unet",
+            format!(
+                "the config describes a {}, not a {}",
+                arch.class.name(),
+                want.name()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn attention(
@@ -396,15 +608,24 @@ fn attention(
     )
 }
 
-fn unsupported(block: &str) -> Error {
-    Error::invalid(
-        "unet2d",
-        format!("{block} is not supported by UNet2DModel (it needs encoder hidden states)"),
+fn transformer(
+    exec: &mut Exec,
+    w: &mut Weights,
+    prefix: &str,
+    t: &TransformerSpec,
+) -> Result<Transformer2D> {
+    Transformer2D::load(
+        exec,
+        w,
+        prefix,
+        &Transformer2DConfig {
+            channels: t.channels,
+            heads: t.heads,
+            head_dim: t.head_dim,
+            depth: t.depth,
+            cross_attention_dim: t.cross_attention_dim,
+            norm_groups: t.norm_groups,
+            use_linear_projection: t.use_linear_projection,
+        },
     )
-}
-
-impl Denoiser for UNet2DModel {
-    fn denoise(&mut self, exec: &mut Exec, x: &Tensor, timestep: f64) -> Result<Tensor> {
-        self.forward(exec, x, &[timestep], self.class_labels.as_deref())
-    }
 }

@@ -5,7 +5,9 @@ use super::layers::{Conv2d, GroupNorm, Linear};
 use crate::error::{Error, Result};
 use crate::exec::Exec;
 use crate::ops::attention::MAX_HEAD_DIM;
-use crate::ops::{Attention, Binary, BinaryOp, Concat, QkvLayout, Unary, UnaryOp, Upsample2x};
+use crate::ops::{
+    Attention, Binary, BinaryOp, Concat, QkvLayout, ResizeNearest, Unary, UnaryOp, Upsample2x,
+};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
@@ -357,7 +359,24 @@ impl Upsample2D {
     }
 
     pub fn forward(&self, exec: &mut Exec, x: &Tensor) -> Result<Tensor> {
-        let up = exec.run(&Upsample2x, &[x])?;
+        self.forward_to(exec, x, None)
+    }
+
+    /// With `size = Some((h, w))`, nearest-resizes to that size instead of 2× (diffusers'
+    /// `output_size`, which `UNet2DConditionModel` passes so the map matches its skip).
+    pub fn forward_to(
+        &self,
+        exec: &mut Exec,
+        x: &Tensor,
+        size: Option<(usize, usize)>,
+    ) -> Result<Tensor> {
+        let s = x.shape();
+        let up = match size {
+            Some((h, w)) if s.len() == 4 && (h, w) != (2 * s[2], 2 * s[3]) => {
+                exec.run(&ResizeNearest::new(h, w), &[x])?
+            }
+            _ => exec.run(&Upsample2x, &[x])?,
+        };
         self.conv.forward(exec, &up)
     }
 }

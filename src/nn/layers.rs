@@ -1,8 +1,8 @@
-//! Basic layers: `nn.Linear`, `nn.Conv2d`, `nn.GroupNorm`, `nn.Embedding`.
+//! Basic layers: `nn.Linear`, `nn.Conv2d`, `nn.GroupNorm`, `nn.LayerNorm`, `nn.Embedding`.
 
 use crate::error::{Error, Result};
 use crate::exec::Exec;
-use crate::ops::{Conv2d as Conv2dOp, GroupNorm as GroupNormOp, Matmul};
+use crate::ops::{Conv2d as Conv2dOp, GroupNorm as GroupNormOp, LayerNorm as LayerNormOp, Matmul};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
@@ -63,6 +63,48 @@ impl Linear {
             Some(b) => exec.run(&Matmul::linear(true), &[x, &self.weight, b]),
             None => exec.run(&Matmul::linear(false), &[x, &self.weight]),
         }
+    }
+
+    /// `linear(x) + residual` in one pass (residual of the output's shape).
+    pub fn forward_residual(
+        &self,
+        exec: &mut Exec,
+        x: &Tensor,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        let op = Matmul::linear(self.bias.is_some()).with_residual();
+        match &self.bias {
+            Some(b) => exec.run(&op, &[x, &self.weight, b, residual]),
+            None => exec.run(&op, &[x, &self.weight, residual]),
+        }
+    }
+}
+
+/// `nn.LayerNorm(dim, eps)` over the last dimension, with weight and bias (`<p>.weight`,
+/// `<p>.bias`, both (dim)).
+pub struct LayerNorm {
+    op: LayerNormOp,
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl LayerNorm {
+    pub fn load(
+        exec: &mut Exec,
+        w: &mut Weights,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+    ) -> Result<Self> {
+        Ok(Self {
+            op: LayerNormOp::new(&[dim], eps as f32),
+            weight: take(exec, w, &format!("{prefix}.weight"), &[dim])?,
+            bias: take(exec, w, &format!("{prefix}.bias"), &[dim])?,
+        })
+    }
+
+    pub fn forward(&self, exec: &mut Exec, x: &Tensor) -> Result<Tensor> {
+        exec.run(&self.op, &[x, &self.weight, &self.bias])
     }
 }
 

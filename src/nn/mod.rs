@@ -7,6 +7,8 @@
 
 mod blocks;
 mod layers;
+mod transformer;
 
 pub use blocks::{AttentionBlock, Downsample2D, ResnetBlock2D, TimeEmbedding, Upsample2D};
-pub use layers::{Conv2d, Embedding, GroupNorm, Linear};
+pub use layers::{Conv2d, Embedding, GroupNorm, LayerNorm, Linear};
+pub use transformer::{Transformer2D, Transformer2DConfig};

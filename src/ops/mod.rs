@@ -22,10 +22,14 @@ pub mod layer_norm;
 pub mod matmul;
 pub mod norm;
 pub mod philox;
+pub mod reduce;
 pub mod resample;
+pub mod resize;
+pub mod slice;
 pub mod solver_update;
 pub mod threshold;
 pub mod timestep;
+pub mod transpose;
 
 pub use attention::{Attention, QkvLayout};
 pub use concat::Concat;
@@ -36,10 +40,14 @@ pub use gms_update::GmsUpdate;
 pub use group_norm::GroupNorm;
 pub use layer_norm::LayerNorm;
 pub use matmul::Matmul;
+pub use reduce::SampleStd;
 pub use resample::{AvgPool2x, Upsample2x};
+pub use resize::ResizeNearest;
+pub use slice::SliceBatch;
 pub use solver_update::SolverUpdate;
 pub use threshold::{AbsQuantile, Clamp, ThresholdRows};
 pub use timestep::TimestepEmbedding;
+pub use transpose::Transpose;
 
 /// A GPU input or output of an op: its shape and its buffer.
 pub struct GpuArg<'a> {
@@ -107,6 +115,12 @@ pub fn param_layouts() -> Vec<(&'static str, usize)> {
             attention::SHADER,
             std::mem::size_of::<attention::AttentionParams>(),
         ),
+        (
+            transpose::SHADER,
+            std::mem::size_of::<transpose::TransposeParams>(),
+        ),
+        (reduce::SHADER, std::mem::size_of::<reduce::ReduceParams>()),
+        (resize::SHADER, std::mem::size_of::<resize::ResizeParams>()),
     ]
 }
 

@@ -70,6 +70,7 @@
 pub mod analytic;
 pub mod config;
 pub mod continuous;
+pub mod guidance;
 pub mod mirror;
 pub mod schedule;
 pub mod solvers;
@@ -77,6 +78,7 @@ pub mod special;
 
 pub use config::SchedulerConfig;
 pub use continuous::{Edm, EdmCoefficients, VpSde};
+pub use guidance::{guidance_combine, Guided};
 pub use schedule::{
     BetaSchedule, FinalSigmas, InterpolationType, PredictionType, Schedule, SchedulerClass,
     SigmaSchedule, TimestepSpacing, TimestepType, Timesteps,
