@@ -8,6 +8,9 @@ pub mod models;
 pub mod nn;
 pub mod ops;
 pub mod platform;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod preview;
+pub mod render;
 pub mod sampling;
 pub mod selfcheck;
 pub mod shaders;
