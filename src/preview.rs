@@ -332,13 +332,13 @@ where
             Some(Ok(Ok(r))) => r.map(|t| (t, report)),
             Some(Err(p)) | Some(Ok(Err(p))) => Err(preview_error(format!(
                 "the sampling thread panicked: {}",
-                panic_text(&p)
+                panic_text(&*p)
             ))),
         }
     })
 }
 
-fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
@@ -379,7 +379,7 @@ fn build_event_loop() -> Result<EventLoop<Msg>> {
     let built = catch_unwind(AssertUnwindSafe(|| builder.build())).map_err(|p| {
         preview_error(format!(
             "the window system failed to start: {}",
-            panic_text(&p)
+            panic_text(&*p)
         ))
     })?;
     built.map_err(|e| match e {
