@@ -41,6 +41,7 @@ use crate::exec::Exec;
 use crate::gpu::{GpuContext, GpuOptions};
 use crate::platform::block_on;
 use crate::render::{self, Layout, Renderer};
+use crate::sampling::solvers::{Control, StepInfo};
 use crate::tensor::Tensor;
 
 /// Read by [`run`] when [`PreviewOptions::close_after_frames`] is `None`: close the window by
@@ -184,6 +185,22 @@ impl PreviewSink {
         total: usize,
     ) -> Result<u64> {
         self.send(exec, &[x_t, x0], format!("step {step}/{total}"))
+    }
+
+    /// A step callback for [`crate::sampling::solvers::sample`] that shows every step (x_t and
+    /// x₀, "step k/N"). The first error (the window was closed, a GPU error) is stored in
+    /// `error` and stops the loop; return it after `sample` does.
+    pub fn step_callback<'a>(
+        &'a self,
+        error: &'a mut Option<Error>,
+    ) -> impl FnMut(&mut Exec, &StepInfo<'_>) -> Control + 'a {
+        move |exec, info| match self.show(exec, info.x, info.x0, info.index + 1, info.total) {
+            Ok(_) => Control::Continue,
+            Err(e) => {
+                error.get_or_insert(e);
+                Control::Stop
+            }
+        }
     }
 
     /// Show one image tensor (N, C, H, W) alone, captioned `caption` (e.g. the final sample).

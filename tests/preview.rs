@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use webdiffusion::preview::{self, PreviewOptions};
 use webdiffusion::render::{render_cpu, Layout};
+use webdiffusion::sampling::solvers::{Control, StepInfo};
 use webdiffusion::{Exec, GpuContext};
 
 const TITLE: &str = "webdiffusion preview test";
@@ -262,7 +263,25 @@ fn window_presents_the_frames(display: u32) {
         for step in 1..=STEPS {
             let x = exec.tensor(&SHAPE, &frame_values(step, 0))?;
             let x0 = exec.tensor(&SHAPE, &frame_values(step, 1))?;
-            let seq = sink.show(&mut exec, &x, &x0, step, STEPS)?;
+            // Steps 1 and 2 go through the sampling loop's callback, the last through `show`.
+            let seq = if step < STEPS {
+                let mut error = None;
+                let info = StepInfo {
+                    index: step - 1,
+                    total: STEPS,
+                    timestep: 0.0,
+                    x: &x,
+                    x0: &x0,
+                };
+                let control = sink.step_callback(&mut error)(&mut exec, &info);
+                if let Some(e) = error {
+                    return Err(e);
+                }
+                assert_eq!(control, Control::Continue);
+                step as u64
+            } else {
+                sink.show(&mut exec, &x, &x0, step, STEPS)?
+            };
             // Let the window fit itself to the first frame before the last one is judged.
             if step == 1 || step == STEPS {
                 if !sink.wait_presented(seq, Duration::from_secs(60)) {
