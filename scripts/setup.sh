@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build and test webdiffusion natively:
 # Mesa's lavapipe (software Vulkan, so wgpu finds an adapter without a GPU) and the Vulkan
-# loader. Idempotent; does nothing when everything is present.
+# loader; Xvfb and xwd for the preview-window test (tests/preview.rs: a virtual X server,
+# and a screenshot of it). Idempotent; does nothing when everything is present.
 set -euo pipefail
 need=()
-for p in mesa-vulkan-drivers libvulkan1; do
+for p in mesa-vulkan-drivers libvulkan1 xvfb x11-apps; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -14,6 +14,9 @@ pub mod nn;
 pub mod npy;
 pub mod ops;
 pub mod platform;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod preview;
+pub mod render;
 pub mod sampling;
 pub mod selfcheck;
 pub mod shaders;

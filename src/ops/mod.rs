@@ -80,6 +80,10 @@ pub trait Op {
 pub fn param_layouts() -> Vec<(&'static str, usize)> {
     vec![
         (
+            crate::render::SHADER,
+            std::mem::size_of::<crate::render::RenderParams>(),
+        ),
+        (
             elementwise::SHADER,
             std::mem::size_of::<elementwise::ElementwiseParams>(),
         ),
