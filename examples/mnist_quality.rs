@@ -13,10 +13,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use webdiffusion::eval::{argmax_rows, frechet_distance, gaussian_fit, DigitClassifier, FEATURES};
+use webdiffusion::models::Conditioning;
 use webdiffusion::platform::block_on;
 use webdiffusion::sampling::solvers::{
-    initial_noise, sample, solver_from_name, Control, Noise, SolverOptions,
+    initial_noise, sample, solver_from_name, Control, Denoiser, Noise, SolverOptions,
 };
+use webdiffusion::sampling::Guided;
 use webdiffusion::weights::{LoadOptions, Weights};
 use webdiffusion::{bundled, Exec, GpuContext, GpuOptions, Tensor};
 
@@ -27,6 +29,7 @@ struct Opts {
     steps: Vec<usize>,
     seed: u64,
     cpu: bool,
+    guidance: f64,
 }
 
 fn parse() -> anyhow::Result<Opts> {
@@ -37,6 +40,7 @@ fn parse() -> anyhow::Result<Opts> {
         steps: vec![20],
         seed: 0,
         cpu: false,
+        guidance: 1.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -53,6 +57,7 @@ fn parse() -> anyhow::Result<Opts> {
             }
             "--seed" => o.seed = val()?.parse()?,
             "--cpu" => o.cpu = true,
+            "--guidance" => o.guidance = val()?.parse()?,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -90,7 +95,11 @@ pub fn heldout() -> anyhow::Result<(Tensor, Vec<usize>)> {
     Ok((Tensor::from_vec(&[n, 1, 32, 32], x)?, labels))
 }
 
-fn features(exec: &mut Exec, clf: &DigitClassifier, x: &Tensor) -> anyhow::Result<(Vec<f32>, Vec<usize>)> {
+fn features(
+    exec: &mut Exec,
+    clf: &DigitClassifier,
+    x: &Tensor,
+) -> anyhow::Result<(Vec<f32>, Vec<usize>)> {
     let x = exec.upload(x)?;
     let f = clf.features(exec, &x)?;
     let l = clf.logits(exec, &f)?;
@@ -129,10 +138,11 @@ fn main() -> anyhow::Result<()> {
         acc * 100.0
     );
 
-    let mut model = bundled::load(&mut exec)?;
     let sched = bundled::scheduler_config()?;
-    println!("\n| solver | steps | samples | class accuracy | Fréchet distance | seconds |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "\n| solver | steps | guidance | samples | class accuracy | Fréchet distance | seconds |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for solver_name in &o.solvers {
         for &steps in &o.steps {
             let t0 = Instant::now();
@@ -143,14 +153,30 @@ fn main() -> anyhow::Result<()> {
             while done < o.samples {
                 let n = o.batch.min(o.samples - done);
                 let labels: Vec<usize> = (done..done + n).map(|i| i % 10).collect();
-                model.set_class_labels(Some(labels.clone()));
+                let mut model: Box<dyn Denoiser> = if o.guidance == 1.0 {
+                    let mut m = bundled::load(&mut exec)?.into_inner();
+                    m.set_class_labels(Some(labels.clone()));
+                    Box::new(m)
+                } else {
+                    let null = vec![bundled::NULL_CLASS; n];
+                    let cond = Conditioning {
+                        class_labels: Some(&labels),
+                        encoder_hidden_states: None,
+                    };
+                    let uncond = Conditioning {
+                        class_labels: Some(&null),
+                        encoder_hidden_states: None,
+                    };
+                    let m = bundled::load(&mut exec)?.into_inner();
+                    Box::new(Guided::for_unet(&mut exec, m, cond, uncond, o.guidance)?)
+                };
                 let mut solver =
                     solver_from_name(solver_name, &sched, steps, SolverOptions::default())?;
                 let x_t = initial_noise(&mut exec, solver.as_ref(), &[n, 1, 32, 32], o.seed + k)?;
                 let out = sample(
                     &mut exec,
                     solver.as_mut(),
-                    &mut model,
+                    model.as_mut(),
                     &x_t,
                     &mut Noise::Philox { seed: o.seed + k },
                     |_, _| Control::Continue,
@@ -168,7 +194,8 @@ fn main() -> anyhow::Result<()> {
             let (m, c) = gaussian_fit(&feats, FEATURES)?;
             let fd = frechet_distance(&m, &c, &m_real, &c_real);
             println!(
-                "| {solver_name} | {steps} | {total} | {:.1} % | {fd:.2} | {:.0} |",
+                "| {solver_name} | {steps} | {} | {total} | {:.1} % | {fd:.2} | {:.0} |",
+                o.guidance,
                 100.0 * right as f64 / total as f64,
                 t0.elapsed().as_secs_f64()
             );

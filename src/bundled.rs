@@ -31,7 +31,11 @@ pub fn config() -> Result<ModelConfig> {
 
 /// Its `scheduler_config.json` (the DDPM schedule it was trained with).
 pub fn scheduler_config() -> Result<SchedulerConfig> {
-    SchedulerConfig::from_json_str(SCHEDULER, "<bundled>/models/mnist/scheduler_config.json", None)
+    SchedulerConfig::from_json_str(
+        SCHEDULER,
+        "<bundled>/models/mnist/scheduler_config.json",
+        None,
+    )
 }
 
 /// Loads the model onto `exec`'s backend.

@@ -14,10 +14,13 @@ use crate::weights::Weights;
 /// Feature width of [`DigitClassifier::features`].
 pub const FEATURES: usize = 128;
 
-/// conv 3×3 1→16, ReLU, avg-pool 2, conv 16→32, ReLU, pool, conv 32→64, ReLU, pool,
-/// linear 1024→128, ReLU (features), linear 128→10 (logits), on (N, 1, 32, 32) in [-1, 1].
+/// Three (conv 3×3, ReLU, 2×2 average pool) stages, linear → 128, ReLU (the features),
+/// linear 128 → 10 (logits), on (N, 1, 32, 32) in [-1, 1]. The conv widths are read from the
+/// weights.
 pub struct DigitClassifier {
     convs: [Conv2d; 3],
+    /// Channels after the last conv.
+    last: usize,
     fc1: Linear,
     fc2: Linear,
 }
@@ -25,15 +28,33 @@ pub struct DigitClassifier {
 impl DigitClassifier {
     /// Builds the classifier from `classifier.safetensors` (as PyTorch names it).
     pub fn from_weights(exec: &mut Exec, w: &mut Weights) -> Result<Self> {
+        let width = |w: &Weights, name: &str| {
+            w.shape(name)
+                .and_then(|s| s.first().copied())
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "digit classifier",
+                        format!("{} has no tensor {name}", w.source()),
+                    )
+                })
+        };
+        let c1 = width(w, "conv1.weight")?;
+        let c2 = width(w, "conv2.weight")?;
+        let c3 = width(w, "conv3.weight")?;
         let convs = [
-            Conv2d::load(exec, w, "conv1", 1, 16, 3, 1, 1)?,
-            Conv2d::load(exec, w, "conv2", 16, 32, 3, 1, 1)?,
-            Conv2d::load(exec, w, "conv3", 32, 64, 3, 1, 1)?,
+            Conv2d::load(exec, w, "conv1", 1, c1, 3, 1, 1)?,
+            Conv2d::load(exec, w, "conv2", c1, c2, 3, 1, 1)?,
+            Conv2d::load(exec, w, "conv3", c2, c3, 3, 1, 1)?,
         ];
-        let fc1 = Linear::load(exec, w, "fc1", 64 * 4 * 4, FEATURES, true)?;
+        let fc1 = Linear::load(exec, w, "fc1", c3 * 4 * 4, FEATURES, true)?;
         let fc2 = Linear::load(exec, w, "fc2", FEATURES, 10, true)?;
         w.finish_unused(false)?;
-        Ok(Self { convs, fc1, fc2 })
+        Ok(Self {
+            convs,
+            last: c3,
+            fc1,
+            fc2,
+        })
     }
 
     /// The 128 features (N, 128) of images (N, 1, 32, 32).
@@ -54,7 +75,7 @@ impl DigitClassifier {
             let r = exec.run(&relu, &[&c])?;
             h = exec.run(&AvgPool2x, &[&r])?;
         }
-        let h = h.reshape(&[s[0], 64 * 4 * 4])?;
+        let h = h.reshape(&[s[0], self.last * 4 * 4])?;
         let f = self.fc1.forward(exec, &h)?;
         exec.run(&relu, &[&f])
     }
@@ -244,7 +265,11 @@ mod tests {
         for i in 0..d {
             for j in 0..d {
                 let r: f64 = (0..d).map(|k| v[i * d + k] * w[k] * v[j * d + k]).sum();
-                assert!((r - a[i * d + j]).abs() < 1e-10, "({i},{j}): {r} vs {}", a[i * d + j]);
+                assert!(
+                    (r - a[i * d + j]).abs() < 1e-10,
+                    "({i},{j}): {r} vs {}",
+                    a[i * d + j]
+                );
             }
         }
     }

@@ -239,7 +239,9 @@ mod tests {
     fn png_round_trip_and_no_clobber() {
         let dir = std::env::temp_dir().join(format!("wd-image-{}", std::process::id()));
         let path = dir.join("sub/a.png");
-        let im = batch_to_images(&[1, 3, 2, 2], &[0.0; 12]).unwrap().remove(0);
+        let im = batch_to_images(&[1, 3, 2, 2], &[0.0; 12])
+            .unwrap()
+            .remove(0);
         write_atomic(&path, &encode_png(&im).unwrap(), false).unwrap();
         assert_eq!(decode_png(&std::fs::read(&path).unwrap()).unwrap(), im);
         let err = write_atomic(&path, b"x", false).unwrap_err().to_string();

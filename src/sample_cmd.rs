@@ -1,47 +1,49 @@
-//! `webdiffusion sample`: runs a solver from noise to an image (PNG) or array (.npy).
+//! `webdiffusion sample`: runs a solver from noise to an image (PNG) or array (.npy), with
+//! an optional live preview window.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context};
-use clap::{Args, ValueEnum};
+use anyhow::{bail, Context, Result};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use webdiffusion::image::{batch_to_images, encode_png, grid, prepare_output, write_atomic};
-use webdiffusion::models::{ModelConfig, UNet2DModel};
+use webdiffusion::models::{Conditioning, ModelConfig, UNet};
 use webdiffusion::platform::block_on;
+use webdiffusion::preview::{self, PreviewOptions};
 use webdiffusion::sampling::solvers::{
-    initial_noise, sample, solver_from_name, Control, Noise, SolverOptions, SOLVERS,
+    initial_noise, sample, scale_initial_noise, schedule_class_for, solver_from_name, Control,
+    Denoiser, Noise, Solver, SolverOptions, StepInfo, ALIASES, SOLVERS,
 };
-use webdiffusion::sampling::SchedulerConfig;
-use webdiffusion::{bundled, Exec, GpuContext, GpuOptions};
+use webdiffusion::sampling::{FiniteWatch, Guided, SchedulerConfig};
+use webdiffusion::{bundled, npy, Exec, Tensor};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Backend {
-    /// WebGPU through wgpu (Vulkan, Metal, DX12 or GL; lavapipe without a GPU).
-    Gpu,
-    /// The plain-Rust reference backend (slow; for checking).
-    Cpu,
-}
+use crate::cli_denoise::{make_exec, read_float_npy, BackendArg};
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 #[command(after_help = "Examples:
   webdiffusion sample --batch 16 --grid --out digits.png
-  webdiffusion sample --class-labels 3 --seed 7 --solver unipc --steps 10 --out three.png
+  webdiffusion sample --class-labels 3 --batch 8 --grid --guidance 2 --seed 7 --out threes.png
+  webdiffusion sample --solver unipc --steps 10 --preview --out digit.png
   webdiffusion sample --model path/to/unet --solver ddim --eta 1 --out x.png
+  webdiffusion sample --model sd/unet --encoder-hidden-states cond.npy \\
+      --uncond-encoder-hidden-states uncond.npy --guidance 7.5 --out latents.npy
 
-Solvers: see `webdiffusion solvers`.")]
+`webdiffusion solvers` lists the solver names.")]
 pub struct SampleArgs {
-    /// A diffusers UNet2DModel folder (config.json + *.safetensors). Default: the bundled
-    /// MNIST digit model (32×32, classes 0–9).
+    /// A diffusers model folder (config.json + *.safetensors; UNet2DModel or
+    /// UNet2DConditionModel). Default: the bundled MNIST digit model (32×32, classes 0–9).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// The scheduler config (diffusers scheduler_config.json). Default: the one in the model
     /// folder, or in ../scheduler/ next to it (a pipeline folder).
     #[arg(long)]
     pub scheduler_config: Option<PathBuf>,
-    /// Solver name (diffusers class names and k-diffusion names work too).
-    #[arg(long, default_value = "dpmpp_2m")]
-    pub solver: String,
+    /// Solver name (diffusers class names and k-diffusion names work too). Default:
+    /// dpmpp_2m, or dpmpp_2m_sde for the bundled model (whose short training leaves the
+    /// deterministic ODE samplers with grainy digits: see models/mnist/README.md).
+    #[arg(long)]
+    pub solver: Option<String>,
     /// Number of sampling steps.
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
@@ -52,16 +54,37 @@ pub struct SampleArgs {
     /// label applies to the whole batch. Default: 0, 1, 2, … cycling over the classes.
     #[arg(long, value_delimiter = ',')]
     pub class_labels: Vec<usize>,
+    /// The label of the unconditional pass of classifier-free guidance for a class-conditional
+    /// model (the bundled model's is 10).
+    #[arg(long)]
+    pub uncond_class_label: Option<usize>,
+    /// Encoder hidden states (N, L, D) as float32 .npy, for cross-attention models.
+    #[arg(long)]
+    pub encoder_hidden_states: Option<PathBuf>,
+    /// The unconditional encoder hidden states for classifier-free guidance (same shape).
+    #[arg(long)]
+    pub uncond_encoder_hidden_states: Option<PathBuf>,
+    /// Classifier-free guidance scale w (ε̃ = ε_u + w·(ε_c − ε_u)); 1 runs the conditional
+    /// model alone. Default: 1, or 2 for the bundled model.
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Guidance rescale φ in [0, 1] (arXiv:2305.08891).
+    #[arg(long, default_value_t = 0.0)]
+    pub guidance_rescale: f64,
     /// Number of samples. Default: the number of --class-labels, else 1.
     #[arg(long)]
     pub batch: Option<usize>,
+    /// Unit-variance initial noise (N, C, H, W) as .npy, scaled by the scheduler's
+    /// init_noise_sigma as diffusers pipelines do (instead of the seeded noise).
+    #[arg(long)]
+    pub init_noise: Option<PathBuf>,
     /// Write the whole batch as one PNG grid (otherwise one PNG per sample: OUT-0.png, …).
     #[arg(long)]
     pub grid: bool,
     /// η of stochastic solvers that take it (DDIM): 0 deterministic, 1 DDPM-like.
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
-    /// Output file. Default: sample-<seed>.png in the current folder.
+    /// Output file, .png or .npy (float32, the raw sample). Default: sample-<seed>.png.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Overwrite existing output files.
@@ -73,28 +96,47 @@ pub struct SampleArgs {
     pub save_steps: Option<PathBuf>,
     /// Where to run.
     #[arg(long, value_enum, default_value = "gpu")]
-    pub backend: Backend,
+    pub backend: BackendArg,
+    /// Open a window showing x_t and the x₀ prediction after every step, then the result
+    /// until the window is closed (GPU backend only; needs a display).
+    #[arg(long)]
+    pub preview: bool,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
 }
 
-/// The loaded model, from a folder or the bundled one.
-struct Loaded {
-    name: String,
-    config: ModelConfig,
-    model: UNet2DModel,
-    scheduler: SchedulerConfig,
+impl SampleArgs {
+    /// The solver name (defaults resolved at the start of [`run`]).
+    fn solver(&self) -> &str {
+        self.solver.as_deref().unwrap_or("dpmpp_2m")
+    }
+
+    fn guidance(&self) -> f64 {
+        self.guidance.unwrap_or(1.0)
+    }
 }
 
-fn load_model(exec: &mut Exec, args: &SampleArgs) -> anyhow::Result<Loaded> {
-    let (name, config, model, folder_scheduler) = match &args.model {
-        None => (
+/// The model and what it is conditioned on, ready to sample.
+struct Prepared {
+    name: String,
+    denoiser: Box<dyn Denoiser>,
+    scheduler: SchedulerConfig,
+    shape: [usize; 4],
+    labels: Option<Vec<usize>>,
+}
+
+fn load_unet(
+    exec: &mut Exec,
+    args: &SampleArgs,
+) -> Result<(String, ModelConfig, UNet, Option<SchedulerConfig>)> {
+    match &args.model {
+        None => Ok((
             bundled::NAME.to_string(),
             bundled::config()?,
-            bundled::load(exec)?,
+            bundled::load(exec)?.into_inner(),
             Some(bundled::scheduler_config()?),
-        ),
+        )),
         Some(dir) => {
             if !dir.is_dir() {
                 bail!(
@@ -105,45 +147,25 @@ fn load_model(exec: &mut Exec, args: &SampleArgs) -> anyhow::Result<Loaded> {
                 );
             }
             let config = ModelConfig::from_file(dir.join("config.json"))?;
-            let mut weights = webdiffusion::weights::Weights::load_model_dir(
-                dir,
-                &Default::default(),
-                |_| {},
-            )?;
-            let model = UNet2DModel::from_weights(exec, &config.arch, &mut weights, false)?;
-            let found = [
+            let unet = UNet::load_dir(exec, dir)
+                .with_context(|| format!("loading the model in {}", dir.display()))?;
+            let class = schedule_class_for(args.solver());
+            let sched = [
                 dir.join("scheduler_config.json"),
                 dir.join("../scheduler/scheduler_config.json"),
             ]
             .into_iter()
-            .find(|p| p.is_file());
-            let sched = found
-                .map(|p| SchedulerConfig::from_file(p, None))
-                .transpose()?;
-            (dir.display().to_string(), config, model, sched)
+            .find(|p| p.is_file())
+            .map(|p| SchedulerConfig::from_file(p, class))
+            .transpose()?;
+            Ok((dir.display().to_string(), config, unet, sched))
         }
-    };
-    let scheduler = match (&args.scheduler_config, folder_scheduler) {
-        (Some(p), _) => SchedulerConfig::from_file(p, None)?,
-        (None, Some(s)) => s,
-        (None, None) => bail!(
-            "no scheduler_config.json next to the model ({name}); pass --scheduler-config FILE \
-             (the file diffusers saves with the scheduler the model was trained with)"
-        ),
-    };
-    Ok(Loaded {
-        name,
-        config,
-        model,
-        scheduler,
-    })
+    }
 }
 
-/// Labels for the batch, or None for an unconditional model.
-fn class_labels(args: &SampleArgs, model: &UNet2DModel) -> anyhow::Result<Option<Vec<usize>>> {
-    let classes = model.arch().num_class_embeds;
-    let batch = args.batch;
-    match classes {
+/// Labels for the batch, or None for a model without class embedding.
+fn class_labels(args: &SampleArgs, unet: &UNet) -> Result<Option<Vec<usize>>> {
+    match unet.arch().num_class_embeds {
         None => {
             if !args.class_labels.is_empty() {
                 bail!("--class-labels given, but the model is not class-conditional (its config has no num_class_embeds)");
@@ -158,19 +180,114 @@ fn class_labels(args: &SampleArgs, model: &UNet2DModel) -> anyhow::Result<Option
                 n
             };
             if let Some(bad) = args.class_labels.iter().find(|&&l| l >= drawable) {
-                bail!("class label {bad} is out of range: this model has classes 0..={}", drawable - 1);
+                bail!(
+                    "class label {bad} is out of range: this model has classes 0..={}",
+                    drawable - 1
+                );
             }
-            let labels = match (args.class_labels.len(), batch) {
+            Ok(Some(match (args.class_labels.len(), args.batch) {
                 (0, b) => (0..b.unwrap_or(1)).map(|i| i % drawable).collect(),
                 (1, Some(b)) => vec![args.class_labels[0]; b],
-                (k, Some(b)) if k != b => bail!(
-                    "{k} class labels for a batch of {b}: give one label, or one per sample"
-                ),
+                (k, Some(b)) if k != b => {
+                    bail!("{k} class labels for a batch of {b}: give one label, or one per sample")
+                }
                 _ => args.class_labels.clone(),
-            };
-            Ok(Some(labels))
+            }))
         }
     }
+}
+
+fn prepare(exec: &mut Exec, args: &SampleArgs) -> Result<Prepared> {
+    let (name, config, mut unet, folder_sched) = load_unet(exec, args)?;
+    let class = schedule_class_for(args.solver());
+    let scheduler = match (&args.scheduler_config, folder_sched) {
+        (Some(p), _) => SchedulerConfig::from_file(p, class)?,
+        (None, Some(s)) => s,
+        (None, None) => bail!(
+            "no scheduler_config.json next to the model ({name}); pass --scheduler-config FILE \
+             (the file diffusers saves with the scheduler the model was trained with)"
+        ),
+    };
+    let labels = class_labels(args, &unet)?;
+    let ehs = args
+        .encoder_hidden_states
+        .as_deref()
+        .map(|p| read_float_npy(p, "--encoder-hidden-states", "(N, L, D)"))
+        .transpose()?;
+    let uncond_ehs = args
+        .uncond_encoder_hidden_states
+        .as_deref()
+        .map(|p| read_float_npy(p, "--uncond-encoder-hidden-states", "(N, L, D)"))
+        .transpose()?;
+    let batch = match (&labels, &ehs, args.batch) {
+        (Some(l), _, _) => l.len(),
+        (None, Some(e), b) => {
+            let n = e.shape()[0];
+            if b.is_some_and(|b| b != n) {
+                bail!(
+                    "--batch {} but the encoder hidden states hold {n} samples",
+                    b.unwrap_or(0)
+                );
+            }
+            n
+        }
+        (None, None, b) => b.unwrap_or(1),
+    };
+    if batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let arch = unet.arch().clone();
+    let (h, w) = config.sample_size().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{name}: config.json gives no usable sample_size, so the resolution is unknown"
+        )
+    })?;
+    let shape = [batch, arch.in_channels, h, w];
+
+    let guided = args.guidance() != 1.0 || args.guidance_rescale != 0.0;
+    let denoiser: Box<dyn Denoiser> = if guided {
+        let uncond_labels = match (&labels, args.uncond_class_label) {
+            (None, Some(_)) => {
+                bail!("--uncond-class-label given, but the model is not class-conditional")
+            }
+            (None, None) => None,
+            (Some(l), Some(u)) => Some(vec![u; l.len()]),
+            (Some(l), None) if args.model.is_none() => Some(vec![bundled::NULL_CLASS; l.len()]),
+            (Some(_), None) => bail!(
+                "--guidance needs the unconditional label of this class-conditional model: \
+                 pass --uncond-class-label K (the \"no class\" label it was trained with)"
+            ),
+        };
+        if ehs.is_some() != uncond_ehs.is_some() {
+            bail!("--guidance with a cross-attention model needs both --encoder-hidden-states and --uncond-encoder-hidden-states");
+        }
+        let cond = Conditioning {
+            class_labels: labels.as_deref(),
+            encoder_hidden_states: ehs.as_ref(),
+        };
+        let uncond = Conditioning {
+            class_labels: uncond_labels.as_deref(),
+            encoder_hidden_states: uncond_ehs.as_ref(),
+        };
+        Box::new(
+            Guided::for_unet(exec, unet, cond, uncond, args.guidance())?
+                .with_rescale(args.guidance_rescale)?,
+        )
+    } else {
+        if uncond_ehs.is_some() {
+            bail!("--uncond-encoder-hidden-states is only used with --guidance W (W ≠ 1)");
+        }
+        unet.set_class_labels(labels.clone());
+        unet.set_encoder_hidden_states(exec, ehs.as_ref())?;
+        Box::new(unet)
+    };
+    Ok(Prepared {
+        name,
+        denoiser,
+        scheduler,
+        shape,
+        labels,
+    })
 }
 
 fn output_paths(out: &Path, n: usize, grid: bool) -> Vec<PathBuf> {
@@ -196,7 +313,7 @@ fn write_pngs(
     data: &[f32],
     as_grid: bool,
     force: bool,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let images = batch_to_images(shape, data)?;
     if as_grid || images.len() == 1 {
         let im = if images.len() == 1 {
@@ -213,95 +330,89 @@ fn write_pngs(
     Ok(())
 }
 
-pub fn run(args: SampleArgs) -> anyhow::Result<()> {
-    if args.steps == 0 {
-        bail!("--steps must be at least 1");
+fn write_outputs(
+    args: &SampleArgs,
+    paths: &[PathBuf],
+    shape: &[usize],
+    data: &[f32],
+) -> Result<()> {
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "the sample contains non-finite values (first at element {i}): the model or solver \
+             diverged; nothing was written. Try another solver or more steps."
+        );
     }
-    let seed = args.seed.unwrap_or_else(|| {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        // Keep printed seeds short enough to retype.
-        (t ^ (t >> 29)) % 1_000_000_000
-    });
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("sample-{seed}.png")));
-    let is_npy = out.extension().is_some_and(|e| e == "npy");
-    if is_npy {
-        bail!(".npy output is not available yet: write a .png");
+    if paths[0].extension().is_some_and(|e| e == "npy") {
+        write_atomic(&paths[0], &npy::to_bytes(shape, data)?, args.force)?;
+    } else {
+        write_pngs(paths, shape, data, args.grid, args.force)?;
     }
-    if out.extension().is_none_or(|e| e != "png") {
-        bail!("--out {}: the file name must end in .png", out.display());
-    }
+    Ok(())
+}
 
-    let mut exec = match args.backend {
-        Backend::Gpu => {
-            let ctx = block_on(GpuContext::new(&GpuOptions::default()))?;
-            Exec::gpu(ctx)
-        }
-        Backend::Cpu => Exec::cpu(),
-    };
+/// Everything from loading to the final sample on `exec`; `show` sees every step (the
+/// preview window), after the progress bar and --save-steps.
+fn run_on(
+    exec: &mut Exec,
+    args: &SampleArgs,
+    seed: u64,
+    show: &mut dyn FnMut(&mut Exec, &StepInfo<'_>) -> Control,
+) -> Result<(Vec<usize>, Tensor, Box<dyn Solver>, f64)> {
     let t_load = Instant::now();
-    let mut loaded = load_model(&mut exec, &args)?;
-    let labels = class_labels(&args, &loaded.model)?;
-    let batch = labels
-        .as_ref()
-        .map_or(args.batch.unwrap_or(1), |l| l.len());
-    if batch == 0 {
-        bail!("--batch must be at least 1");
-    }
-    let paths = output_paths(&out, batch, args.grid);
-    for p in &paths {
-        prepare_output(p, args.force)?;
-    }
-    if let Some(dir) = &args.save_steps {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create --save-steps folder {}", dir.display()))?;
-    }
-
+    let mut p = prepare(exec, args)?;
     let mut solver = solver_from_name(
-        &args.solver,
-        &loaded.scheduler,
+        args.solver(),
+        &p.scheduler,
         args.steps,
         SolverOptions { eta: args.eta },
     )?;
-    let arch = loaded.model.arch().clone();
-    let (h, w) = loaded.config.sample_size().ok_or_else(|| {
-        anyhow::anyhow!(
-            "{}: config.json gives no usable sample_size, so the resolution is unknown",
-            loaded.name
-        )
-    })?;
-    let shape = [batch, arch.in_channels, h, w];
-    loaded.model.set_class_labels(labels.clone());
     eprintln!(
-        "model: {} ({} on {}), loaded in {:.2} s",
-        loaded.name,
-        arch.class.name(),
+        "model: {} on {}, loaded in {:.2} s",
+        p.name,
         exec.backend_name(),
         t_load.elapsed().as_secs_f64()
     );
     println!(
-        "seed {seed}, solver {}, {} steps, batch {batch}{}",
+        "seed {seed}, solver {}, {} steps, batch {}{}{}",
         solver.name(),
-        args.steps,
-        labels
+        solver.num_steps(),
+        p.shape[0],
+        p.labels
             .as_ref()
             .map(|l| format!(
                 ", classes {}",
-                l.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")
+                l.iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
             ))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if args.guidance() != 1.0 {
+            format!(", guidance {}", args.guidance())
+        } else {
+            String::new()
+        }
     );
-
-    let x_t = initial_noise(&mut exec, solver.as_ref(), &shape, seed)?;
+    let x_t = match &args.init_noise {
+        None => initial_noise(exec, solver.as_ref(), &p.shape, seed)?,
+        Some(path) => {
+            let z = read_float_npy(path, "--init-noise", "(N, C, H, W)")?;
+            if z.shape() != p.shape {
+                bail!(
+                    "{}: --init-noise has shape {:?}; this run needs {:?} (batch, channels, height, width)",
+                    path.display(),
+                    z.shape(),
+                    p.shape
+                );
+            }
+            scale_initial_noise(exec, solver.as_ref(), &z)?
+        }
+    };
+    let total = solver.num_steps();
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
-        ProgressBar::new(args.steps as u64)
+        ProgressBar::new(total as u64)
     };
     bar.set_style(
         ProgressStyle::with_template(
@@ -310,68 +421,167 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let gpu = exec.gpu_context().cloned();
-    let t_sample = Instant::now();
     let mut step_error: Option<anyhow::Error> = None;
-    let save_steps = args.save_steps.clone();
+    let mut watch = FiniteWatch::new();
+    let t0 = Instant::now();
     let result = sample(
-        &mut exec,
+        exec,
         solver.as_mut(),
-        &mut loaded.model,
+        p.denoiser.as_mut(),
         &x_t,
         &mut Noise::Philox { seed },
         |exec, info| {
-            if let Some(dir) = &save_steps {
-                let r = block_on(exec.read_many(&[info.x, info.x0])).map_err(anyhow::Error::from);
-                let r = r.and_then(|v| {
-                    for (what, data) in [("x", &v[0]), ("x0", &v[1])] {
-                        let p = dir.join(format!("step-{:03}-{what}.png", info.index));
-                        write_pngs(&[p], info.x.shape(), data, true, true)?;
-                    }
-                    Ok(())
-                });
+            if let Err(e) = watch.record(exec, info) {
+                step_error = Some(e.into());
+                return Control::Stop;
+            }
+            if let Some(dir) = &args.save_steps {
+                let r = block_on(exec.read_many(&[info.x, info.x0]))
+                    .map_err(anyhow::Error::from)
+                    .and_then(|v| {
+                        for (what, data) in [("x", &v[0]), ("x0", &v[1])] {
+                            let p = dir.join(format!("step-{:03}-{what}.png", info.index + 1));
+                            write_pngs(&[p], info.x.shape(), data, true, true)?;
+                        }
+                        Ok(())
+                    });
                 if let Err(e) = r {
-                    step_error = Some(e);
+                    step_error = Some(e.context("writing --save-steps"));
                     return Control::Stop;
                 }
             }
+            let control = show(exec, info);
             // Keep the GPU at most one step ahead so the bar shows real progress.
             if let Some(ctx) = &gpu {
                 let _ = ctx.device.poll(wgpu::PollType::wait_indefinitely());
             }
             bar.inc(1);
-            Control::Continue
+            control
         },
     );
     bar.finish_and_clear();
     if let Some(e) = step_error {
-        return Err(e.context("writing --save-steps"));
+        return Err(e);
     }
-    let result = result?;
-    let data = block_on(exec.read(&result.sample))?;
-    let secs = t_sample.elapsed().as_secs_f64();
-    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+    let out = result?;
+    block_on(watch.check(exec))?;
+    let secs = t0.elapsed().as_secs_f64();
+    Ok((p.shape.to_vec(), out.sample, solver, secs))
+}
+
+pub fn run(mut args: SampleArgs) -> Result<()> {
+    let bundled_model = args.model.is_none();
+    args.solver.get_or_insert_with(|| {
+        if bundled_model {
+            "dpmpp_2m_sde"
+        } else {
+            "dpmpp_2m"
+        }
+        .to_string()
+    });
+    args.guidance
+        .get_or_insert(if bundled_model { 2.0 } else { 1.0 });
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        // Short enough to retype.
+        (t ^ (t >> 29)) % 1_000_000_000
+    });
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("sample-{seed}.png")));
+    if !out.extension().is_some_and(|e| e == "png" || e == "npy") {
         bail!(
-            "the sample contains non-finite values (first at element {i}): the model or solver \
-             diverged; nothing was written. Try another solver or more steps."
+            "--out {}: the file name must end in .png or .npy",
+            out.display()
         );
     }
-    write_pngs(&paths, &shape, &data, args.grid, args.force)?;
-    println!(
-        "{} steps in {secs:.2} s ({:.2} steps/s) → {}",
-        result.steps,
-        result.steps as f64 / secs,
-        paths
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    Ok(())
+    if args.preview && args.backend == BackendArg::Cpu {
+        bail!("--preview draws on the GPU; use it with --backend gpu");
+    }
+    if let Some(dir) = &args.save_steps {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create --save-steps folder {}", dir.display()))?;
+    }
+    // The batch is known only once the model is loaded; check the single-file case now so a
+    // clobber is refused before anything runs, and the rest before sampling starts.
+    prepare_output(&out, args.force)?;
+
+    let finish = |exec: &mut Exec,
+                  shape: &[usize],
+                  sample: &Tensor,
+                  solver: &dyn Solver,
+                  secs: f64|
+     -> Result<()> {
+        let paths = output_paths(&out, shape[0], args.grid);
+        for p in &paths {
+            prepare_output(p, args.force)?;
+        }
+        let data = block_on(exec.read(sample))?;
+        write_outputs(&args, &paths, shape, &data)?;
+        println!(
+            "{} steps in {secs:.2} s ({:.2} steps/s) → {}",
+            solver.num_steps(),
+            solver.num_steps() as f64 / secs,
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(())
+    };
+
+    if args.preview {
+        let opts = PreviewOptions::new(format!(
+            "webdiffusion sample — {}, seed {seed}",
+            args.solver()
+        ));
+        preview::run(&opts, |ctx, sink| {
+            let mut exec = Exec::gpu(ctx);
+            let mut closed = None;
+            let (shape, sample, solver, secs) = {
+                let mut cb = sink.step_callback(&mut closed);
+                run_on(&mut exec, &args, seed, &mut cb).map_err(to_lib)?
+            };
+            if let Some(e) = closed {
+                return Err(e);
+            }
+            finish(&mut exec, &shape, &sample, solver.as_ref(), secs).map_err(to_lib)?;
+            sink.show_image(&mut exec, &sample, "done: close the window to exit")?;
+            Ok(())
+        })?;
+        Ok(())
+    } else {
+        let mut exec = make_exec(args.backend)?;
+        let (shape, sample, solver, secs) =
+            run_on(&mut exec, &args, seed, &mut |_, _| Control::Continue)?;
+        finish(&mut exec, &shape, &sample, solver.as_ref(), secs)
+    }
+}
+
+/// An anyhow error carried through the preview's library `Result`.
+fn to_lib(e: anyhow::Error) -> webdiffusion::Error {
+    webdiffusion::Error::InvalidArgument {
+        op: "sample",
+        message: format!("{e:#}"),
+    }
 }
 
 /// `webdiffusion solvers`: the names `--solver` takes.
 pub fn list_solvers() {
+    println!("{:<22} diffusers class", "solver");
     for (name, class) in SOLVERS {
-        println!("{name:<20} {class}");
+        println!("{name:<22} {class}");
+    }
+    println!("\naliases:");
+    for (alias, name) in ALIASES {
+        println!("{alias:<34} → {name}");
     }
 }

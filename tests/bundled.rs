@@ -1,16 +1,19 @@
 //! The bundled digit model end to end on the GPU: it loads, and what the engine samples from
 //! it is recognised by the digit classifier as the requested class (a cheap version of the
-//! quality measurement in BENCHMARKS.md: 30 samples at 10 steps). Plus the `sample` CLI:
+//! quality measurement in BENCHMARKS.md: 30 samples at 10 steps of the CLI's defaults for
+//! this model). Plus the `sample` CLI:
 //! output files, no clobbering, and clear errors.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use webdiffusion::eval::{argmax_rows, DigitClassifier};
+use webdiffusion::models::Conditioning;
 use webdiffusion::platform::block_on;
 use webdiffusion::sampling::solvers::{
     initial_noise, sample, solver_from_name, Control, Noise, SolverOptions,
 };
+use webdiffusion::sampling::Guided;
 use webdiffusion::weights::{LoadOptions, Weights};
 use webdiffusion::{bundled, Exec, GpuContext, GpuOptions};
 
@@ -29,7 +32,8 @@ fn gpu_exec() -> Option<Exec> {
 }
 
 fn classifier(exec: &mut Exec) -> DigitClassifier {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mnist/eval/classifier.safetensors");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mnist/eval/classifier.safetensors");
     let bytes = std::fs::read(&path).expect("classifier weights are committed");
     let mut w = Weights::from_bytes("classifier.safetensors", &bytes, &LoadOptions::default())
         .expect("classifier weights parse");
@@ -39,11 +43,24 @@ fn classifier(exec: &mut Exec) -> DigitClassifier {
 #[test]
 fn bundled_model_draws_the_requested_digits() {
     let Some(mut exec) = gpu_exec() else { return };
-    let mut model = bundled::load(&mut exec).expect("bundled model loads");
+    // The CLI's defaults for this model: DPM-Solver++(2M) SDE with guidance 2.
+    let unet = bundled::load(&mut exec)
+        .expect("bundled model loads")
+        .into_inner();
     let sched = bundled::scheduler_config().expect("bundled scheduler config parses");
     let labels: Vec<usize> = (0..30).map(|i| i % 10).collect();
-    model.set_class_labels(Some(labels.clone()));
-    let mut solver = solver_from_name("dpmpp_2m", &sched, 10, SolverOptions::default()).unwrap();
+    let null = vec![bundled::NULL_CLASS; 30];
+    let cond = Conditioning {
+        class_labels: Some(&labels),
+        encoder_hidden_states: None,
+    };
+    let uncond = Conditioning {
+        class_labels: Some(&null),
+        encoder_hidden_states: None,
+    };
+    let mut model = Guided::for_unet(&mut exec, unet, cond, uncond, 2.0).unwrap();
+    let mut solver =
+        solver_from_name("dpmpp_2m_sde", &sched, 10, SolverOptions::default()).unwrap();
     let x_t = initial_noise(&mut exec, solver.as_ref(), &[30, 1, 32, 32], 1234).unwrap();
     let out = sample(
         &mut exec,
@@ -61,7 +78,10 @@ fn bundled_model_draws_the_requested_digits() {
     let pred = argmax_rows(&logits, 10);
     let right = pred.iter().zip(&labels).filter(|(a, b)| a == b).count();
     eprintln!("classified as requested: {right}/30 ({pred:?})");
-    assert!(right >= 24, "only {right}/30 samples classified as the requested digit: {pred:?}");
+    assert!(
+        right >= 24,
+        "only {right}/30 samples classified as the requested digit: {pred:?}"
+    );
 }
 
 #[test]
@@ -96,8 +116,15 @@ fn classifier_recognises_real_digits() {
     let f = clf.features(&mut exec, &t).unwrap();
     let l = clf.logits(&mut exec, &f).unwrap();
     let pred = argmax_rows(&block_on(exec.read(&l)).unwrap(), 10);
-    let right = pick.iter().zip(&pred).filter(|(&i, &p)| labels[i] == p).count();
-    assert!(right >= 95, "classifier right on only {right}/100 real digits");
+    let right = pick
+        .iter()
+        .zip(&pred)
+        .filter(|(&i, &p)| labels[i] == p)
+        .count();
+    assert!(
+        right >= 95,
+        "classifier right on only {right}/100 real digits"
+    );
 }
 
 fn bin() -> Command {
@@ -119,7 +146,9 @@ fn sample_cli_writes_a_grid_and_refuses_to_clobber() {
     let out = dir.join("nested/digits.png");
     let run = || {
         bin()
-            .args(["sample", "--batch", "4", "--grid", "--steps", "3", "--seed", "5", "--quiet"])
+            .args([
+                "sample", "--batch", "4", "--grid", "--steps", "3", "--seed", "5", "--quiet",
+            ])
             .arg("--out")
             .arg(&out)
             .output()
@@ -127,7 +156,11 @@ fn sample_cli_writes_a_grid_and_refuses_to_clobber() {
     };
     let first = run();
     let stdout = String::from_utf8_lossy(&first.stdout);
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     assert!(stdout.contains("seed 5"), "the seed is printed: {stdout}");
     let png = webdiffusion::image::decode_png(&std::fs::read(&out).unwrap()).unwrap();
     // Four 32×32 tiles in a 2×2 grid with 2-pixel gaps.
@@ -136,8 +169,15 @@ fn sample_cli_writes_a_grid_and_refuses_to_clobber() {
     let second = run();
     assert!(!second.status.success());
     let err = String::from_utf8_lossy(&second.stderr);
-    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
-    assert_eq!(std::fs::read(&out).unwrap(), before, "the existing file is untouched");
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        before,
+        "the existing file is untouched"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

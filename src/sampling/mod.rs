@@ -70,6 +70,7 @@
 pub mod analytic;
 pub mod config;
 pub mod continuous;
+pub mod finite;
 pub mod guidance;
 pub mod mirror;
 pub mod schedule;
@@ -78,6 +79,7 @@ pub mod special;
 
 pub use config::SchedulerConfig;
 pub use continuous::{Edm, EdmCoefficients, VpSde};
+pub use finite::FiniteWatch;
 pub use guidance::{guidance_combine, Guided};
 pub use schedule::{
     BetaSchedule, FinalSigmas, InterpolationType, PredictionType, Schedule, SchedulerClass,

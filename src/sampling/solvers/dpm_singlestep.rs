@@ -136,11 +136,14 @@ impl DpmSolverSinglestep {
             ));
         }
         let order = order as usize;
-        if let Some(v) = cfg.other.get("variance_type") {
-            if !v.is_null() {
+        // diffusers reads only "learned"/"learned_range" here (the model then outputs twice
+        // the channels and the step drops the variance half); any other value, such as the
+        // "fixed_small" of a DDPM config the scheduler was made from, changes nothing.
+        if let Some(v) = cfg.other.get("variance_type").and_then(|v| v.as_str()) {
+            if v == "learned" || v == "learned_range" {
                 return Err(Error::invalid(
                     OP,
-                    format!("variance_type {v} (learned variance channels) is not supported; valid: null"),
+                    format!("variance_type \"{v}\" (learned variance channels) is not supported; use a model that predicts only ε, v or x₀"),
                 ));
             }
         }

@@ -29,9 +29,9 @@ use crate::exec::Exec;
 use crate::ops::{AbsQuantile, Clamp, SolverUpdate, ThresholdRows};
 use crate::tensor::Tensor;
 
-pub mod consistency;
 pub mod adaptive;
 pub mod analytic_dpm;
+pub mod consistency;
 pub mod ddim;
 pub mod ddim_inverse;
 pub mod ddpm;
@@ -48,9 +48,9 @@ pub mod lms;
 pub mod pndm;
 pub mod unipc;
 
-pub use consistency::ConsistencyMultistep;
 pub use adaptive::{sample_adaptive, AdaptiveOptions, AdaptiveOrder, AdaptiveResult};
 pub use analytic_dpm::{estimate_gamma, AnalyticDpm, AnalyticVariant};
+pub use consistency::ConsistencyMultistep;
 pub use ddim::Ddim;
 pub use ddim_inverse::DdimInverse;
 pub use ddpm::{Ddpm, DdpmVariance};
