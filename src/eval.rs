@@ -107,7 +107,7 @@ pub fn argmax_rows(logits: &[f32], classes: usize) -> Vec<usize> {
 
 /// Mean and covariance (unbiased, as numpy's `np.cov`) of `n` rows of `d` features.
 pub fn gaussian_fit(rows: &[f32], d: usize) -> Result<(Vec<f64>, Vec<f64>)> {
-    if d == 0 || rows.len() % d != 0 || rows.len() / d < 2 {
+    if d == 0 || !rows.len().is_multiple_of(d) || rows.len() / d < 2 {
         return Err(Error::invalid(
             "gaussian_fit",
             format!(

@@ -350,6 +350,15 @@ fn write_outputs(
     Ok(())
 }
 
+/// What a run produced.
+struct Sampled {
+    shape: Vec<usize>,
+    sample: Tensor,
+    solver: Box<dyn Solver>,
+    /// Sampling time (after loading).
+    secs: f64,
+}
+
 /// Everything from loading to the final sample on `exec`; `show` sees every step (the
 /// preview window), after the progress bar and --save-steps.
 fn run_on(
@@ -357,7 +366,7 @@ fn run_on(
     args: &SampleArgs,
     seed: u64,
     show: &mut dyn FnMut(&mut Exec, &StepInfo<'_>) -> Control,
-) -> Result<(Vec<usize>, Tensor, Box<dyn Solver>, f64)> {
+) -> Result<Sampled> {
     let t_load = Instant::now();
     let mut p = prepare(exec, args)?;
     let mut solver = solver_from_name(
@@ -466,7 +475,12 @@ fn run_on(
     let out = result?;
     block_on(watch.check(exec))?;
     let secs = t0.elapsed().as_secs_f64();
-    Ok((p.shape.to_vec(), out.sample, solver, secs))
+    Ok(Sampled {
+        shape: p.shape.to_vec(),
+        sample: out.sample,
+        solver,
+        secs,
+    })
 }
 
 pub fn run(mut args: SampleArgs) -> Result<()> {
@@ -513,17 +527,13 @@ pub fn run(mut args: SampleArgs) -> Result<()> {
     // clobber is refused before anything runs, and the rest before sampling starts.
     prepare_output(&out, args.force)?;
 
-    let finish = |exec: &mut Exec,
-                  shape: &[usize],
-                  sample: &Tensor,
-                  solver: &dyn Solver,
-                  secs: f64|
-     -> Result<()> {
+    let finish = |exec: &mut Exec, r: &Sampled| -> Result<()> {
+        let (shape, solver, secs) = (&r.shape, r.solver.as_ref(), r.secs);
         let paths = output_paths(&out, shape[0], args.grid);
         for p in &paths {
             prepare_output(p, args.force)?;
         }
-        let data = block_on(exec.read(sample))?;
+        let data = block_on(exec.read(&r.sample))?;
         write_outputs(&args, &paths, shape, &data)?;
         println!(
             "{} steps in {secs:.2} s ({:.2} steps/s) → {}",
@@ -546,23 +556,22 @@ pub fn run(mut args: SampleArgs) -> Result<()> {
         preview::run(&opts, |ctx, sink| {
             let mut exec = Exec::gpu(ctx);
             let mut closed = None;
-            let (shape, sample, solver, secs) = {
+            let r = {
                 let mut cb = sink.step_callback(&mut closed);
                 run_on(&mut exec, &args, seed, &mut cb).map_err(to_lib)?
             };
             if let Some(e) = closed {
                 return Err(e);
             }
-            finish(&mut exec, &shape, &sample, solver.as_ref(), secs).map_err(to_lib)?;
-            sink.show_image(&mut exec, &sample, "done: close the window to exit")?;
+            finish(&mut exec, &r).map_err(to_lib)?;
+            sink.show_image(&mut exec, &r.sample, "done: close the window to exit")?;
             Ok(())
         })?;
         Ok(())
     } else {
         let mut exec = make_exec(args.backend)?;
-        let (shape, sample, solver, secs) =
-            run_on(&mut exec, &args, seed, &mut |_, _| Control::Continue)?;
-        finish(&mut exec, &shape, &sample, solver.as_ref(), secs)
+        let r = run_on(&mut exec, &args, seed, &mut |_, _| Control::Continue)?;
+        finish(&mut exec, &r)
     }
 }
 

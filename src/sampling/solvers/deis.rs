@@ -21,8 +21,8 @@
 use std::collections::VecDeque;
 
 use super::{
-    as_class, check_step, opt_bool, opt_choice, opt_int, reject_x0_processing, Denoiser, Solver,
-    StepContext, StepOutput,
+    as_class, check_order, check_step, opt_bool, opt_choice, opt_int, reject_x0_processing,
+    Denoiser, Solver, StepContext, StepOutput,
 };
 use crate::error::{Error, Result};
 use crate::sampling::{
@@ -213,15 +213,7 @@ impl Solver for Deis {
             self.lower_order_nums = 0;
             self.next_step = 0;
         }
-        if i != self.next_step {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "steps must be taken in order: expected step {}, got {i}",
-                    self.next_step
-                ),
-            ));
-        }
+        check_order(OP, i, self.next_step)?;
         let out = model.denoise(ctx.exec, x, self.timesteps[i])?;
         let ((ea, eb), (xa, xb)) = self.conversion(i);
         let eps = ctx.combine(&[ea, eb], &[x, &out])?;

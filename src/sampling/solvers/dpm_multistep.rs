@@ -30,8 +30,8 @@
 use std::collections::VecDeque;
 
 use super::{
-    as_class, check_step, opt_bool, opt_choice, opt_int, x0_processing, Denoiser, Solver,
-    StepContext, StepOutput, X0Processing,
+    as_class, check_order, check_step, opt_bool, opt_choice, opt_int, x0_processing, Denoiser,
+    Solver, StepContext, StepOutput, X0Processing,
 };
 use crate::error::{Error, Result};
 use crate::sampling::{
@@ -399,15 +399,7 @@ impl Solver for DpmSolverMultistep {
             self.lower_order_nums = 0;
             self.next_step = 0;
         }
-        if i != self.next_step {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "steps must be taken in order: expected step {}, got {i}",
-                    self.next_step
-                ),
-            ));
-        }
+        check_order(OP, i, self.next_step)?;
         let out = model.denoise(ctx.exec, x, self.timesteps[i])?;
         let (m, x0) = if self.processing == X0Processing::None {
             let (a, b) = self.conversion(i);

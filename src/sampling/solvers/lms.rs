@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 
 use super::euler::{sigma_x0_coefficients, SigmaSteps};
-use super::{check_step, opt_int, Denoiser, Solver, StepContext, StepOutput};
+use super::{check_order, check_step, opt_int, Denoiser, Solver, StepContext, StepOutput};
 use crate::error::{Error, Result};
 use crate::sampling::{FinalSigmas, InterpolationType, SchedulerConfig, TimestepType};
 use crate::tensor::Tensor;
@@ -119,15 +119,7 @@ impl Solver for Lms {
             self.derivatives.clear();
             self.next_step = 0;
         }
-        if i != self.next_step {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "steps must be taken in order: expected step {}, got {i}",
-                    self.next_step
-                ),
-            ));
-        }
+        check_order(OP, i, self.next_step)?;
         let out = self.s.denoise(ctx, model, i, x)?;
         let sigma = self.s.sigmas[i];
         let (a, b) = sigma_x0_coefficients(self.s.prediction, sigma);

@@ -551,6 +551,18 @@ pub(crate) fn opt_choice<T: Copy>(
     }
 }
 
+/// Errors unless step `i` is the one a solver with history expects next.
+pub(crate) fn check_order(op: &'static str, i: usize, expected: usize) -> Result<()> {
+    if i == expected {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            op,
+            format!("steps must be taken in order: expected step {expected}, got {i}"),
+        ))
+    }
+}
+
 /// Errors unless `i` is a step of an `n`-step solver.
 pub(crate) fn check_step(op: &'static str, i: usize, n: usize) -> Result<()> {
     if i < n {

@@ -18,7 +18,9 @@
 
 use std::collections::VecDeque;
 
-use super::{as_class, check_step, opt_bool, Denoiser, Solver, StepContext, StepOutput};
+use super::{
+    as_class, check_order, check_step, opt_bool, Denoiser, Solver, StepContext, StepOutput,
+};
 use crate::error::{Error, Result};
 use crate::sampling::{PredictionType, Schedule, SchedulerClass, SchedulerConfig};
 use crate::tensor::Tensor;
@@ -181,15 +183,7 @@ impl Solver for Pndm {
             self.stages.clear();
             self.cur_sample = None;
         }
-        if i != self.counter {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "steps must be taken in order: expected step {}, got {i}",
-                    self.counter
-                ),
-            ));
-        }
+        check_order(OP, i, self.counter)?;
         let t_call = self.timesteps[i] as i64;
         let out = model.denoise(ctx.exec, x, t_call as f64)?;
         let (ax, bx) = self.x0_coefficients(t_call);
