@@ -56,8 +56,48 @@ fn main() {
     std::env::set_var("DISPLAY", format!(":{}", xvfb.display));
     std::env::remove_var("WAYLAND_DISPLAY");
     window_presents_the_frames(xvfb.display);
+    sample_cli_preview(xvfb.display);
     drop(xvfb);
     eprintln!("preview test: ok");
+}
+
+/// `webdiffusion sample --preview` end to end: the window opens, shows the steps, closes by
+/// itself (the test hook) and the PNG is written.
+fn sample_cli_preview(display: u32) {
+    let dir = std::env::temp_dir().join(format!("wd-preview-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out_png = dir.join("p.png");
+    let out = Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
+        .args([
+            "sample",
+            "--preview",
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--grid",
+            "--seed",
+            "3",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&out_png)
+        .env("DISPLAY", format!(":{display}"))
+        .env_remove("WAYLAND_DISPLAY")
+        .env(webdiffusion::preview::CLOSE_AFTER_ENV, "1")
+        .output()
+        .expect("run webdiffusion sample --preview");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "sample --preview failed: {text}");
+    let png = webdiffusion::image::decode_png(&std::fs::read(&out_png).expect("PNG written"))
+        .expect("PNG decodes");
+    assert_eq!((png.width, png.height), (66, 32), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    eprintln!("sample --preview: ok");
 }
 
 fn no_display_is_an_error() {
