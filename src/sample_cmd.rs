@@ -583,14 +583,20 @@ fn to_lib(e: anyhow::Error) -> webdiffusion::Error {
     }
 }
 
-/// `webdiffusion solvers`: the names `--solver` takes.
+/// `webdiffusion solvers`: the names `--solver` takes. Write errors (a closed pipe, as in
+/// `webdiffusion solvers | head`) end the listing quietly instead of panicking.
 pub fn list_solvers() {
-    println!("{:<22} diffusers class", "solver");
-    for (name, class) in SOLVERS {
-        println!("{name:<22} {class}");
-    }
-    println!("\naliases:");
-    for (alias, name) in ALIASES {
-        println!("{alias:<34} → {name}");
-    }
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = (|| -> std::io::Result<()> {
+        writeln!(out, "{:<22} diffusers class", "solver")?;
+        for (name, class) in SOLVERS {
+            writeln!(out, "{name:<22} {class}")?;
+        }
+        writeln!(out, "\naliases:")?;
+        for (alias, name) in ALIASES {
+            writeln!(out, "{alias:<34} → {name}")?;
+        }
+        Ok(())
+    })();
 }
