@@ -9,13 +9,15 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use webdiffusion::image::{batch_to_images, encode_png, grid, prepare_output, write_atomic};
 use webdiffusion::models::{Conditioning, ModelConfig, UNet};
+use webdiffusion::ops::SolverUpdate;
 use webdiffusion::platform::block_on;
 use webdiffusion::preview::{self, PreviewOptions};
 use webdiffusion::sampling::solvers::{
-    initial_noise, sample, scale_initial_noise, schedule_class_for, solver_from_name, Control,
-    Denoiser, Noise, Solver, SolverOptions, StepInfo, ALIASES, SOLVERS,
+    initial_noise, sample, sample_adaptive, scale_initial_noise, schedule_class_for,
+    solver_from_name, AdaptiveOptions, AdaptiveOrder, Control, Denoiser, Noise, SolverOptions,
+    StepInfo, ALIASES, SOLVERS,
 };
-use webdiffusion::sampling::{FiniteWatch, Guided, SchedulerConfig};
+use webdiffusion::sampling::{FiniteWatch, Guided, Schedule, SchedulerConfig};
 use webdiffusion::{bundled, npy, Exec, Tensor};
 
 use crate::cli_denoise::{make_exec, read_float_npy, BackendArg};
@@ -47,6 +49,12 @@ pub struct SampleArgs {
     /// Number of sampling steps.
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
+    /// Relative error tolerance of the adaptive solvers (dpm_adaptive_12, dpm_adaptive_23).
+    #[arg(long, default_value_t = 0.05)]
+    pub rtol: f64,
+    /// Absolute error tolerance of the adaptive solvers.
+    #[arg(long, default_value_t = 0.0078)]
+    pub atol: f64,
     /// Seed of the noise; random when not given (the seed used is printed either way).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -354,9 +362,73 @@ fn write_outputs(
 struct Sampled {
     shape: Vec<usize>,
     sample: Tensor,
-    solver: Box<dyn Solver>,
+    /// Steps taken (accepted steps for the adaptive solvers).
+    steps: usize,
     /// Sampling time (after loading).
     secs: f64,
+}
+
+/// The adaptive DPM-Solvers (Lu et al. 2022, arXiv:2206.00927, Sec. 4): not `Solver`s,
+/// their step count is decided at run time from an error norm.
+const ADAPTIVE: &[(&str, AdaptiveOrder)] = &[
+    ("dpm_adaptive_12", AdaptiveOrder::O12),
+    ("dpm_adaptive_23", AdaptiveOrder::O23),
+];
+
+fn adaptive_order(name: &str) -> Option<AdaptiveOrder> {
+    ADAPTIVE.iter().find(|(n, _)| *n == name).map(|(_, o)| *o)
+}
+
+/// `--solver dpm_adaptive_12|23`: from t = T to 0 with error-controlled steps (`--rtol`,
+/// `--atol`; `--steps` does not apply). Each attempted step reads an error norm back, so
+/// there is no per-step preview.
+fn run_adaptive(
+    exec: &mut Exec,
+    args: &SampleArgs,
+    seed: u64,
+    mut p: Prepared,
+    order: AdaptiveOrder,
+) -> Result<Sampled> {
+    if args.preview || args.save_steps.is_some() || args.init_noise.is_some() {
+        bail!("--preview, --save-steps and --init-noise are not available with the adaptive solvers (their steps are decided while they run)");
+    }
+    let schedule = Schedule::new(&p.scheduler)?;
+    println!(
+        "seed {seed}, solver {} (rtol {}, atol {}), batch {}",
+        args.solver(),
+        args.rtol,
+        args.atol,
+        p.shape[0]
+    );
+    // The same x_T as the other variance-preserving solvers draw for this seed.
+    let x_t = exec.run(&SolverUpdate::noise(&p.shape, 1.0, seed, u32::MAX, 0), &[])?;
+    let opts = AdaptiveOptions {
+        order,
+        rtol: args.rtol,
+        atol: args.atol,
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let res = block_on(sample_adaptive(
+        exec,
+        p.denoiser.as_mut(),
+        &schedule.alphas_cumprod,
+        p.scheduler.prediction_type,
+        &x_t,
+        opts,
+    ))?;
+    eprintln!(
+        "adaptive: {} accepted steps, {} rejected, {} model evaluations",
+        res.timesteps.len(),
+        res.rejected,
+        res.model_calls
+    );
+    Ok(Sampled {
+        shape: p.shape.to_vec(),
+        sample: res.sample,
+        steps: res.timesteps.len(),
+        secs: t0.elapsed().as_secs_f64(),
+    })
 }
 
 /// Everything from loading to the final sample on `exec`; `show` sees every step (the
@@ -369,6 +441,15 @@ fn run_on(
 ) -> Result<Sampled> {
     let t_load = Instant::now();
     let mut p = prepare(exec, args)?;
+    if let Some(order) = adaptive_order(args.solver()) {
+        eprintln!(
+            "model: {} on {}, loaded in {:.2} s",
+            p.name,
+            exec.backend_name(),
+            t_load.elapsed().as_secs_f64()
+        );
+        return run_adaptive(exec, args, seed, p, order);
+    }
     let mut solver = solver_from_name(
         args.solver(),
         &p.scheduler,
@@ -478,7 +559,7 @@ fn run_on(
     Ok(Sampled {
         shape: p.shape.to_vec(),
         sample: out.sample,
-        solver,
+        steps: solver.num_steps(),
         secs,
     })
 }
@@ -528,7 +609,7 @@ pub fn run(mut args: SampleArgs) -> Result<()> {
     prepare_output(&out, args.force)?;
 
     let finish = |exec: &mut Exec, r: &Sampled| -> Result<()> {
-        let (shape, solver, secs) = (&r.shape, r.solver.as_ref(), r.secs);
+        let (shape, steps, secs) = (&r.shape, r.steps, r.secs);
         let paths = output_paths(&out, shape[0], args.grid);
         for p in &paths {
             prepare_output(p, args.force)?;
@@ -536,9 +617,8 @@ pub fn run(mut args: SampleArgs) -> Result<()> {
         let data = block_on(exec.read(&r.sample))?;
         write_outputs(&args, &paths, shape, &data)?;
         println!(
-            "{} steps in {secs:.2} s ({:.2} steps/s) → {}",
-            solver.num_steps(),
-            solver.num_steps() as f64 / secs,
+            "{steps} steps in {secs:.2} s ({:.2} steps/s) → {}",
+            steps as f64 / secs,
             paths
                 .iter()
                 .map(|p| p.display().to_string())
@@ -592,6 +672,12 @@ pub fn list_solvers() {
         writeln!(out, "{:<22} diffusers class", "solver")?;
         for (name, class) in SOLVERS {
             writeln!(out, "{name:<22} {class}")?;
+        }
+        for (name, _) in ADAPTIVE {
+            writeln!(
+                out,
+                "{name:<22} DPM-Solver adaptive step size (Lu et al. 2022, Sec. 4; --rtol, --atol)"
+            )?;
         }
         writeln!(out, "\naliases:")?;
         for (alias, name) in ALIASES {

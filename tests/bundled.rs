@@ -219,3 +219,38 @@ fn sample_cli_errors_are_clear() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn sample_cli_runs_the_adaptive_solver() {
+    if gpu_exec().is_none() {
+        return;
+    }
+    let dir = tmp("adaptive");
+    let out = dir.join("a.png");
+    let o = bin()
+        .args([
+            "sample",
+            "--solver",
+            "dpm_adaptive_23",
+            "--rtol",
+            "0.1",
+            "--atol",
+            "0.02",
+        ])
+        .args(["--guidance", "1", "--seed", "4", "--quiet", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("accepted steps") && err.contains("model evaluations"),
+        "{err}"
+    );
+    let png = webdiffusion::image::decode_png(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!((png.width, png.height), (32, 32));
+    // The digit is on a dark background: most pixels are near black.
+    let dark = png.pixels.iter().filter(|&&p| p < 64).count();
+    assert!(dark > 32 * 32 / 2, "{dark} dark pixels of 1024");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
