@@ -1,4 +1,4 @@
-//! The README's run command (`webdiffusion check`) and `info`, as a user runs them.
+//! `webdiffusion check` (the on-device self-check) and `info`, as a user runs them; the README's run command (`sample`) is tested in tests/bundled.rs.
 
 use std::process::Command;
 
