@@ -12,7 +12,9 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use webdiffusion::eval::{argmax_rows, frechet_distance, gaussian_fit, DigitClassifier, FEATURES};
+use webdiffusion::eval::{
+    argmax_rows, frechet_distance, gaussian_fit, heldout_digits, DigitClassifier, FEATURES,
+};
 use webdiffusion::models::Conditioning;
 use webdiffusion::platform::block_on;
 use webdiffusion::sampling::solvers::{
@@ -71,28 +73,11 @@ fn eval_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mnist/eval")
 }
 
-/// The held-out real digits as (N, 1, 32, 32) in [-1, 1] (padded as in training), and labels.
-pub fn heldout() -> anyhow::Result<(Tensor, Vec<usize>)> {
+/// The held-out real digits, padded as in training, and their labels.
+fn heldout() -> anyhow::Result<(Tensor, Vec<usize>)> {
     let path = eval_dir().join("heldout.safetensors");
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)?;
-    let images = st.tensor("images")?;
-    let labels = st.tensor("labels")?;
-    let n = images.shape()[0];
-    let mut x = vec![-1f32; n * 32 * 32];
-    for (i, px) in images.data().chunks(28 * 28).enumerate() {
-        for y in 0..28 {
-            for xx in 0..28 {
-                x[i * 1024 + (y + 2) * 32 + xx + 2] = px[y * 28 + xx] as f32 / 127.5 - 1.0;
-            }
-        }
-    }
-    let labels = labels
-        .data()
-        .chunks(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
-        .collect();
-    Ok((Tensor::from_vec(&[n, 1, 32, 32], x)?, labels))
+    Ok(heldout_digits(&bytes)?)
 }
 
 fn features(
@@ -139,6 +124,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     let sched = bundled::scheduler_config()?;
+    let mut unet = Some(bundled::load(&mut exec)?.into_inner());
     println!(
         "\n| solver | steps | guidance | samples | class accuracy | Fréchet distance | seconds |"
     );
@@ -153,10 +139,28 @@ fn main() -> anyhow::Result<()> {
             while done < o.samples {
                 let n = o.batch.min(o.samples - done);
                 let labels: Vec<usize> = (done..done + n).map(|i| i % 10).collect();
-                let mut model: Box<dyn Denoiser> = if o.guidance == 1.0 {
-                    let mut m = bundled::load(&mut exec)?.into_inner();
+                let mut solver =
+                    solver_from_name(solver_name, &sched, steps, SolverOptions::default())?;
+                let x_t = initial_noise(&mut exec, solver.as_ref(), &[n, 1, 32, 32], o.seed + k)?;
+                let mut run = |exec: &mut Exec, model: &mut dyn Denoiser| {
+                    sample(
+                        exec,
+                        solver.as_mut(),
+                        model,
+                        &x_t,
+                        &mut Noise::Philox { seed: o.seed + k },
+                        |_, _| Control::Continue,
+                    )
+                };
+                // The model is loaded once; each batch conditions it on its own labels.
+                let mut m = unet
+                    .take()
+                    .context("the model was lost by an earlier error")?;
+                let out = if o.guidance == 1.0 {
                     m.set_class_labels(Some(labels.clone()));
-                    Box::new(m)
+                    let out = run(&mut exec, &mut m);
+                    unet = Some(m);
+                    out?
                 } else {
                     let null = vec![bundled::NULL_CLASS; n];
                     let cond = Conditioning {
@@ -167,20 +171,11 @@ fn main() -> anyhow::Result<()> {
                         class_labels: Some(&null),
                         encoder_hidden_states: None,
                     };
-                    let m = bundled::load(&mut exec)?.into_inner();
-                    Box::new(Guided::for_unet(&mut exec, m, cond, uncond, o.guidance)?)
+                    let mut g = Guided::for_unet(&mut exec, m, cond, uncond, o.guidance)?;
+                    let out = run(&mut exec, &mut g);
+                    unet = Some(g.into_inner());
+                    out?
                 };
-                let mut solver =
-                    solver_from_name(solver_name, &sched, steps, SolverOptions::default())?;
-                let x_t = initial_noise(&mut exec, solver.as_ref(), &[n, 1, 32, 32], o.seed + k)?;
-                let out = sample(
-                    &mut exec,
-                    solver.as_mut(),
-                    model.as_mut(),
-                    &x_t,
-                    &mut Noise::Philox { seed: o.seed + k },
-                    |_, _| Control::Continue,
-                )?;
                 let (f, pred) = features(&mut exec, &clf, &out.sample)?;
                 if f.iter().any(|v| !v.is_finite()) {
                     bail!("{solver_name} at {steps} steps produced non-finite samples");

@@ -86,6 +86,41 @@ impl DigitClassifier {
     }
 }
 
+/// The held-out real digits (`eval/heldout.safetensors`: `images` uint8 (N, 28, 28),
+/// `labels` int64 (N)) as the model sees them: (N, 1, 32, 32) in [-1, 1], padded by 2 with
+/// the background, as the training script does; plus the labels.
+pub fn heldout_digits(bytes: &[u8]) -> Result<(Tensor, Vec<usize>)> {
+    let bad = |what: String| Error::invalid("heldout digits", what);
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
+    let images = st.tensor("images").map_err(|e| bad(e.to_string()))?;
+    let labels = st.tensor("labels").map_err(|e| bad(e.to_string()))?;
+    if images.dtype() != safetensors::Dtype::U8 || labels.dtype() != safetensors::Dtype::I64 {
+        return Err(bad("expected uint8 images and int64 labels".into()));
+    }
+    let n = images.shape().first().copied().unwrap_or(0);
+    if images.shape() != [n, 28, 28] || labels.shape() != [n] {
+        return Err(bad(format!(
+            "expected images (N, 28, 28) and labels (N), got {:?} and {:?}",
+            images.shape(),
+            labels.shape()
+        )));
+    }
+    let mut x = vec![-1f32; n * 32 * 32];
+    for (i, px) in images.data().chunks(28 * 28).enumerate() {
+        for y in 0..28 {
+            for xx in 0..28 {
+                x[i * 1024 + (y + 2) * 32 + xx + 2] = px[y * 28 + xx] as f32 / 127.5 - 1.0;
+            }
+        }
+    }
+    let labels = labels
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as usize)
+        .collect();
+    Ok((Tensor::from_vec(&[n, 1, 32, 32], x)?, labels))
+}
+
 /// Index of the largest logit of each row of a (N, 10) host array.
 pub fn argmax_rows(logits: &[f32], classes: usize) -> Vec<usize> {
     logits

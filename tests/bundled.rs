@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use webdiffusion::eval::{argmax_rows, DigitClassifier};
+use webdiffusion::eval::{argmax_rows, heldout_digits, DigitClassifier};
 use webdiffusion::models::Conditioning;
 use webdiffusion::platform::block_on;
 use webdiffusion::sampling::solvers::{
@@ -90,37 +90,39 @@ fn classifier_recognises_real_digits() {
     // digits must be right (≥ 95 % of 100), and on pure noise it must not be.
     let Some(mut exec) = gpu_exec() else { return };
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mnist/eval/heldout.safetensors");
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let images = st.tensor("images").unwrap();
-    let labels: Vec<usize> = st
-        .tensor("labels")
-        .unwrap()
-        .data()
-        .chunks(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize)
-        .collect();
+    let (all, labels) = heldout_digits(&std::fs::read(path).unwrap()).unwrap();
     // Every tenth digit: 100 across all classes.
     let pick: Vec<usize> = (0..labels.len()).step_by(10).collect();
-    let mut x = vec![-1f32; pick.len() * 1024];
-    for (k, &i) in pick.iter().enumerate() {
-        let px = &images.data()[i * 784..(i + 1) * 784];
-        for y in 0..28 {
-            for xx in 0..28 {
-                x[k * 1024 + (y + 2) * 32 + xx + 2] = px[y * 28 + xx] as f32 / 127.5 - 1.0;
-            }
-        }
-    }
-    let clf = classifier(&mut exec);
-    let t = exec.tensor(&[pick.len(), 1, 32, 32], &x).unwrap();
-    let f = clf.features(&mut exec, &t).unwrap();
-    let l = clf.logits(&mut exec, &f).unwrap();
-    let pred = argmax_rows(&block_on(exec.read(&l)).unwrap(), 10);
-    let right = pick
+    let all = all.cpu_data().unwrap();
+    let x: Vec<f32> = pick
         .iter()
-        .zip(&pred)
-        .filter(|(&i, &p)| labels[i] == p)
-        .count();
+        .flat_map(|&i| all[i * 1024..(i + 1) * 1024].iter().copied())
+        .collect();
+    let clf = classifier(&mut exec);
+    let mut classify = |x: &[f32]| {
+        let t = exec.tensor(&[pick.len(), 1, 32, 32], x).unwrap();
+        let f = clf.features(&mut exec, &t).unwrap();
+        let l = clf.logits(&mut exec, &f).unwrap();
+        let pred = argmax_rows(&block_on(exec.read(&l)).unwrap(), 10);
+        pick.iter()
+            .zip(&pred)
+            .filter(|(&i, &p)| labels[i] == p)
+            .count()
+    };
+    let right = classify(&x);
+    // Uniform noise in [-1, 1] carries no digit: agreement with the labels stays near chance.
+    let mut state = 12345u32;
+    let noise: Vec<f32> = (0..x.len())
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect();
+    let by_chance = classify(&noise);
+    assert!(
+        by_chance <= 30,
+        "the classifier matched {by_chance}/100 labels on noise"
+    );
     assert!(
         right >= 95,
         "classifier right on only {right}/100 real digits"
