@@ -193,8 +193,17 @@ fn class_labels(args: &SampleArgs, unet: &UNet) -> Result<Option<Vec<usize>>> {
                     drawable - 1
                 );
             }
+            // The default cycle skips the unconditional label: it is no class to draw.
+            let cycle: Vec<usize> = (0..drawable)
+                .filter(|&l| Some(l) != args.uncond_class_label)
+                .collect();
+            if cycle.is_empty() {
+                bail!("the model's only class label is the unconditional one (--uncond-class-label); give --class-labels");
+            }
             Ok(Some(match (args.class_labels.len(), args.batch) {
-                (0, b) => (0..b.unwrap_or(1)).map(|i| i % drawable).collect(),
+                (0, b) => (0..b.unwrap_or(1))
+                    .map(|i| cycle[i % cycle.len()])
+                    .collect(),
                 (1, Some(b)) => vec![args.class_labels[0]; b],
                 (k, Some(b)) if k != b => {
                     bail!("{k} class labels for a batch of {b}: give one label, or one per sample")

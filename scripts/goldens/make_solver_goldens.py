@@ -331,21 +331,32 @@ def alpha_x0(sched, t, sample, output):
 # integer); ratios and sample_max_value are chosen so that s lands strictly inside
 # (1, sample_max_value) on some steps and is clamped on others.
 TSHAPE = (2, 3, 4, 5)
+NO_EXTRA = ({}, {})
 CASES += [
     ("ddpm_clip", "ddpm", DDPMScheduler, dict(clip_sample=True, clip_sample_range=1.5), 10, 0.0),
     ("ddpm_threshold_v", "ddpm", DDPMScheduler,
      dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.0,
-          prediction_type="v_prediction"), 10, 0.0, TSHAPE),
+          prediction_type="v_prediction"), 10, 0.0, NO_EXTRA, TSHAPE),
     ("ddim_clip", "ddim", DDIMScheduler, dict(clip_sample=True), 10, 0.0),
     ("ddim_threshold_eta", "ddim", DDIMScheduler,
      dict(thresholding=True, dynamic_thresholding_ratio=0.995, sample_max_value=1.5), 10, 0.5,
-     TSHAPE),
+     NO_EXTRA, TSHAPE),
     ("dpmpp_2m_threshold", "dpmpp_2m", DPM,
      dict(thresholding=True, dynamic_thresholding_ratio=0.95, sample_max_value=1.5), 10, 0.0,
-     TSHAPE),
+     NO_EXTRA, TSHAPE),
     ("unipc_bh2_threshold_sample", "unipc", UNIPC,
      dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.0,
-          prediction_type="sample"), 10, 0.0, TSHAPE),
+          prediction_type="sample"), 10, 0.0, NO_EXTRA, TSHAPE),
+    # The classes that have only clip_sample (Heun, DDIMInverse), LCM (both), and the
+    # consistency sampler's clip_denoised (its default).
+    ("heun_clip", "heun", HeunDiscreteScheduler, dict(clip_sample=True, clip_sample_range=1.2),
+     8, 0.0),
+    ("ddim_inv_clip", "ddim_inverse", DDIMInverseScheduler, dict(clip_sample=True), 10, 0.0),
+    ("lcm_clip_4", "lcm", LCMScheduler, dict(clip_sample=True), 4, 0.0),
+    ("lcm_threshold_6", "lcm", LCMScheduler,
+     dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.5), 6, 0.0,
+     NO_EXTRA, TSHAPE),
+    ("cm_40_4_clip", "consistency", CM, dict(), 4, 0.0),
 ]
 
 
@@ -413,6 +424,8 @@ def run(name, solver, cls, overrides, steps, eta, extra=({}, {}), shape=SHAPE):
             c_skip = sd**2 / ((s - e) ** 2 + sd**2)
             c_out = (s - e) * sd / math.sqrt(s * s + sd**2)
             x0 = (c_out * out.double() + c_skip * latents_in.double()).float()
+            if sched.config.clip_denoised:
+                x0 = x0.clamp(-1, 1)
         if x0 is None and solver in ("pndm", "plms"):
             x0 = alpha_x0(sched, t, inp, out)
         if x0 is None:

@@ -612,7 +612,19 @@ pub(crate) fn x0_processing(
     op: &'static str,
     clip_default: Option<bool>,
 ) -> Result<X0Processing> {
-    if opt_bool(config, op, "thresholding", false)? {
+    x0_processing_for(config, op, true, clip_default)
+}
+
+/// [`x0_processing`] for a class that may lack `thresholding` (`has_thresholding` false:
+/// the key is ignored, as diffusers drops config keys a class does not take — a DDPM config
+/// reused for Heun keeps its `clip_sample` but loses its `thresholding`).
+pub(crate) fn x0_processing_for(
+    config: &SchedulerConfig,
+    op: &'static str,
+    has_thresholding: bool,
+    clip_default: Option<bool>,
+) -> Result<X0Processing> {
+    if has_thresholding && opt_bool(config, op, "thresholding", false)? {
         let ratio = opt_float(config, op, "dynamic_thresholding_ratio", 0.995)?;
         if !(0.0..=1.0).contains(&ratio) {
             return Err(Error::invalid(
