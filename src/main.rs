@@ -12,6 +12,8 @@ fn main() {}
 mod cli_denoise;
 #[cfg(not(target_arch = "wasm32"))]
 mod sample_cmd;
+#[cfg(not(target_arch = "wasm32"))]
+mod sample_research;
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {

@@ -59,7 +59,7 @@ pub use dpm_multistep::{DpmAlgorithm, DpmPreset, DpmSolverMultistep, DpmSolverTy
 pub use dpm_singlestep::{DpmSolverSinglestep, SinglestepAlgorithm};
 pub use euler::Euler;
 pub use euler_ancestral::EulerAncestral;
-pub use gms::Gms;
+pub use gms::{Gms, MomentChannels};
 pub use heun::Heun;
 pub use kdpm2::Kdpm2;
 pub use lcm::Lcm;
