@@ -566,6 +566,7 @@ fn make_solver(
                 fixed_batch: p.fixed_batch,
                 samples: args.moment_samples,
                 seed: seed ^ 0x5bd1_e995,
+                data_half_range: p.data_half_range,
             };
             research::analytic_solver(
                 name,
@@ -575,7 +576,6 @@ fn make_solver(
                 args.steps,
                 &data,
                 &setup,
-                p.data_half_range,
             )
         }
         None => Ok(solver_from_name(

@@ -195,6 +195,8 @@ pub struct GammaSetup<'a> {
     pub fixed_batch: bool,
     pub samples: usize,
     pub seed: u64,
+    /// (b − a)/2 of the data range, when known (Analytic-DPM's variance clip).
+    pub data_half_range: Option<f64>,
 }
 
 /// Γ_t at each of `timesteps` (Analytic-DPM's eq. 8): Monte Carlo over `samples` rows of
@@ -315,7 +317,6 @@ pub fn analytic_solver(
     steps: usize,
     data: &MomentData,
     setup: &GammaSetup<'_>,
-    data_half_range: Option<f64>,
 ) -> Result<Box<dyn Solver>> {
     let variant = if name == "analytic_ddim" {
         AnalyticVariant::Ddim
@@ -329,7 +330,7 @@ pub fn analytic_solver(
         steps,
         variant,
         gamma,
-        data_half_range,
+        setup.data_half_range,
     )?))
 }
 
