@@ -273,6 +273,10 @@ fn fused_guidance_equals_the_separate_combine_with_fewer_commands() {
         ("ddim", json!({"clip_sample": false}), true, 0),
         ("dpmpp_2m", json!({}), true, 0),
         ("dpmpp_3m", json!({}), true, 0),
+        // The model input is scaled first (one more command either way).
+        ("euler", json!({}), true, 1),
+        // ε history: x̂₀ for the preview is one more combine.
+        ("deis", json!({"solver_order": 3}), true, 1),
         // ε form: x̂₀ for the preview is one more combine.
         (
             "dpm_multistep",
