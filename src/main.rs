@@ -12,6 +12,8 @@ fn main() {}
 mod cli_denoise;
 #[cfg(not(target_arch = "wasm32"))]
 mod sample_cmd;
+#[cfg(not(target_arch = "wasm32"))]
+mod sample_research;
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
@@ -30,6 +32,8 @@ mod cli {
     }
 
     #[derive(Subcommand)]
+    // Parsed once per run; boxing the large `sample` arguments would buy nothing.
+    #[allow(clippy::large_enum_variant)]
     enum Cmd {
         /// Print the GPU adapter, the optional features granted and the limits that matter.
         Info {
