@@ -1,0 +1,197 @@
+//! The terrain consistency model (adaptive-terrain-diffusion 0.4.2, a guided-diffusion
+//! `UNetModel` in an EDM wrapper) against onnxruntime on the original ONNX graph.
+//!
+//! `tests/goldens/terrain/denoised.npy` was written by
+//! `scripts/goldens/make_terrain_goldens.py` (onnxruntime 1.31.1, CPU, float32) for a batch
+//! of three at σ = 80, 2, 0.1; the inputs are regenerated here from the script's seed.
+//! Target: per sample, max |ours − onnxruntime| / max |onnxruntime| ≤ 1e-4.
+//!
+//! The converted weights (45 MB, not in git) come from `scripts/setup-terrain.sh` into
+//! `models/terrain/` (or `$WEBDIFFUSION_TERRAIN_DIR`). Without them the weight-dependent
+//! tests skip, unless `WEBDIFFUSION_REQUIRE_TERRAIN=1` (CI sets it), which fails them.
+
+#[path = "ops/common.rs"]
+mod common;
+
+use std::path::PathBuf;
+
+use webdiffusion::models::GuidedUNet;
+use webdiffusion::sampling::edm::{consistency_sample, SigmaDenoiser};
+use webdiffusion::sampling::solvers::{Control, Noise};
+use webdiffusion::{Error, Exec, Tensor};
+
+const TOL: f64 = 1e-4;
+const SEED: u64 = 7;
+const SIGMAS: [f64; 3] = [80.0, 2.0, 0.1];
+const DIFFICULTY: [f32; 3] = [0.5, 0.0, 1.0];
+const SIZE: usize = 128;
+
+fn terrain_dir() -> Option<PathBuf> {
+    let dir = match std::env::var("WEBDIFFUSION_TERRAIN_DIR") {
+        Ok(d) => PathBuf::from(d),
+        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/terrain"),
+    };
+    if dir.join("model.safetensors").is_file() && dir.join("config.json").is_file() {
+        return Some(dir);
+    }
+    if std::env::var("WEBDIFFUSION_REQUIRE_TERRAIN").as_deref() == Ok("1") {
+        panic!(
+            "WEBDIFFUSION_REQUIRE_TERRAIN=1 but the converted terrain model is not in {} \
+             (model.safetensors + config.json): run scripts/setup-terrain.sh first",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "skipping: no converted terrain model in {} (run scripts/setup-terrain.sh)",
+        dir.display()
+    );
+    None
+}
+
+/// The golden script's inputs: a smooth surface plus σ·√3·u, u from the splitmix stream.
+fn inputs() -> Vec<f32> {
+    let mut rng = common::Rng::new(SEED);
+    let n = SIZE * SIZE;
+    let u = rng.vec(SIGMAS.len() * n, -1.0, 1.0);
+    let mut x = vec![0f32; u.len()];
+    let tau = 2.0 * std::f64::consts::PI;
+    for (b, &s) in SIGMAS.iter().enumerate() {
+        for i in 0..SIZE {
+            for j in 0..SIZE {
+                let k = b * n + i * SIZE + j;
+                let base = 0.5
+                    * (tau * i as f64 / SIZE as f64).sin()
+                    * (tau * j as f64 / SIZE as f64).cos();
+                x[k] = (base + s * 3f64.sqrt() * u[k] as f64) as f32;
+            }
+        }
+    }
+    x
+}
+
+fn golden() -> Vec<f32> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/goldens/terrain/denoised.npy");
+    let t = webdiffusion::npy::read_tensor(&path).expect("golden");
+    assert_eq!(t.shape(), &[3, 1, SIZE, SIZE]);
+    t.cpu_data().unwrap().to_vec()
+}
+
+/// Per sample: max |got − want| / max |want|.
+fn rel_errors(got: &[f32], want: &[f32]) -> Vec<f64> {
+    let n = SIZE * SIZE;
+    (0..got.len() / n)
+        .map(|b| {
+            let (g, w) = (&got[b * n..(b + 1) * n], &want[b * n..(b + 1) * n]);
+            let err = g
+                .iter()
+                .zip(w)
+                .map(|(a, b)| (*a as f64 - *b as f64).abs())
+                .fold(0.0, f64::max);
+            let scale = w.iter().map(|v| v.abs() as f64).fold(0.0, f64::max);
+            err / scale
+        })
+        .collect()
+}
+
+fn parity(exec: &mut Exec, dir: &PathBuf, what: &str) {
+    let model = GuidedUNet::load_dir(exec, dir).expect("load the converted terrain model");
+    let x = exec
+        .tensor(&[3, 1, SIZE, SIZE], &inputs())
+        .expect("upload");
+    let t0 = std::time::Instant::now();
+    let y = model
+        .denoise_sigmas(exec, &x, &SIGMAS, Some(&DIFFICULTY))
+        .expect("forward");
+    let got = webdiffusion::platform::block_on(exec.read(&y)).expect("read");
+    let dt = t0.elapsed();
+    let errs = rel_errors(&got, &golden());
+    eprintln!("{what}: batch 3 forward {dt:.2?}; relative error per σ {SIGMAS:?}: {errs:?}");
+    for (e, s) in errs.iter().zip(SIGMAS) {
+        assert!(
+            *e <= TOL,
+            "{what}: σ = {s}: max |ours − onnxruntime| / max |onnxruntime| = {e:.3e} > {TOL}"
+        );
+    }
+}
+
+#[test]
+fn terrain_matches_onnxruntime_on_gpu() {
+    let Some(dir) = terrain_dir() else { return };
+    let Some(ctx) = common::gpu() else { return };
+    parity(&mut Exec::gpu(ctx), &dir, "gpu");
+}
+
+/// The CPU reference backend is slow on a 10 M-parameter model at 128²: opt-in.
+#[test]
+#[ignore]
+fn terrain_matches_onnxruntime_on_cpu() {
+    let Some(dir) = terrain_dir() else { return };
+    parity(&mut Exec::cpu(), &dir, "cpu");
+}
+
+#[test]
+fn missing_difficulty_is_a_clear_error() {
+    let Some(dir) = terrain_dir() else { return };
+    let mut exec = Exec::cpu();
+    let mut model = GuidedUNet::load_dir(&mut exec, &dir).expect("load");
+    let x = Tensor::from_vec(&[1, 1, 16, 16], vec![0.0; 256]).unwrap();
+    let err = model.denoise_sigma(&mut exec, &x, 80.0).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("difficulty") && msg.contains("--difficulty"),
+        "{msg}"
+    );
+    let err = model.set_condition(&[1.5]).unwrap_err().to_string();
+    assert!(err.contains("outside") && err.contains("[0, 1]"), "{err}");
+}
+
+#[test]
+fn two_step_sampling_gives_a_clipped_finite_heightmap() {
+    let Some(dir) = terrain_dir() else { return };
+    let Some(ctx) = common::gpu() else { return };
+    let mut exec = Exec::gpu(ctx);
+    let mut model = GuidedUNet::load_dir(&mut exec, &dir).expect("load");
+    model.set_condition(&[0.5]).unwrap();
+    let mut seen = Vec::new();
+    let out = consistency_sample(
+        &mut exec,
+        &mut model,
+        // 64², a quarter of the cost: the network is fully convolutional.
+        &[1, 1, 64, 64],
+        &[80.0, 2.0],
+        &mut Noise::Philox { seed: 3 },
+        |_, info| {
+            seen.push(info.timestep);
+            Control::Continue
+        },
+    )
+    .expect("sample");
+    assert_eq!(seen, vec![80.0, 2.0]);
+    let v = webdiffusion::platform::block_on(exec.read(&out.sample)).unwrap();
+    assert!(v.iter().all(|x| x.is_finite() && (-1.0..=1.0).contains(x)));
+    // A generated terrain is not flat noise: neighbouring pixels are strongly correlated.
+    let mean = v.iter().map(|&a| a as f64).sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>();
+    let mut cov = 0.0;
+    for i in 0..64 {
+        for j in 0..63 {
+            cov += (v[i * 64 + j] as f64 - mean) * (v[i * 64 + j + 1] as f64 - mean);
+        }
+    }
+    let corr = cov / var;
+    assert!(var > 0.0 && corr > 0.8, "lag-1 correlation {corr}");
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let bad = r#"{"_class_name":"GuidedUNetModel","in_channels":1,"out_channels":1,
+        "model_channels":32,"channel_mult":[1,2],"num_res_blocks":1,"attention_resolutions":[],
+        "time_embed_dim":128,"num_head_channels":32,"use_scale_shift_norm":true,
+        "resblock_updown":true,"use_new_attention_order":true,"norm_groups":24,
+        "norm_eps":1e-5,"sample_size":64}"#;
+    let err = webdiffusion::models::GuidedConfig::from_json("c.json", bad).unwrap_err();
+    assert!(matches!(&err, Error::Config { key, .. } if key == "norm_groups"), "{err}");
+    let other = bad.replace("GuidedUNetModel", "UNet2DModel").replace("24", "32");
+    let err = webdiffusion::models::GuidedConfig::from_json("c.json", &other).unwrap_err();
+    assert!(err.to_string().contains("_class_name"), "{err}");
+}
