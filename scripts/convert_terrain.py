@@ -352,6 +352,7 @@ def convert(onnx_path: Path, out: Path):
         "sample_size": int(gr.g.input[0].type.tensor_type.shape.dim[2].dim_value),
         "condition": {"name": "difficulty", "min": 0.0, "max": 1.0},
         "edm": edm,
+        "render": "relief",
     }
     # The structure our Rust model expects is checked when it loads (missing or extra
     # tensors are errors there); here we only make sure every GroupNorm was recovered.

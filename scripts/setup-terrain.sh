@@ -27,6 +27,16 @@ if [ -f "$OUT/model.safetensors" ] && [ -f "$OUT/config.json" ] \
   exit 0
 fi
 
+if ! { command -v "$PY" >/dev/null && "$PY" -c 'import venv, ensurepip' 2>/dev/null; }; then
+  echo "setup-terrain: installing python3 and python3-venv"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup-terrain: need root or sudo to install python3-venv" >&2; exit 1; }
+    SUDO="sudo"
+  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 python3-venv >/dev/null
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup-terrain: creating $VENV (onnx, onnxruntime, numpy)"
   "$PY" -m venv "$VENV"

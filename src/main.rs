@@ -11,6 +11,8 @@ fn main() {}
 #[cfg(not(target_arch = "wasm32"))]
 mod cli_denoise;
 #[cfg(not(target_arch = "wasm32"))]
+mod guided_cmd;
+#[cfg(not(target_arch = "wasm32"))]
 mod sample_cmd;
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -145,6 +145,9 @@ fn missing_difficulty_is_a_clear_error() {
     assert!(err.contains("outside") && err.contains("[0, 1]"), "{err}");
 }
 
+/// One step from 80·z is a smooth heightmap (onnxruntime's one-step samples have lag-1
+/// correlation ≈ 0.998); re-noising to σ = 2 and denoising again keeps it finite and
+/// clipped (the distilled model adds texture there: onnxruntime ≈ 0.8).
 #[test]
 fn two_step_sampling_gives_a_clipped_finite_heightmap() {
     let Some(dir) = terrain_dir() else { return };
@@ -153,33 +156,40 @@ fn two_step_sampling_gives_a_clipped_finite_heightmap() {
     let mut model = GuidedUNet::load_dir(&mut exec, &dir).expect("load");
     model.set_condition(&[0.5]).unwrap();
     let mut seen = Vec::new();
+    let mut first = Vec::new();
+    // 64², a quarter of the cost: the network is fully convolutional.
     let out = consistency_sample(
         &mut exec,
         &mut model,
-        // 64², a quarter of the cost: the network is fully convolutional.
         &[1, 1, 64, 64],
         &[80.0, 2.0],
         &mut Noise::Philox { seed: 3 },
-        |_, info| {
+        |exec, info| {
             seen.push(info.timestep);
+            if info.index == 0 {
+                first = webdiffusion::platform::block_on(exec.read(info.x0)).unwrap();
+            }
             Control::Continue
         },
     )
     .expect("sample");
     assert_eq!(seen, vec![80.0, 2.0]);
+    let lag1 = |v: &[f32]| {
+        let mean = v.iter().map(|&a| a as f64).sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>();
+        let mut cov = 0.0;
+        for i in 0..64 {
+            for j in 0..63 {
+                cov += (v[i * 64 + j] as f64 - mean) * (v[i * 64 + j + 1] as f64 - mean);
+            }
+        }
+        (var, cov / var)
+    };
+    let (var, corr) = lag1(&first);
+    assert!(var > 0.0 && corr > 0.95, "one-step lag-1 correlation {corr}");
     let v = webdiffusion::platform::block_on(exec.read(&out.sample)).unwrap();
     assert!(v.iter().all(|x| x.is_finite() && (-1.0..=1.0).contains(x)));
-    // A generated terrain is not flat noise: neighbouring pixels are strongly correlated.
-    let mean = v.iter().map(|&a| a as f64).sum::<f64>() / v.len() as f64;
-    let var = v.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>();
-    let mut cov = 0.0;
-    for i in 0..64 {
-        for j in 0..63 {
-            cov += (v[i * 64 + j] as f64 - mean) * (v[i * 64 + j + 1] as f64 - mean);
-        }
-    }
-    let corr = cov / var;
-    assert!(var > 0.0 && corr > 0.8, "lag-1 correlation {corr}");
+    assert!(v != first, "the second step changed nothing");
 }
 
 #[test]

@@ -88,6 +88,9 @@ pub struct GuidedConfig {
     pub condition: Option<ConditionSpec>,
     #[serde(default)]
     pub edm: Option<EdmSpec>,
+    /// How a PNG shows a sample by default: `"relief"` (shaded relief) or `"image"`.
+    #[serde(default)]
+    pub render: Option<String>,
 }
 
 fn bad(file: &str, key: &str, expected: &str, got: impl std::fmt::Display) -> Error {
