@@ -205,3 +205,64 @@ fn config_errors_name_the_key() {
     let err = webdiffusion::models::GuidedConfig::from_json("c.json", &other).unwrap_err();
     assert!(err.to_string().contains("_class_name"), "{err}");
 }
+
+/// The python venv of scripts/setup-terrain.sh, if set up (CI: required).
+fn terrain_venv() -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let py = root.join(".cache/terrain-venv/bin/python");
+    let onnx = root.join(".cache/terrain/terrain.onnx");
+    if py.is_file() && onnx.is_file() {
+        return Some(py);
+    }
+    if std::env::var("WEBDIFFUSION_REQUIRE_TERRAIN").as_deref() == Ok("1") {
+        panic!(
+            "WEBDIFFUSION_REQUIRE_TERRAIN=1 but {} or {} is missing: run scripts/setup-terrain.sh",
+            py.display(),
+            onnx.display()
+        );
+    }
+    eprintln!("skipping: no terrain venv (run scripts/setup-terrain.sh)");
+    None
+}
+
+/// The converter stops at graphs it does not recognise and names the node
+/// (scripts/test_convert_terrain.py mutates the real graph three ways).
+#[test]
+fn converter_names_unrecognised_nodes() {
+    let Some(py) = terrain_venv() else { return };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(py)
+        .arg(root.join("scripts/test_convert_terrain.py"))
+        .arg(root.join(".cache/terrain/terrain.onnx"))
+        .output()
+        .expect("run the converter checks");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("unrecognised ONNX structure at node").count(), 3, "{text}");
+}
+
+/// A wheel whose hash is not the published 0.4.2 wheel's is refused before it is opened.
+#[test]
+fn setup_refuses_a_wheel_with_another_hash() {
+    if terrain_venv().is_none() {
+        return;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let tmp = std::env::temp_dir().join(format!("wd-terrain-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::write(
+        tmp.join("adaptive_terrain_diffusion-0.4.2-py3-none-any.whl"),
+        b"PK not the real wheel",
+    )
+    .unwrap();
+    let out = std::process::Command::new(root.join("scripts/setup-terrain.sh"))
+        .env("TERRAIN_CACHE", &tmp)
+        .env("TERRAIN_DIR", tmp.join("out"))
+        .output()
+        .expect("run setup-terrain.sh");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert!(!out.status.success(), "accepted a fake wheel: {err}");
+    assert!(err.contains("sha256") && err.contains("not the published"), "{err}");
+    assert!(!tmp.join("out/model.safetensors").exists());
+}
