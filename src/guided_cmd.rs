@@ -11,11 +11,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use webdiffusion::image::{encode_png, prepare_output, write_atomic, Image};
 use webdiffusion::models::guided::CLASS_NAME;
 use webdiffusion::models::GuidedUNet;
+use webdiffusion::npy;
 use webdiffusion::platform::block_on;
 use webdiffusion::render::{self, Layout, RenderMode};
 use webdiffusion::sampling::edm::consistency_sample;
 use webdiffusion::sampling::solvers::{Control, Noise};
-use webdiffusion::npy;
 
 use crate::cli_denoise::make_exec;
 use crate::sample_cmd::{RenderArg, SampleArgs};
@@ -36,7 +36,10 @@ fn reject_unsupported(args: &SampleArgs) -> Result<()> {
         (args.init_noise.is_some(), "--init-noise"),
         (!args.class_labels.is_empty(), "--class-labels"),
         (args.uncond_class_label.is_some(), "--uncond-class-label"),
-        (args.encoder_hidden_states.is_some(), "--encoder-hidden-states"),
+        (
+            args.encoder_hidden_states.is_some(),
+            "--encoder-hidden-states",
+        ),
         (
             args.uncond_encoder_hidden_states.is_some(),
             "--uncond-encoder-hidden-states",

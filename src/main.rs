@@ -31,6 +31,8 @@ mod cli {
         cmd: Cmd,
     }
 
+    // Parsed once per run: the size of the sample arguments does not matter.
+    #[allow(clippy::large_enum_variant)]
     #[derive(Subcommand)]
     enum Cmd {
         /// Print the GPU adapter, the optional features granted and the limits that matter.

@@ -585,7 +585,11 @@ fn run_on(
 }
 
 pub fn run(mut args: SampleArgs) -> Result<()> {
-    if let Some(dir) = args.model.clone().filter(|d| crate::guided_cmd::is_guided(d)) {
+    if let Some(dir) = args
+        .model
+        .clone()
+        .filter(|d| crate::guided_cmd::is_guided(d))
+    {
         let seed = args.seed.unwrap_or_else(random_seed);
         let out = args
             .out

@@ -223,24 +223,37 @@ fn relief_cpu_by_hand() {
         panel_gap: 0,
         background: [0, 0, 0, 255],
     };
-    let flat = render_cpu_mode(&[&[0.0; 9]], &[1, 1, 3, 3], &layout, (3, 3), RenderMode::Relief)
-        .unwrap();
+    let flat = render_cpu_mode(
+        &[&[0.0; 9]],
+        &[1, 1, 3, 3],
+        &layout,
+        (3, 3),
+        RenderMode::Relief,
+    )
+    .unwrap();
     let light = 0.35 + 0.65 * std::f64::consts::FRAC_1_SQRT_2;
     let tint = [0.45 + 0.31 * 0.6, 0.62 + 0.06 * 0.6, 0.30 + 0.15 * 0.6];
     for px in flat.chunks_exact(4) {
         for k in 0..3 {
             let want = tint[k] * light * 255.0;
-            assert!((px[k] as f64 - want).abs() <= 0.5 + 1e-3, "{px:?} vs {want}");
+            assert!(
+                (px[k] as f64 - want).abs() <= 0.5 + 1e-3,
+                "{px:?} vs {want}"
+            );
         }
     }
     // Rising to the right faces the upper-left light; falling faces away.
     let up: Vec<f32> = (0..16).map(|i| (i % 4) as f32 * 0.5 - 0.75).collect();
     let down: Vec<f32> = up.iter().map(|v| -v).collect();
     let a = render_cpu_mode(&[&up], &[1, 1, 4, 4], &layout, (4, 4), RenderMode::Relief).unwrap();
-    let b = render_cpu_mode(&[&down], &[1, 1, 4, 4], &layout, (4, 4), RenderMode::Relief)
-        .unwrap();
+    let b = render_cpu_mode(&[&down], &[1, 1, 4, 4], &layout, (4, 4), RenderMode::Relief).unwrap();
     let sum = |v: &[u8]| v.iter().map(|&x| x as u32).sum::<u32>();
-    assert!(sum(&a) > sum(&b) + 16 * 3 * 20, "{} vs {}", sum(&a), sum(&b));
+    assert!(
+        sum(&a) > sum(&b) + 16 * 3 * 20,
+        "{} vs {}",
+        sum(&a),
+        sum(&b)
+    );
 }
 
 #[test]
@@ -271,7 +284,15 @@ fn relief_gpu_matches_cpu() {
         let view = tex.create_view(&Default::default());
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         renderer
-            .draw_mode(&ctx, &mut enc, &view, size, &[&t], &layout, RenderMode::Relief)
+            .draw_mode(
+                &ctx,
+                &mut enc,
+                &view,
+                size,
+                &[&t],
+                &layout,
+                RenderMode::Relief,
+            )
             .unwrap();
         ctx.queue.submit([enc.finish()]);
         let got = block_on(render::read_rgba(&ctx, &tex)).unwrap();
@@ -288,10 +309,15 @@ fn relief_gpu_matches_cpu() {
     // The offscreen helper the CLI writes PNGs with draws the same picture at natural size.
     let host = values(&mut rng, 2 * 5 * 6);
     let t = exec.tensor(&[2, 1, 5, 6], &host).unwrap();
-    let (w, h, got) = block_on(render::render_offscreen(&ctx, &t, &layout, RenderMode::Relief))
-        .unwrap();
+    let (w, h, got) = block_on(render::render_offscreen(
+        &ctx,
+        &t,
+        &layout,
+        RenderMode::Relief,
+    ))
+    .unwrap();
     assert_eq!((w, h), (13, 5));
-    let want = render_cpu_mode(&[&host], &[2, 1, 5, 6], &layout, (w, h), RenderMode::Relief)
-        .unwrap();
+    let want =
+        render_cpu_mode(&[&host], &[2, 1, 5, 6], &layout, (w, h), RenderMode::Relief).unwrap();
     assert!(got.iter().zip(&want).all(|(g, w)| g.abs_diff(*w) <= 1));
 }

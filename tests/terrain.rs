@@ -95,9 +95,7 @@ fn rel_errors(got: &[f32], want: &[f32]) -> Vec<f64> {
 
 fn parity(exec: &mut Exec, dir: &PathBuf, what: &str) {
     let model = GuidedUNet::load_dir(exec, dir).expect("load the converted terrain model");
-    let x = exec
-        .tensor(&[3, 1, SIZE, SIZE], &inputs())
-        .expect("upload");
+    let x = exec.tensor(&[3, 1, SIZE, SIZE], &inputs()).expect("upload");
     let t0 = std::time::Instant::now();
     let y = model
         .denoise_sigmas(exec, &x, &SIGMAS, Some(&DIFFICULTY))
@@ -186,7 +184,10 @@ fn two_step_sampling_gives_a_clipped_finite_heightmap() {
         (var, cov / var)
     };
     let (var, corr) = lag1(&first);
-    assert!(var > 0.0 && corr > 0.95, "one-step lag-1 correlation {corr}");
+    assert!(
+        var > 0.0 && corr > 0.95,
+        "one-step lag-1 correlation {corr}"
+    );
     let v = webdiffusion::platform::block_on(exec.read(&out.sample)).unwrap();
     assert!(v.iter().all(|x| x.is_finite() && (-1.0..=1.0).contains(x)));
     assert!(v != first, "the second step changed nothing");
@@ -200,8 +201,13 @@ fn config_errors_name_the_key() {
         "resblock_updown":true,"use_new_attention_order":true,"norm_groups":24,
         "norm_eps":1e-5,"sample_size":64}"#;
     let err = webdiffusion::models::GuidedConfig::from_json("c.json", bad).unwrap_err();
-    assert!(matches!(&err, Error::Config { key, .. } if key == "norm_groups"), "{err}");
-    let other = bad.replace("GuidedUNetModel", "UNet2DModel").replace("24", "32");
+    assert!(
+        matches!(&err, Error::Config { key, .. } if key == "norm_groups"),
+        "{err}"
+    );
+    let other = bad
+        .replace("GuidedUNetModel", "UNet2DModel")
+        .replace("24", "32");
     let err = webdiffusion::models::GuidedConfig::from_json("c.json", &other).unwrap_err();
     assert!(err.to_string().contains("_class_name"), "{err}");
 }
@@ -236,9 +242,14 @@ fn converter_names_unrecognised_nodes() {
         .arg(root.join(".cache/terrain/terrain.onnx"))
         .output()
         .expect("run the converter checks");
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
-    assert_eq!(text.matches("unrecognised ONNX structure at node").count(), 3, "{text}");
+    assert_eq!(
+        text.matches("unrecognised ONNX structure at node").count(),
+        3,
+        "{text}"
+    );
 }
 
 /// A wheel whose hash is not the published 0.4.2 wheel's is refused before it is opened.
@@ -263,6 +274,9 @@ fn setup_refuses_a_wheel_with_another_hash() {
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     let _ = std::fs::remove_dir_all(&tmp);
     assert!(!out.status.success(), "accepted a fake wheel: {err}");
-    assert!(err.contains("sha256") && err.contains("not the published"), "{err}");
+    assert!(
+        err.contains("sha256") && err.contains("not the published"),
+        "{err}"
+    );
     assert!(!tmp.join("out/model.safetensors").exists());
 }

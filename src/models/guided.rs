@@ -110,8 +110,7 @@ impl GuidedConfig {
             key: String::new(),
             expected: "a GuidedUNetModel config".into(),
             got: e.to_string(),
-            hint: "regenerate it with scripts/setup-terrain.sh (scripts/convert_terrain.py)"
-                .into(),
+            hint: "regenerate it with scripts/setup-terrain.sh (scripts/convert_terrain.py)".into(),
         })?;
         c.validate(file)?;
         Ok(c)
@@ -148,7 +147,12 @@ impl GuidedConfig {
                 format!("{:?}", self.channel_mult),
             ));
         }
-        if g == 0 || widths.clone().chain([self.model_channels]).any(|w| w % g != 0) {
+        if g == 0
+            || widths
+                .clone()
+                .chain([self.model_channels])
+                .any(|w| w % g != 0)
+        {
             return Err(bad(
                 file,
                 "norm_groups",
@@ -166,7 +170,7 @@ impl GuidedConfig {
             ));
         }
         let levels = self.channel_mult.len();
-        if self.sample_size % (1 << (levels - 1)) != 0 {
+        if !self.sample_size.is_multiple_of(1 << (levels - 1)) {
             return Err(bad(
                 file,
                 "sample_size",
@@ -294,14 +298,8 @@ impl ResBlock {
         let h = self.in_norm.forward(exec, x, true)?;
         let (h, x) = match self.updown {
             UpDown::None => (h, x.clone()),
-            UpDown::Down => (
-                exec.run(&AvgPool2x, &[&h])?,
-                exec.run(&AvgPool2x, &[x])?,
-            ),
-            UpDown::Up => (
-                exec.run(&Upsample2x, &[&h])?,
-                exec.run(&Upsample2x, &[x])?,
-            ),
+            UpDown::Down => (exec.run(&AvgPool2x, &[&h])?, exec.run(&AvgPool2x, &[x])?),
+            UpDown::Up => (exec.run(&Upsample2x, &[&h])?, exec.run(&Upsample2x, &[x])?),
         };
         let h = self.in_conv.forward(exec, &h)?;
         let s = self.scale1.forward(exec, emb_act)?.reshape(&[n, c, 1, 1])?;
@@ -366,8 +364,8 @@ impl AttnBlock {
 
 enum Layer {
     Conv(Conv2d),
-    Res(ResBlock),
-    Attn(AttnBlock),
+    Res(Box<ResBlock>),
+    Attn(Box<AttnBlock>),
 }
 
 fn run_block(exec: &mut Exec, block: &[Layer], x: &Tensor, emb_act: &Tensor) -> Result<Tensor> {
@@ -448,59 +446,65 @@ impl GuidedUNet {
             for _ in 0..cfg.num_res_blocks {
                 let p = format!("input_blocks.{}", input_blocks.len());
                 let out = mult * mc;
-                let mut block = vec![Layer::Res(ResBlock::load(
+                let mut block = vec![Layer::Res(Box::new(ResBlock::load(
                     exec,
                     w,
                     &format!("{p}.0"),
                     (ch, out),
                     &cfg,
                     UpDown::None,
-                )?)];
+                )?))];
                 ch = out;
                 if cfg.attention_resolutions.contains(&ds) {
-                    block.push(Layer::Attn(AttnBlock::load(
+                    block.push(Layer::Attn(Box::new(AttnBlock::load(
                         exec,
                         w,
                         &format!("{p}.1"),
                         ch,
                         &cfg,
-                    )?));
+                    )?)));
                 }
                 input_blocks.push(block);
                 chans.push(ch);
             }
             if level + 1 != levels {
                 let p = format!("input_blocks.{}.0", input_blocks.len());
-                input_blocks.push(vec![Layer::Res(ResBlock::load(
+                input_blocks.push(vec![Layer::Res(Box::new(ResBlock::load(
                     exec,
                     w,
                     &p,
                     (ch, ch),
                     &cfg,
                     UpDown::Down,
-                )?)]);
+                )?))]);
                 chans.push(ch);
                 ds *= 2;
             }
         }
         let middle_block = vec![
-            Layer::Res(ResBlock::load(
+            Layer::Res(Box::new(ResBlock::load(
                 exec,
                 w,
                 "middle_block.0",
                 (ch, ch),
                 &cfg,
                 UpDown::None,
-            )?),
-            Layer::Attn(AttnBlock::load(exec, w, "middle_block.1", ch, &cfg)?),
-            Layer::Res(ResBlock::load(
+            )?)),
+            Layer::Attn(Box::new(AttnBlock::load(
+                exec,
+                w,
+                "middle_block.1",
+                ch,
+                &cfg,
+            )?)),
+            Layer::Res(Box::new(ResBlock::load(
                 exec,
                 w,
                 "middle_block.2",
                 (ch, ch),
                 &cfg,
                 UpDown::None,
-            )?),
+            )?)),
         ];
         let mut output_blocks = Vec::new();
         for (level, &mult) in cfg.channel_mult.iter().enumerate().rev() {
@@ -510,35 +514,35 @@ impl GuidedUNet {
                     Error::invalid("guided_unet", "skip channel bookkeeping ran out")
                 })?;
                 let out = mc * mult;
-                let mut block = vec![Layer::Res(ResBlock::load(
+                let mut block = vec![Layer::Res(Box::new(ResBlock::load(
                     exec,
                     w,
                     &format!("{p}.0"),
                     (ch + skip, out),
                     &cfg,
                     UpDown::None,
-                )?)];
+                )?))];
                 ch = out;
                 let mut idx = 1;
                 if cfg.attention_resolutions.contains(&ds) {
-                    block.push(Layer::Attn(AttnBlock::load(
+                    block.push(Layer::Attn(Box::new(AttnBlock::load(
                         exec,
                         w,
                         &format!("{p}.{idx}"),
                         ch,
                         &cfg,
-                    )?));
+                    )?)));
                     idx += 1;
                 }
                 if level > 0 && i == cfg.num_res_blocks {
-                    block.push(Layer::Res(ResBlock::load(
+                    block.push(Layer::Res(Box::new(ResBlock::load(
                         exec,
                         w,
                         &format!("{p}.{idx}"),
                         (ch, ch),
                         &cfg,
                         UpDown::Up,
-                    )?));
+                    )?)));
                     ds /= 2;
                 }
                 output_blocks.push(block);
@@ -574,11 +578,18 @@ impl GuidedUNet {
         let c = &self.config;
         let levels = c.channel_mult.len();
         let mult = 1usize << (levels - 1);
-        if s.len() != 4 || s[1] != c.in_channels || s[2] % mult != 0 || s[3] % mult != 0 {
+        if s.len() != 4
+            || s[1] != c.in_channels
+            || !s[2].is_multiple_of(mult)
+            || !s[3].is_multiple_of(mult)
+        {
             return Err(Error::shape(
                 "guided_unet",
                 "x",
-                format!("(N, {}, H, W) with H and W multiples of {mult}", c.in_channels),
+                format!(
+                    "(N, {}, H, W) with H and W multiples of {mult}",
+                    c.in_channels
+                ),
                 s,
             ));
         }

@@ -41,7 +41,10 @@ pub fn check_sigmas(sigmas: &[f64], range: Option<(f64, f64)>) -> Result<()> {
         if !(s.is_finite() && s > 0.0) {
             return Err(Error::invalid(
                 OP,
-                format!("sigma #{} is {s}: sigmas must be positive and finite", i + 1),
+                format!(
+                    "sigma #{} is {s}: sigmas must be positive and finite",
+                    i + 1
+                ),
             ));
         }
         if i > 0 && s >= sigmas[i - 1] {
@@ -97,9 +100,8 @@ pub fn consistency_sample(
         }
     };
     let mut x0 = model.denoise_sigma(exec, &x, sigmas[0])?;
-    for i in 0..total {
+    for (i, &s) in sigmas.iter().enumerate() {
         if i > 0 {
-            let s = sigmas[i];
             let mut ctx = StepContext {
                 exec,
                 noise,
@@ -112,7 +114,7 @@ pub fn consistency_sample(
         let info = StepInfo {
             index: i,
             total,
-            timestep: sigmas[i],
+            timestep: s,
             x: &x,
             x0: &x0,
         };
@@ -172,7 +174,11 @@ mod tests {
         for (k, (a, b)) in [(1.0f64, 0.25f64), (-0.5, 2.0)].into_iter().enumerate() {
             let x0 = 80.0 * a / 81.0;
             let want = (x0 + renoise * b) / 3.0;
-            assert!((got[k] as f64 - want).abs() < 1e-5, "{k}: {} vs {want}", got[k]);
+            assert!(
+                (got[k] as f64 - want).abs() < 1e-5,
+                "{k}: {} vs {want}",
+                got[k]
+            );
         }
     }
 
