@@ -280,3 +280,36 @@ fn setup_refuses_a_wheel_with_another_hash() {
     );
     assert!(!tmp.join("out/model.safetensors").exists());
 }
+
+/// The CLI's bad inputs for a consistency model: no difficulty, σ points in the wrong order,
+/// a diffusers-only option. Each fails before sampling, with the flag to fix.
+#[test]
+fn cli_refuses_bad_terrain_arguments() {
+    let Some(dir) = terrain_dir() else { return };
+    let out_dir = std::env::temp_dir().join(format!("wd-terrain-cli-{}", std::process::id()));
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
+            .args(["sample", "--backend", "cpu", "--quiet", "--model"])
+            .arg(&dir)
+            .arg("--out")
+            .arg(out_dir.join("t.png"))
+            .args(extra)
+            .output()
+            .expect("run webdiffusion");
+        assert!(!out.status.success(), "{extra:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = run(&[]);
+    assert!(
+        err.contains("--difficulty") && err.contains("[0, 1]"),
+        "{err}"
+    );
+    let err = run(&["--difficulty", "0.5", "--sigmas", "2,80"]);
+    assert!(err.contains("strictly decrease"), "{err}");
+    let err = run(&["--difficulty", "0.5", "--solver", "ddim"]);
+    assert!(err.contains("--solver ddim"), "{err}");
+    let err = run(&["--difficulty", "7"]);
+    assert!(err.contains("outside"), "{err}");
+    assert!(!out_dir.join("t.png").exists());
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
