@@ -5,6 +5,7 @@
 #
 #   scripts/setup-terrain.sh            # into models/terrain
 #   TERRAIN_DIR=/some/dir scripts/setup-terrain.sh
+#   (TERRAIN_VENV and TERRAIN_CACHE move the venv and the download folder)
 #
 # A private virtual environment (.cache/terrain-venv, gitignored) holds the pinned onnx,
 # onnxruntime and numpy; onnxruntime is only used by scripts/goldens/make_terrain_goldens.py.
@@ -17,7 +18,7 @@ WHEEL=adaptive_terrain_diffusion-$VERSION-py3-none-any.whl
 SHA256=dd803be2c98d764e4e64db18c631eef46c210282b398c4dd080f4cda3fa7c84d
 ONNX_IN_WHEEL=terrain_diffusion/weights/terrain_consistency_unet_difficulty100.onnx
 CACHE=${TERRAIN_CACHE:-.cache/terrain}
-VENV=.cache/terrain-venv
+VENV=${TERRAIN_VENV:-.cache/terrain-venv}
 OUT=${TERRAIN_DIR:-models/terrain}
 PY=${PYTHON:-python3}
 
