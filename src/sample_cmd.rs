@@ -131,6 +131,26 @@ pub struct SampleArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// The scalar condition of a consistency model that has one (the terrain model's
+    /// difficulty, 0 to 1): one value for the batch or one per sample, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub difficulty: Vec<f32>,
+    /// σ points of a consistency model (GuidedUNetModel), decreasing, comma separated: one
+    /// (default σ_max = 80) is one-step generation; more re-noise and denoise again
+    /// (consistency multistep sampling, e.g. 80,2).
+    #[arg(long, value_delimiter = ',')]
+    pub sigmas: Vec<f64>,
+    /// How a PNG shows a consistency model's sample: `relief` (shaded relief: hillshade
+    /// and elevation tint, the terrain model's default) or `image` (grey).
+    #[arg(long, value_enum)]
+    pub render: Option<RenderArg>,
+}
+
+/// `--render`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenderArg {
+    Image,
+    Relief,
 }
 
 impl SampleArgs {
@@ -772,6 +792,25 @@ fn run_on(
 }
 
 pub fn run(mut args: SampleArgs) -> Result<()> {
+    if let Some(dir) = args
+        .model
+        .clone()
+        .filter(|d| crate::guided_cmd::is_guided(d))
+    {
+        let seed = args.seed.unwrap_or_else(random_seed);
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| crate::guided_cmd::default_out(seed));
+        crate::guided_cmd::check_out(&out, args.force)?;
+        return crate::guided_cmd::run(&args, &dir, seed, &out);
+    }
+    if !args.difficulty.is_empty() || !args.sigmas.is_empty() || args.render.is_some() {
+        bail!(
+            "--difficulty, --sigmas and --render apply to consistency models (a --model folder \
+             whose config.json is a GuidedUNetModel, e.g. from scripts/setup-terrain.sh)"
+        );
+    }
     let bundled_model = args.model.is_none();
     args.solver.get_or_insert_with(|| {
         if bundled_model {
@@ -793,14 +832,7 @@ pub fn run(mut args: SampleArgs) -> Result<()> {
             all_solver_names().join(", ")
         );
     }
-    let seed = args.seed.unwrap_or_else(|| {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        // Short enough to retype.
-        (t ^ (t >> 29)) % 1_000_000_000
-    });
+    let seed = args.seed.unwrap_or_else(random_seed);
     let out = args
         .out
         .clone()
@@ -867,6 +899,15 @@ pub fn run(mut args: SampleArgs) -> Result<()> {
         let r = run_on(&mut exec, &args, seed, &mut |_, _| Control::Continue)?;
         finish(&mut exec, &r)
     }
+}
+
+fn random_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    // Short enough to retype.
+    (t ^ (t >> 29)) % 1_000_000_000
 }
 
 /// An anyhow error carried through the preview's library `Result`.
