@@ -27,6 +27,9 @@ pub struct Exec {
     pool: Option<BufferPool>,
     /// Ops run so far, on either backend (see [`Exec::ops_run`]).
     ops: usize,
+    /// Queue submits and the dispatches they carried (GPU only; see [`Exec::submits`]).
+    submits: usize,
+    dispatches_submitted: usize,
 }
 
 impl Exec {
@@ -36,6 +39,8 @@ impl Exec {
             rec: Recorder::new(),
             pool: None,
             ops: 0,
+            submits: 0,
+            dispatches_submitted: 0,
         }
     }
 
@@ -45,6 +50,8 @@ impl Exec {
             backend: Backend::Gpu(ctx),
             rec: Recorder::new(),
             ops: 0,
+            submits: 0,
+            dispatches_submitted: 0,
         }
     }
 
@@ -76,6 +83,17 @@ impl Exec {
     /// ops), so tests can count the commands of a step without a GPU.
     pub fn ops_run(&self) -> usize {
         self.ops
+    }
+
+    /// Queue submits this executor has made (GPU only; a submit with nothing recorded is
+    /// not one). Benchmarks and the per-step regression guard count them.
+    pub fn submits(&self) -> usize {
+        self.submits
+    }
+
+    /// Compute dispatches recorded so far, submitted or not (copies are not dispatches).
+    pub fn dispatches(&self) -> usize {
+        self.dispatches_submitted + self.rec.dispatch_count()
     }
 
     /// Dispatches recorded and not yet submitted.
@@ -258,9 +276,32 @@ impl Exec {
     /// Submit everything recorded (one submit).
     pub fn submit(&mut self) -> Result<()> {
         if let Backend::Gpu(ctx) = &self.backend {
+            if !self.rec.is_empty() {
+                self.submits += 1;
+                self.dispatches_submitted += self.rec.dispatch_count();
+            }
             ctx.submit(std::mem::take(&mut self.rec))?;
         }
         Ok(())
+    }
+
+    /// Submits what is recorded with every dispatch in its own compute pass bracketed by
+    /// timestamp queries, waits, and returns each dispatch's GPU time (benchmarks only: the
+    /// extra passes cost barriers the normal one-pass submit does not have). `None` when the
+    /// device has no `TIMESTAMP_QUERY` (then nothing was submitted).
+    pub async fn submit_timed(&mut self) -> Result<Option<Vec<crate::gpu::OpTime>>> {
+        let Backend::Gpu(ctx) = &self.backend else {
+            return Ok(None);
+        };
+        let ctx = ctx.clone();
+        if !ctx.caps.timestamp_query {
+            return Ok(None);
+        }
+        self.submits += 1;
+        self.dispatches_submitted += self.rec.dispatch_count();
+        ctx.submit_timed(std::mem::take(&mut self.rec))
+            .await
+            .map(Some)
     }
 
     /// Submit what is recorded and read a tensor back. Never blocks on the web.
@@ -296,6 +337,8 @@ impl Exec {
             }
         }
         let rec = std::mem::take(&mut self.rec);
+        self.submits += 1;
+        self.dispatches_submitted += rec.dispatch_count();
         let mut bytes = ctx.submit_and_read(rec, &ranges).await?.into_iter();
         let mut cpu = cpu.into_iter();
         Ok(ts

@@ -9,6 +9,8 @@ fn main() -> anyhow::Result<()> {
 fn main() {}
 
 #[cfg(not(target_arch = "wasm32"))]
+mod bench_cmd;
+#[cfg(not(target_arch = "wasm32"))]
 mod cli_denoise;
 #[cfg(not(target_arch = "wasm32"))]
 mod guided_cmd;
@@ -65,6 +67,9 @@ mod cli {
         Sample(crate::sample_cmd::SampleArgs),
         /// List the solvers `sample --solver` takes.
         Solvers,
+        /// Time the engine on this adapter: UNet forward per batch, per-kernel GPU time,
+        /// sampling per solver, peak buffer bytes, weight load and CPU encode time.
+        Bench(crate::bench_cmd::BenchArgs),
     }
 
     pub fn main() -> anyhow::Result<()> {
@@ -104,6 +109,7 @@ mod cli {
             }
             Cmd::Sample(args) => crate::sample_cmd::run(args)?,
             Cmd::Solvers => crate::sample_cmd::list_solvers(),
+            Cmd::Bench(args) => crate::bench_cmd::run(args)?,
             Cmd::Check => {
                 let ctx = block_on(GpuContext::new(&GpuOptions::default()))?;
                 println!("{}", ctx.caps.summary());

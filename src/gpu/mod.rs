@@ -4,11 +4,13 @@
 mod context;
 mod pipeline;
 mod pool;
+mod profile;
 mod recorder;
 
 pub use context::{Capabilities, GpuContext, GpuOptions};
 pub use pipeline::{BindingLayout, CachedPipeline, PipelineKey};
 pub use pool::{BufferPool, PoolStats, PooledBuffer};
+pub use profile::OpTime;
 pub use recorder::{BufferSlice, Recorder};
 
 /// Workgroup counts for `n` workgroups of a 1-D problem, folded into (x, y) so that neither

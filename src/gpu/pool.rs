@@ -33,6 +33,8 @@ pub(crate) fn bucket(bytes: u64) -> u64 {
 pub struct PoolStats {
     /// Buffers created through the pool.
     pub created: u64,
+    /// Bytes of those buffers (never decreases: counts allocations, not residency).
+    pub created_bytes: u64,
     /// Requests served by a freed buffer.
     pub reused: u64,
     /// Bytes in buffers currently handed out.
@@ -82,6 +84,7 @@ impl BufferPool {
             }
             None => {
                 inner.stats.created += 1;
+                inner.stats.created_bytes += size;
                 self.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(label),
                     size,
@@ -110,6 +113,7 @@ impl BufferPool {
         );
         let mut inner = self.lock();
         inner.stats.created += 1;
+        inner.stats.created_bytes += size;
         inner.stats.live_bytes += size;
         inner.stats.peak_bytes = inner.stats.peak_bytes.max(inner.stats.live_bytes);
         PooledBuffer {

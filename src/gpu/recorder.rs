@@ -27,7 +27,7 @@ impl<'a> BufferSlice<'a> {
     }
 }
 
-enum Command {
+pub(super) enum Command {
     Dispatch {
         pipeline: Arc<CachedPipeline>,
         bind_group: wgpu::BindGroup,
@@ -45,11 +45,11 @@ enum Command {
 /// A list of GPU commands being built for one submit.
 #[derive(Default)]
 pub struct Recorder {
-    commands: Vec<Command>,
+    pub(super) commands: Vec<Command>,
     dispatches: usize,
     /// Pooled buffers the commands use that must not return to a pool before the submit
     /// (see `gpu::pool`'s hazards).
-    held: Vec<Arc<PooledBuffer>>,
+    pub(super) held: Vec<Arc<PooledBuffer>>,
 }
 
 impl Recorder {
