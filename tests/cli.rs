@@ -719,3 +719,56 @@ fn analytic_dpm_reads_safetensors_data_and_defaults_to_the_held_out_digits() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `bench --quick` as a user runs it: the tables print and the JSON holds a number for
+/// every part, with the per-step counts the guard in tests/perf_guard.rs expects.
+#[test]
+fn bench_quick_writes_tables_and_json() {
+    let dir = temp_dir("bench");
+    let json_path = dir.join("bench.json");
+    let out = webdiffusion(&[
+        "bench",
+        "--quick",
+        "--solvers",
+        "ddim",
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && stderr.contains("no WebGPU adapter") && !gpu_required() {
+        eprintln!("skipping: no adapter");
+        return;
+    }
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    for part in [
+        "UNet forward",
+        "sampling",
+        "peak GPU buffer bytes",
+        "weight load",
+    ] {
+        assert!(stdout.contains(part), "no `{part}` in:\n{stdout}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let fwd = &v["unet_forward"][0];
+    assert_eq!(fwd["batch"], 1);
+    assert!(fwd["wall_ms_median"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(fwd["dispatches"], 129, "{v}");
+    let s = &v["sampling"][0];
+    assert_eq!(s["solver"], "ddim");
+    assert_eq!(s["submits_per_step"], 1.0, "{v}");
+    assert_eq!(s["dispatches_per_step"], 133.0, "{v}");
+    assert!(s["ms_per_image_median"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["weight_load_mb_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["peak_activation_bytes"].as_u64().unwrap() > 0, "{v}");
+    if v["timestamp_query"] == true {
+        let kernels = fwd["kernels"].as_array().unwrap();
+        let n: u64 = kernels
+            .iter()
+            .map(|k| k["dispatches"].as_u64().unwrap())
+            .sum();
+        assert_eq!(n, 129, "every dispatch timed once: {v}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
