@@ -61,7 +61,12 @@ def main():
     sched_cfg = DDIMScheduler.load_config(args.model)
     cfg = unet.config
     size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-    batches = [1] if args.quick else [f["batch"] for f in ours["unet_forward"]] if ours else [1, 4]
+    if args.quick:
+        batches = [1]
+    elif ours:
+        batches = [f["batch"] for f in ours["unet_forward"]]
+    else:
+        batches = [1, 4]
     repeats = 2 if args.quick else 5
     solvers = [s["solver"] for s in ours["sampling"]] if ours else list(SCHEDULERS)
     steps = ours["sampling"][0]["steps"] if ours else (4 if args.quick else 20)
@@ -99,17 +104,23 @@ def main():
             ms = median_ms(run, 1 if args.quick else 2)
             result["sampling"].append({"solver": name, "steps": steps, "ms_per_image_median": ms})
 
+    def ours_value(part, key, value, field):
+        rows = ours[part] if ours else []
+        return next((g[field] for g in rows if g[key] == value), None)
+
+    def row(label, o, theirs):
+        ratio = f"{o / theirs:.2f}" if o else "n/a"
+        print(f"{label:<14} {o or float('nan'):>10.1f} {theirs:>10.1f} {ratio:>11}")
+
     print(f"PyTorch {torch.__version__} on the CPU, {torch.get_num_threads()} threads")
     print(f"{'UNet forward':<14} {'ours ms':>10} {'torch ms':>10} {'ours/torch':>11}")
     for f in result["unet_forward"]:
-        o = next((g["wall_ms_median"] for g in ours["unet_forward"] if g["batch"] == f["batch"]), None) if ours else None
-        r = f"{o / f['wall_ms_median']:.2f}" if o else "n/a"
-        print(f"batch {f['batch']:<8} {o or float('nan'):>10.1f} {f['wall_ms_median']:>10.1f} {r:>11}")
+        o = ours_value("unet_forward", "batch", f["batch"], "wall_ms_median")
+        row(f"batch {f['batch']}", o, f["wall_ms_median"])
     print(f"{'sampling':<14} {'ours ms':>10} {'torch ms':>10} {'ours/torch':>11}")
     for s in result["sampling"]:
-        o = next((g["ms_per_image_median"] for g in ours["sampling"] if g["solver"] == s["solver"]), None) if ours else None
-        r = f"{o / s['ms_per_image_median']:.2f}" if o else "n/a"
-        print(f"{s['solver']:<14} {o or float('nan'):>10.1f} {s['ms_per_image_median']:>10.1f} {r:>11}")
+        o = ours_value("sampling", "solver", s["solver"], "ms_per_image_median")
+        row(s["solver"], o, s["ms_per_image_median"])
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 
