@@ -18,6 +18,7 @@ use webdiffusion::sampling::solvers::{
     initial_noise, sample, solver_from_name, Control, Denoiser, Noise, SolverOptions, StepContext,
 };
 use webdiffusion::sampling::{SchedulerClass, SchedulerConfig};
+use webdiffusion::tensor::Tensor;
 use webdiffusion::{bundled, GpuContext, GpuOptions};
 
 #[derive(clap::Args)]
@@ -143,6 +144,20 @@ fn load(exec: &mut Exec, ctx: &GpuContext, model: Option<&PathBuf>) -> Result<Lo
     })
 }
 
+/// Stand-in conditioning for a batch of `batch`: class 0 for a class-conditional model, and
+/// 8 tokens of fixed values for a cross-attention model (the timing does not depend on
+/// what they say).
+fn condition(exec: &mut Exec, unet: &mut UNet, batch: usize) -> Result<()> {
+    let arch = unet.arch().clone();
+    unet.set_class_labels(arch.num_class_embeds.map(|_| vec![0usize; batch]));
+    if let Some(dim) = arch.cross_attention_dim {
+        let shape = [batch, 8, dim];
+        let states = Tensor::from_vec(&shape, input(shape.iter().product()))?;
+        unet.set_encoder_hidden_states(exec, Some(&states))?;
+    }
+    Ok(())
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     let (batches, repeats, steps, sample_repeats) = if args.quick {
         (vec![1], 2, 4.min(args.steps), 1)
@@ -187,8 +202,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut forwards = Vec::new();
     let mut kernel_table: Option<Vec<(String, usize, f64)>> = None;
     for &b in &batches {
-        let labels = arch.num_class_embeds.map(|_| vec![0usize; b]);
-        m.unet.set_class_labels(labels);
+        condition(&mut exec, &mut m.unet, b)?;
         let shape = [b, arch.in_channels, h, w];
         let x = exec.tensor(&shape, &input(shape.iter().product()))?;
         let mut forward = |exec: &mut Exec| m.unet.denoise(exec, &x, 500.0);
@@ -268,11 +282,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "{:<12} {:>12} {:>10} {:>11} {:>11} {:>11} {:>9} {:>9}",
         "solver", "ms/image", "ms/step", "record ms", "submit ms", "wait ms", "disp/st", "subm/st"
     );
-    let labels = arch.num_class_embeds.map(|_| vec![0usize]);
-    m.unet.set_class_labels(labels);
+    condition(&mut exec, &mut m.unet, 1)?;
     let shape = [1, arch.in_channels, h, w];
     let mut sampling = Vec::new();
-    for name in &args.solvers {
+    let solvers: &[String] = if arch.out_channels == arch.in_channels {
+        &args.solvers
+    } else {
+        // The solvers take the output as x's prediction; a model with more output channels
+        // (learned variance, moments) needs the handling `webdiffusion sample` has.
+        println!(
+            "(skipped: the model has {} output channels for {} input channels)",
+            arch.out_channels, arch.in_channels
+        );
+        &[]
+    };
+    for name in solvers {
         let make = |n| solver_from_name(name, &m.sched, n, SolverOptions::default());
         // Warm-up: compiles the solver's kernels.
         {
