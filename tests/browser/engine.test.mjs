@@ -43,9 +43,19 @@ const log = [];
 
 /** The bundled model served with broken parts under /broken/<kind>/. */
 async function handle(req, res, root) {
-  const m = (req.url ?? '').match(/^\/broken\/(cut|dropped|badconfig)\/(.*)$/);
+  const m = (req.url ?? '').match(/^\/broken\/(cut|dropped|badconfig|slow|huge)\/(.*)$/);
   if (!m) return false;
   const [, kind, name] = m;
+  if (name === MODEL_FILE && kind === 'huge') {
+    // A header describing one tensor larger than any adapter buffer (1.2 GB as float32),
+    // followed by a few bytes: the engine must refuse it from the header alone.
+    const json = Buffer.from(JSON.stringify({ big: { dtype: 'F32', shape: [300_000_000], data_offsets: [0, 1_200_000_000] } }));
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(json.length));
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'cache-control': 'no-store' });
+    res.end(Buffer.concat([len, json, Buffer.alloc(1024)]));
+    return true;
+  }
   const file = path.join(root, 'models', 'mnist', path.basename(name));
   if (!fs.existsSync(file)) {
     res.writeHead(404).end('not found');
@@ -60,6 +70,22 @@ async function handle(req, res, root) {
   if (name === MODEL_FILE && kind === 'cut') {
     // A server holding a partial file: Content-Length says what it has.
     body = body.subarray(0, Math.floor(body.length * CUT_AT));
+  }
+  if (name === MODEL_FILE && kind === 'slow') {
+    // 64 KiB every 40 ms (about 3 s for the model): time to abort mid-download.
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length, 'cache-control': 'no-store' });
+    let off = 0;
+    const timer = setInterval(() => {
+      if (off >= body.length || res.destroyed) {
+        clearInterval(timer);
+        res.end();
+        return;
+      }
+      res.write(body.subarray(off, off + 65536));
+      off += 65536;
+    }, 40);
+    res.on('close', () => clearInterval(timer));
+    return true;
   }
   if (name === MODEL_FILE && kind === 'dropped') {
     // The connection drops mid-download: the full length is announced, part is sent.
@@ -337,6 +363,9 @@ test('a wrong URL is an HTTP error naming the file and the status', async () => 
   assert.equal(r.error.code, 'HTTP', JSON.stringify(r.error));
   assert.match(r.error.message, /no-such-model\/config\.json/);
   assert.match(r.error.message, /404/);
+  // A failed load leaves the loaded model in place.
+  const g = await inPage(async () => (await window.engine.generate({ steps: 1, seed: 9 })).width);
+  assert.equal(g.value, 32, JSON.stringify(g.error));
 });
 
 for (const kind of ['cut', 'dropped']) {
@@ -350,6 +379,63 @@ for (const kind of ['cut', 'dropped']) {
     assert.match(r.error.message, new RegExp(`${Math.floor(size * CUT_AT)} bytes`));
   });
 }
+
+test('a tensor larger than the adapter allows is LIMIT, from the header alone', async () => {
+  const r = await inPage((url) => window.engine.load(url), `${server.url}/broken/huge/`);
+  assert.ok(r.error, 'load should have failed');
+  assert.equal(r.error.code, 'LIMIT', JSON.stringify(r.error));
+  assert.match(r.error.message, /maxBufferSize/);
+  assert.match(r.error.message, /1200000000 bytes/);
+  assert.match(r.error.message, /`big`/);
+});
+
+test('a download is aborted by its AbortSignal and by abort(); the fetch hook is used; the engine loads afterwards', { timeout: RUN_MS }, async (t) => {
+  const r = await inPage(async (base) => {
+    const out = {};
+    const attempt = async (how) => {
+      const ctl = new AbortController();
+      const t0 = performance.now();
+      let firstBytes = null;
+      try {
+        await window.engine.load(`${base}/broken/slow/`, {
+          signal: ctl.signal,
+          onProgress: (p) => {
+            if (p.file.endsWith('.safetensors') && p.loaded > 0 && firstBytes === null) {
+              firstBytes = p.loaded;
+              if (how === 'signal') ctl.abort();
+              else window.engine.abort();
+            }
+          },
+        });
+        return { code: 'none' };
+      } catch (e) {
+        return { code: e.code, message: e.message, firstBytes, ms: performance.now() - t0 };
+      }
+    };
+    out.signal = await attempt('signal');
+    out.method = await attempt('method');
+    const calls = [];
+    const info = await window.engine.load(`${base}/models/mnist/`, {
+      fetch: (url, init) => { calls.push(url); return fetch(url, init); },
+    });
+    out.calls = calls;
+    out.width = info.width;
+    // The model works after the aborted loads.
+    const g = await window.engine.generate({ steps: 1, seed: 4 });
+    out.generated = g.width;
+    return out;
+  }, server.url);
+  assert.ok(r.value, `${JSON.stringify(r.error)}${context()}`);
+  const v = r.value;
+  t.diagnostic(`aborted after ${v.signal.firstBytes} bytes in ${v.signal.ms?.toFixed(0)} ms (signal), ${v.method.firstBytes} bytes in ${v.method.ms?.toFixed(0)} ms (abort())`);
+  for (const k of ['signal', 'method']) {
+    assert.equal(v[k].code, 'ABORTED', `${k}: ${JSON.stringify(v[k])}`);
+    assert.ok(v[k].ms < 2500, `${k}: took ${v[k].ms} ms to stop (the slow download takes ~3 s)`);
+  }
+  assert.deepEqual(v.calls.map((u) => u.split('/').pop()), ['config.json', 'scheduler_config.json', MODEL_FILE]);
+  assert.equal(v.width, 32);
+  assert.equal(v.generated, 32);
+});
 
 test('an unsupported config is UNSUPPORTED_CONFIG naming the key', async () => {
   const r = await inPage((url) => window.engine.load(url), `${server.url}/broken/badconfig/`);
@@ -369,6 +455,26 @@ test('load([File, ...]) reads files the user picked', { timeout: RUN_MS }, async
   assert.ok(r.value, `${JSON.stringify(r.error)}${context()}`);
   assert.equal(r.value.info.width, 32);
   assert.ok(r.value.events > 0);
+});
+
+test('in a Web Worker with an OffscreenCanvas: loads, generates and draws while the page keeps animating', { timeout: RUN_MS }, async (t) => {
+  const p = await browser.newPage({ viewport: { width: 400, height: 300 }, deviceScaleFactor: 1 });
+  p.on('console', (m) => log.push(`worker page console.${m.type()}: ${m.text()}`));
+  try {
+    await p.goto(`${server.url}/tests/browser/pages/worker.html`, { timeout: LAUNCH_MS });
+    await p.waitForFunction(() => window.workerResult !== undefined, null, { timeout: RUN_MS, polling: 200 });
+    const r = await p.evaluate(() => ({ ...window.workerResult, frames: window.frames }));
+    assert.ok(r.value, `the worker failed: ${JSON.stringify(r.error)}${context()}`);
+    t.diagnostic(`worker: 3 steps in ${r.value.totalMs.toFixed(0)} ms; the page drew ${r.frames} animation frames meanwhile`);
+    assert.deepEqual(r.value.steps, [1, 2, 3]);
+    assert.ok(r.value.max - r.value.min > 100, `flat image: ${JSON.stringify(r.value)}`);
+    assert.ok(r.frames > 10, `the page's requestAnimationFrame ran only ${r.frames} times`);
+    await p.evaluate(() => new Promise((res) => requestAnimationFrame(() => requestAnimationFrame(res))));
+    const shot = stats(decodePng(await p.locator('#c').screenshot()));
+    assert.ok(shot.std > 30, `the OffscreenCanvas shows nothing: ${JSON.stringify(shot)}`);
+  } finally {
+    await p.close();
+  }
 });
 
 test('without --enable-unsafe-webgpu, Engine.create() rejects with NO_ADAPTER or NO_WEBGPU', { timeout: 2 * LAUNCH_MS }, async (t) => {
