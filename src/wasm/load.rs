@@ -426,8 +426,10 @@ async fn read_loop(
 async fn read_text(ctx: &LoadCtx, item: &Item) -> Result<String, OpenError> {
     let opened = open(ctx, item).await?;
     let mut bytes = Vec::new();
+    ctx.progress(&opened.label, 0, opened.len);
     read_all(ctx, &opened, |c| {
         bytes.extend_from_slice(c);
+        ctx.progress(&opened.label, bytes.len() as u64, opened.len);
         Ok(())
     })
     .await

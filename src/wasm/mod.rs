@@ -788,6 +788,12 @@ async fn run(
         }
     };
     unet.set_class_labels(None);
+    if let Ok(v) = &r {
+        let timings = js::get(v, "timings");
+        if let Some(t) = timings.dyn_ref::<Object>() {
+            js::set(t, "loadMs", load_ms);
+        }
+    }
     *slot = Some(Model {
         unet,
         config,

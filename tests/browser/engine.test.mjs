@@ -43,9 +43,19 @@ const log = [];
 
 /** The bundled model served with broken parts under /broken/<kind>/. */
 async function handle(req, res, root) {
-  const m = (req.url ?? '').match(/^\/broken\/(cut|dropped|badconfig|slow|huge)\/(.*)$/);
+  const m = (req.url ?? '').match(/^\/broken\/(cut|dropped|badconfig|slow|huge|sharded)\/(.*)$/);
   if (!m) return false;
   const [, kind, name] = m;
+  if (kind === 'sharded' && (name === MODEL_FILE || name.startsWith('shard-') || name.endsWith('.index.json'))) {
+    const files = shardedModel(root);
+    if (!files[name]) {
+      res.writeHead(404).end('not found');
+      return true;
+    }
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'cache-control': 'no-store' });
+    res.end(files[name]);
+    return true;
+  }
   if (name === MODEL_FILE && kind === 'huge') {
     // A header describing one tensor larger than any adapter buffer (1.2 GB as float32),
     // followed by a few bytes: the engine must refuse it from the header alone.
@@ -96,6 +106,41 @@ async function handle(req, res, root) {
   res.writeHead(200, { 'content-type': 'application/octet-stream', 'cache-control': 'no-store' });
   res.end(body);
   return true;
+}
+
+/** The bundled model re-saved as two safetensors shards plus their index (what diffusers'
+ * `save_pretrained(max_shard_size=...)` writes), with no single-file weights. */
+let sharded;
+function shardedModel(root) {
+  if (sharded) return sharded;
+  const buf = fs.readFileSync(path.join(root, 'models', 'mnist', MODEL_FILE));
+  const hlen = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.toString('utf8', 8, 8 + hlen));
+  const data = buf.subarray(8 + hlen);
+  const names = Object.keys(header).filter((k) => k !== '__metadata__').sort();
+  const half = Math.ceil(names.length / 2);
+  const shardNames = ['shard-00001-of-00002.safetensors', 'shard-00002-of-00002.safetensors'];
+  const files = {};
+  const weightMap = {};
+  [names.slice(0, half), names.slice(half)].forEach((group, i) => {
+    const h = {};
+    const parts = [];
+    let off = 0;
+    for (const n of group) {
+      const [a, b] = header[n].data_offsets;
+      h[n] = { dtype: header[n].dtype, shape: header[n].shape, data_offsets: [off, off + b - a] };
+      parts.push(data.subarray(a, b));
+      off += b - a;
+      weightMap[n] = shardNames[i];
+    }
+    const json = Buffer.from(JSON.stringify(h));
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(json.length));
+    files[shardNames[i]] = Buffer.concat([len, json, ...parts]);
+  });
+  files[`${MODEL_FILE}.index.json`] = Buffer.from(JSON.stringify({ metadata: { total_size: data.length }, weight_map: weightMap }));
+  sharded = files;
+  return files;
 }
 
 async function launch(flags) {
@@ -435,6 +480,23 @@ test('a download is aborted by its AbortSignal and by abort(); the fetch hook is
   assert.deepEqual(v.calls.map((u) => u.split('/').pop()), ['config.json', 'scheduler_config.json', MODEL_FILE]);
   assert.equal(v.width, 32);
   assert.equal(v.generated, 32);
+});
+
+test('a sharded checkpoint (index + shards) loads from a folder URL and gives the same image', { timeout: RUN_MS }, async () => {
+  const r = await inPage(async (base) => {
+    const opts = { steps: 2, seed: 5, classLabel: 1 };
+    const a = await window.engine.generate(opts);
+    const files = new Set();
+    const info = await window.engine.load(`${base}/broken/sharded/`, { onProgress: (p) => files.add(p.file.split('/').pop()) });
+    const b = await window.engine.generate(opts);
+    let same = a.pixels.length === b.pixels.length;
+    for (let i = 0; same && i < a.pixels.length; i++) same = a.pixels[i] === b.pixels[i];
+    return { files: [...files].sort(), parameters: info.parameters, same };
+  }, server.url);
+  assert.ok(r.value, `${JSON.stringify(r.error)}${context()}`);
+  assert.deepEqual(r.value.files, ['config.json', `${MODEL_FILE}.index.json`, 'scheduler_config.json',
+    'shard-00001-of-00002.safetensors', 'shard-00002-of-00002.safetensors']);
+  assert.ok(r.value.same, 'the sharded model gives another image than the single file');
 });
 
 test('an unsupported config is UNSUPPORTED_CONFIG naming the key', async () => {
