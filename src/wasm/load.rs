@@ -453,11 +453,25 @@ pub async fn read_texts(ctx: &LoadCtx, src: &Source) -> WdResult<Texts> {
     let config = read_text(ctx, &src.config).await?;
     let scheduler = match (&src.scheduler, &src.scheduler_optional_url) {
         (Some(item), _) => Some((item.label().to_string(), read_text(ctx, item).await?)),
-        (None, Some(url)) => match read_text(ctx, &Item::Url(url.clone())).await {
-            Ok(t) => Some((url.clone(), t)),
-            Err(OpenError::NotFound(_)) => None,
-            Err(OpenError::Other(e)) => return Err(e),
-        },
+        (None, Some(url)) => {
+            // In the model folder, else in ../scheduler/ (a diffusers pipeline's layout), as
+            // the CLI looks for it.
+            let pipeline = url
+                .strip_suffix(SCHEDULER)
+                .map(|base| format!("{base}../scheduler/{SCHEDULER}"));
+            let mut found = None;
+            for u in std::iter::once(url.clone()).chain(pipeline) {
+                match read_text(ctx, &Item::Url(u.clone())).await {
+                    Ok(t) => {
+                        found = Some((u, t));
+                        break;
+                    }
+                    Err(OpenError::NotFound(_)) => {}
+                    Err(OpenError::Other(e)) => return Err(e),
+                }
+            }
+            found
+        }
         (None, None) => None,
     };
     Ok(Texts {

@@ -80,6 +80,9 @@ struct Inner {
     aborted: Rc<Cell<bool>>,
     /// The running load's AbortController (so `abort()` also cancels a pending fetch).
     controller: RefCell<Option<JsValue>>,
+    /// The browser's `GPUAdapterInfo` (vendor, architecture, description, isFallbackAdapter),
+    /// which wgpu's WebGPU backend does not pass on.
+    adapter_info: JsValue,
 }
 
 /// Marks the engine busy for one call; frees it again however the call ends.
@@ -172,6 +175,7 @@ impl Engine {
             high_performance,
             ..GpuOptions::default()
         };
+        let adapter_info = browser_adapter_info(high_performance).await;
         let ctx = GpuContext::new(&opts).await.map_err(|e| match e {
             // The native message (install lavapipe) and wgpu's list of backends not compiled
             // in mean nothing to a browser user.
@@ -188,6 +192,7 @@ impl Engine {
                 disposed: Cell::new(false),
                 aborted: Rc::new(Cell::new(false)),
                 controller: RefCell::new(None),
+                adapter_info,
             }),
         };
         let canvas = js::get(options, "canvas");
@@ -221,18 +226,24 @@ impl Engine {
         let o = Object::new();
         js::set(&o, "webgpu", true);
         let a = Object::new();
-        js::set(&a, "name", caps.adapter_name.as_str());
-        // wgpu's WebGPU backend reports GPUAdapterInfo's description as the name; vendor and
-        // architecture come from the browser's GPUAdapterInfo where it exposes them.
-        let info = adapter_info();
-        js::set(&a, "vendor", js::get(&info, "vendor"));
-        js::set(&a, "architecture", js::get(&info, "architecture"));
+        let info = &self.inner.adapter_info;
+        let text = |k: &str| js::get(info, k).as_string().unwrap_or_default();
+        let name = [
+            caps.adapter_name.clone(),
+            text("description"),
+            text("device"),
+        ]
+        .into_iter()
+        .find(|n| !n.is_empty())
+        .unwrap_or_else(|| text("vendor"));
+        js::set(&a, "name", name);
+        js::set(&a, "vendor", text("vendor"));
+        js::set(&a, "architecture", text("architecture"));
         js::set(&a, "backend", caps.backend.as_str());
         js::set(
             &a,
             "isFallback",
-            caps.device_type == "Cpu"
-                || js::get(&info, "isFallbackAdapter").as_bool() == Some(true),
+            caps.device_type == "Cpu" || js::get(info, "isFallbackAdapter").as_bool() == Some(true),
         );
         js::set(&o, "adapter", a);
         let f = Object::new();
@@ -364,10 +375,43 @@ impl Engine {
     }
 }
 
-/// `navigator.gpu`'s own adapter info is not reachable from the device wgpu holds; the page
-/// may have published it (`globalThis.__webdiffusionAdapterInfo`), else nothing.
-fn adapter_info() -> JsValue {
-    js::get(&js_sys::global(), "__webdiffusionAdapterInfo")
+/// The browser's `GPUAdapterInfo` of the adapter `requestAdapter` picks with the same power
+/// preference (wgpu's device does not expose it); `undefined` if there is none. Older
+/// browsers keep `isFallbackAdapter` on the adapter rather than its info: copied over.
+async fn browser_adapter_info(high_performance: bool) -> JsValue {
+    let Some(gpu) = js::navigator_gpu() else {
+        return JsValue::UNDEFINED;
+    };
+    let opts = Object::new();
+    let pref = if high_performance {
+        "high-performance"
+    } else {
+        "low-power"
+    };
+    js::set(&opts, "powerPreference", pref);
+    let adapter = match js::call(&gpu, "requestAdapter", &[opts.into()]) {
+        Ok(p) => js::await_value(p).await.unwrap_or(JsValue::UNDEFINED),
+        Err(_) => return JsValue::UNDEFINED,
+    };
+    let info = js::get(&adapter, "info");
+    let out = Object::new();
+    for k in [
+        "vendor",
+        "architecture",
+        "device",
+        "description",
+        "isFallbackAdapter",
+    ] {
+        js::set(&out, k, js::get(&info, k));
+    }
+    if js::is_absent(&js::get(&info, "isFallbackAdapter")) {
+        js::set(
+            &out,
+            "isFallbackAdapter",
+            js::get(&adapter, "isFallbackAdapter"),
+        );
+    }
+    out.into()
 }
 
 async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdResult<JsValue> {

@@ -225,6 +225,9 @@ test('capabilities() is an object with the adapter, features and limits; solvers
   t.diagnostic(`adapter: ${JSON.stringify(caps.adapter)} features: ${JSON.stringify(caps.features)}`);
   assert.equal(caps.webgpu, true);
   assert.equal(typeof caps.adapter.name, 'string');
+  assert.ok(caps.adapter.name.length > 0, 'the adapter has no name');
+  // TESTING.md: Chromium's SwiftShader adapter is a fallback adapter.
+  assert.equal(caps.adapter.isFallback, true);
   for (const k of ['shaderF16', 'subgroups', 'timestampQuery']) assert.equal(typeof caps.features[k], 'boolean', k);
   for (const k of ['maxBufferSize', 'maxStorageBufferBindingSize', 'maxComputeWorkgroupStorageSize',
     'maxComputeInvocationsPerWorkgroup', 'maxComputeWorkgroupsPerDimension', 'maxStorageBuffersPerShaderStage']) {
