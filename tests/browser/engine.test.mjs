@@ -404,6 +404,49 @@ test('bad options and no model are typed errors', async () => {
   assert.match(c.disposed, /^DISPOSED: /);
 });
 
+test('a batch is returned as the CLI\'s --grid image, equal to the native one', { timeout: RUN_MS }, async (t) => {
+  const labels = [0, 1, 2, 3];
+  const r = await inPage(async (labels) => {
+    const g = await window.engine.generate({ steps: 1, seed: 3, solver: 'ddim', classLabel: labels, preview: 'none' });
+    return { width: g.width, height: g.height, pixels: Array.from(g.pixels) };
+  }, labels);
+  assert.ok(r.value, `${JSON.stringify(r.error)}${context()}`);
+  const { width, height, pixels } = r.value;
+  assert.deepEqual([width, height], [66, 66]);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'webdiffusion-grid-'));
+  const png = path.join(dir, 'grid.png');
+  execFileSync(NATIVE, ['sample', '--seed', '3', '--steps', '1', '--solver', 'ddim', '--class-labels', labels.join(','),
+    '--grid', '--out', png, '--force', '--quiet'], { stdio: ['ignore', 'pipe', 'pipe'], timeout: RUN_MS });
+  const native = decodePng(fs.readFileSync(png));
+  fs.rmSync(dir, { recursive: true, force: true });
+  assert.deepEqual([native.width, native.height], [width, height]);
+  let sum = 0;
+  for (let i = 0; i < width * height; i++) sum += Math.abs(native.rgba[i * 4] - pixels[i * 4]);
+  const mad = sum / (width * height);
+  t.diagnostic(`grid parity with the native CLI: mean |diff| ${mad.toFixed(4)}/255`);
+  assert.ok(mad <= 1, `mean absolute difference ${mad}/255 exceeds 1/255`);
+  // The gap between tiles is black in both.
+  assert.equal(pixels[(10 * 66 + 32) * 4], 0);
+});
+
+test('a list of file URLs loads; an unreachable server is a NETWORK error naming the URL', { timeout: RUN_MS }, async () => {
+  const r = await inPage(async (base) => {
+    const info = await window.engine.load(['config.json', 'scheduler_config.json', 'diffusion_pytorch_model.safetensors'].map((n) => base + n));
+    let err;
+    try {
+      await window.engine.load('http://127.0.0.1:9/unreachable/');
+    } catch (e) {
+      err = { code: e.code, message: e.message };
+    }
+    return { width: info.width, err };
+  }, `${server.url}/models/mnist/`);
+  assert.ok(r.value, `${JSON.stringify(r.error)}${context()}`);
+  assert.equal(r.value.width, 32);
+  assert.equal(r.value.err?.code, 'NETWORK', JSON.stringify(r.value.err));
+  assert.match(r.value.err.message, /127\.0\.0\.1:9\/unreachable\/config\.json/);
+  assert.match(r.value.err.message, /CORS/);
+});
+
 test('a wrong URL is an HTTP error naming the file and the status', async () => {
   const r = await inPage((url) => window.engine.load(url), `${server.url}/models/no-such-model/`);
   assert.ok(r.error, 'load should have failed');
