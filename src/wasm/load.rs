@@ -11,6 +11,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
 use super::js::{self, Code, WdError, WdResult};
+use crate::exec::Exec;
 use crate::weights::{SafetensorsStream, ShardIndex, ShardTracker, Weights};
 
 /// The standard diffusers file names.
@@ -193,6 +194,10 @@ pub struct LoadCtx {
     pub bytes_read: Cell<u64>,
     /// The adapter's `maxBufferSize`: no tensor may be larger (as float32).
     pub max_buffer_size: u64,
+    /// Where tensors go as soon as their bytes have arrived.
+    pub exec: RefCell<Exec>,
+    /// Tensors uploaded while their file was still arriving.
+    pub uploaded: Cell<usize>,
     /// The reader being read, so `abort()` can cancel a pending read.
     pub reader: RefCell<Option<JsValue>>,
 }
@@ -591,7 +596,16 @@ async fn stream_one(
     ctx.progress(&label, 0, opened.len);
     let got = read_all(ctx, opened, |chunk| {
         stream
-            .push_with(chunk, |t| w.insert(t))
+            .push_with(chunk, |t| {
+                if keep_on_host(&t.name) {
+                    return w.insert(t);
+                }
+                let (file, name, dtype) = (t.file.clone(), t.name.clone(), t.dtype());
+                let host = t.into_tensor()?;
+                let gpu = ctx.exec.borrow_mut().upload(&host)?;
+                ctx.uploaded.set(ctx.uploaded.get() + 1);
+                w.insert_device(file, name, dtype, gpu)
+            })
             .map_err(WdError::from)?;
         if !header_seen {
             if let Some(h) = stream.header() {
@@ -658,6 +672,15 @@ async fn stream_one(
     }
     stream.finish().map_err(WdError::from)?;
     Ok(())
+}
+
+/// Tensors the `nn` layers combine on the host before uploading (q/k/v into one matrix, the
+/// scale-shift time projection split in two): they wait in the `Weights` set as bytes. Every
+/// other tensor goes to the GPU the moment its last byte arrives.
+fn keep_on_host(name: &str) -> bool {
+    [".to_q.", ".to_k.", ".to_v.", "time_emb_proj."]
+        .iter()
+        .any(|k| name.contains(k))
 }
 
 fn truncated(file: &str, expected: u64, got: u64, what: &str) -> WdError {

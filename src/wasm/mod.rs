@@ -450,6 +450,13 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
         };
     }
     *inner.controller.borrow_mut() = controller;
+    // The previous model stays loaded (and usable if this load fails) while the new one's
+    // tensors go to the GPU as they arrive.
+    let exec = inner
+        .exec
+        .borrow_mut()
+        .take()
+        .ok_or_else(|| WdError::new(Code::Disposed, "the engine was disposed"))?;
     let lctx = load::LoadCtx {
         fetch,
         signal,
@@ -460,43 +467,38 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
         tensors_total: Cell::new(None),
         bytes_read: Cell::new(0),
         max_buffer_size: ctx.caps.max_buffer(),
+        exec: RefCell::new(exec),
+        uploaded: Cell::new(0),
         reader: RefCell::new(None),
     };
 
-    let texts = load::read_texts(&lctx, &src).await?;
-    let config = ModelConfig::from_json(&texts.config_file, &texts.config)?;
-    // Parse the scheduler config once now, so a bad one fails the load and not the first run.
-    if let Some((file, text)) = &texts.scheduler {
-        SchedulerConfig::from_json_str(text, file, None)?;
-    }
-    let mut weights = load::read_weights(&lctx, &src).await?;
-    lctx.check()?;
-    let parameters = weights.numel();
-    let weight_bytes = weights.byte_len();
-
-    // The previous model goes first: its buffers return to the pool before the new ones.
-    *inner.model.borrow_mut() = None;
-    let mut exec = inner
-        .exec
-        .borrow_mut()
-        .take()
-        .ok_or_else(|| WdError::new(Code::Disposed, "the engine was disposed during load"))?;
     let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-    let built = UNet::from_weights(&mut exec, &config.arch, &mut weights, false);
+    let built = read_and_build(&lctx, &src).await;
     let oom = scope.pop().await;
-    *inner.exec.borrow_mut() = Some(exec);
-    drop(weights);
+    let load::LoadCtx {
+        exec,
+        uploaded,
+        bytes_read,
+        ..
+    } = lctx;
+    *inner.exec.borrow_mut() = Some(exec.into_inner());
     if let Some(e) = oom {
         drop(built);
         ctx.pool.trim();
         return Err(WdError::new(
             Code::OutOfMemory,
             format!(
-                "the GPU ran out of memory while uploading the model's {weight_bytes} bytes of weights ({e}); close other GPU-heavy tabs or use a smaller model. The engine is still usable."
+                "the GPU ran out of memory while uploading the model ({e}); close other GPU-heavy tabs or use a smaller model. The engine is still usable."
             ),
         ));
     }
-    let unet = built?;
+    let (unet, config, texts, parameters, weight_bytes) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            ctx.pool.trim();
+            return Err(e);
+        }
+    };
     ctx.take_error("uploading the model")?;
 
     let bundled = ModelConfig::from_json("bundled config.json", BUNDLED_CONFIG)
@@ -555,11 +557,41 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
     );
     js::set(&info, "defaultSolver", model.default_solver());
     js::set(&info, "defaultGuidance", model.default_guidance());
-    js::set(&info, "bytesRead", lctx.bytes_read.get() as f64);
+    js::set(&info, "bytesRead", bytes_read.get() as f64);
+    js::set(
+        &info,
+        "tensorsUploadedWhileStreaming",
+        uploaded.get() as f64,
+    );
     model.load_ms = js::now_ms() - t0;
     js::set(&info, "loadMs", model.load_ms);
+    // The new model replaces the old one only now that it is complete.
     *inner.model.borrow_mut() = Some(model);
     Ok(info.into())
+}
+
+/// Reads the model's files and builds the UNet on the load's executor.
+async fn read_and_build(
+    lctx: &load::LoadCtx,
+    src: &load::Source,
+) -> WdResult<(UNet, ModelConfig, load::Texts, u64, u64)> {
+    let texts = load::read_texts(lctx, src).await?;
+    let config = ModelConfig::from_json(&texts.config_file, &texts.config)?;
+    // Parse the scheduler config once now, so a bad one fails the load and not the first run.
+    if let Some((file, text)) = &texts.scheduler {
+        SchedulerConfig::from_json_str(text, file, None)?;
+    }
+    let mut weights = load::read_weights(lctx, src).await?;
+    lctx.check()?;
+    let parameters = weights.numel();
+    let weight_bytes = weights.byte_len();
+    let unet = UNet::from_weights(
+        &mut lctx.exec.borrow_mut(),
+        &config.arch,
+        &mut weights,
+        false,
+    )?;
+    Ok((unet, config, texts, parameters, weight_bytes))
 }
 
 /// The options of one `generate` call, checked.

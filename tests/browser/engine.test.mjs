@@ -266,6 +266,9 @@ test('load(url) streams the bundled model with monotone progress events', { time
   assert.equal(last.loaded, size);
   assert.equal(last.total, size);
   assert.ok(last.tensorsTotal > 10 && last.tensorsReady === last.tensorsTotal, JSON.stringify(last));
+  // Most tensors went to the GPU while the file was still arriving (all but the q/k/v and
+  // time projections the layers fuse on the host).
+  assert.ok(info.tensorsUploadedWhileStreaming > last.tensorsTotal / 2, `only ${info.tensorsUploadedWhileStreaming} of ${last.tensorsTotal} tensors uploaded while streaming`);
   // Tensors became ready while bytes were still arriving (streamed, not parsed at the end).
   assert.ok(w.some((e) => e.tensorsReady > 0 && e.loaded < size), 'no tensor was ready before the last byte');
 });
