@@ -15,12 +15,12 @@ use anyhow::{bail, Context};
 use webdiffusion::eval::{
     argmax_rows, frechet_distance, gaussian_fit, heldout_digits, DigitClassifier, FEATURES,
 };
-use webdiffusion::models::Conditioning;
+use webdiffusion::models::{Conditioning, UNet2DModel};
 use webdiffusion::platform::block_on;
 use webdiffusion::sampling::solvers::{
     initial_noise, sample, solver_from_name, Control, Denoiser, Noise, SolverOptions,
 };
-use webdiffusion::sampling::Guided;
+use webdiffusion::sampling::{Guided, SchedulerConfig};
 use webdiffusion::weights::{LoadOptions, Weights};
 use webdiffusion::{bundled, Exec, GpuContext, GpuOptions, Tensor};
 
@@ -32,6 +32,11 @@ struct Opts {
     seed: u64,
     cpu: bool,
     guidance: f64,
+    /// A model folder of the same family (null class 10) instead of the bundled weights,
+    /// e.g. a training run's output before it replaces `models/mnist`.
+    model: Option<std::path::PathBuf>,
+    /// A scheduler_config.json instead of the bundled one (e.g. with `thresholding`).
+    scheduler_config: Option<std::path::PathBuf>,
 }
 
 fn parse() -> anyhow::Result<Opts> {
@@ -43,6 +48,8 @@ fn parse() -> anyhow::Result<Opts> {
         seed: 0,
         cpu: false,
         guidance: 1.0,
+        model: None,
+        scheduler_config: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -60,6 +67,8 @@ fn parse() -> anyhow::Result<Opts> {
             "--seed" => o.seed = val()?.parse()?,
             "--cpu" => o.cpu = true,
             "--guidance" => o.guidance = val()?.parse()?,
+            "--model" => o.model = Some(val()?.into()),
+            "--scheduler-config" => o.scheduler_config = Some(val()?.into()),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -123,8 +132,23 @@ fn main() -> anyhow::Result<()> {
         acc * 100.0
     );
 
-    let sched = bundled::scheduler_config()?;
-    let mut unet = Some(bundled::load(&mut exec)?.into_inner());
+    let sched = match &o.scheduler_config {
+        Some(path) => SchedulerConfig::from_file(path, None)?,
+        None => bundled::scheduler_config()?,
+    };
+    let mut unet = Some(match &o.model {
+        Some(dir) => UNet2DModel::load_dir(&mut exec, dir)?.into_inner(),
+        None => bundled::load(&mut exec)?.into_inner(),
+    });
+    println!(
+        "model: {}; scheduler config: {}",
+        o.model
+            .as_ref()
+            .map_or("bundled".into(), |p| p.display().to_string()),
+        o.scheduler_config
+            .as_ref()
+            .map_or("bundled".into(), |p| p.display().to_string())
+    );
     println!(
         "\n| solver | steps | guidance | samples | class accuracy | Fréchet distance | seconds |"
     );

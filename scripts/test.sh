@@ -11,6 +11,15 @@ if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
   XDG_RUNTIME_DIR="$(mktemp -d)"; export XDG_RUNTIME_DIR
   chmod 700 "$XDG_RUNTIME_DIR"
 fi
+# The terrain parity test (tests/terrain.rs) needs the converted model: fetched from PyPI
+# and converted by scripts/setup-terrain.sh (idempotent). WEBDIFFUSION_SKIP_TERRAIN=1 leaves
+# the download out of a quick local run (the test then skips, unless
+# WEBDIFFUSION_REQUIRE_TERRAIN=1, which CI sets, makes it fail).
+if [ "${WEBDIFFUSION_SKIP_TERRAIN:-}" = 1 ]; then
+  echo "test: WEBDIFFUSION_SKIP_TERRAIN=1, not fetching the terrain model"
+else
+  scripts/setup-terrain.sh
+fi
 cargo test --all-targets "$@"
 if [ "${WEBDIFFUSION_SKIP_BROWSER:-}" = 1 ]; then
   echo "test: WEBDIFFUSION_SKIP_BROWSER=1, skipping the browser test (scripts/browser-test.sh)"

@@ -28,6 +28,11 @@ struct RenderParams {
     scaled_h: u32,
     // RGBA bytes 0..=255.
     background: vec4<u32>,
+    // 0: the image itself (grey or RGB); 1: channel 0 as a heightmap in shaded relief.
+    mode: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: RenderParams;
@@ -76,6 +81,58 @@ fn fetch(panel: u32, i: u32) -> f32 {
     return panel1[i];
 }
 
+// Height units per tile height (render.rs RELIEF_Z_PER_TILE).
+const RELIEF_Z_PER_TILE: f32 = 0.25;
+
+fn height(panel: u32, base: u32, x: u32, y: u32) -> f32 {
+    let v = fetch(panel, base + y * p.w + x);
+    return select(0.0, v, v == v);
+}
+
+// Elevation tint, t = (h + 1)/2: the stops of render.rs RELIEF_TINT, linear in between.
+fn tint(t_in: f32) -> vec3<f32> {
+    let t = clamp(t_in, 0.0, 1.0);
+    var stops = array<vec4<f32>, 5>(
+        vec4<f32>(0.0, 0.16, 0.40, 0.20),
+        vec4<f32>(0.35, 0.45, 0.62, 0.30),
+        vec4<f32>(0.6, 0.76, 0.68, 0.45),
+        vec4<f32>(0.8, 0.58, 0.46, 0.34),
+        vec4<f32>(1.0, 0.96, 0.96, 0.96),
+    );
+    for (var k = 1; k < 5; k++) {
+        let a = stops[k - 1];
+        let b = stops[k];
+        if t <= b.x || k == 4 {
+            let f = clamp((t - a.x) / (b.x - a.x), 0.0, 1.0);
+            return a.yzw + (b.yzw - a.yzw) * f;
+        }
+    }
+    return vec3<f32>(1.0);
+}
+
+// Shaded relief of the heightmap plane at `base` at source pixel (x, y): central differences
+// (one-sided at the tile's edges), a hillshade lit from the upper left at 45°, times the tint.
+fn relief(panel: u32, base: u32, x: u32, y: u32) -> vec3<f32> {
+    let x0 = select(x - 1u, 0u, x == 0u);
+    let x1 = min(x + 1u, p.w - 1u);
+    let y0 = select(y - 1u, 0u, y == 0u);
+    let y1 = min(y + 1u, p.h - 1u);
+    let z = RELIEF_Z_PER_TILE * f32(p.h);
+    var dx = 0.0;
+    if x1 > x0 {
+        dx = (height(panel, base, x1, y) - height(panel, base, x0, y)) / f32(x1 - x0) * z;
+    }
+    var dy = 0.0;
+    if y1 > y0 {
+        dy = (height(panel, base, x, y1) - height(panel, base, x, y0)) / f32(y1 - y0) * z;
+    }
+    let len = sqrt(dx * dx + dy * dy + 1.0);
+    let shade = max((dx + dy + 1.4142135) * 0.5 / len, 0.0);
+    let light = 0.35 + 0.65 * shade;
+    let c = tint(height(panel, base, x, y) * 0.5 + 0.5);
+    return round(clamp(c * light, vec3<f32>(0.0), vec3<f32>(1.0)) * 255.0);
+}
+
 @fragment
 fn render_fs(@builtin(position) pos: vec4<f32>) -> @location(0) vec4<f32> {
     let bg = encode(vec3<f32>(p.background.xyz), f32(p.background.w) / 255.0);
@@ -117,7 +174,9 @@ fn render_fs(@builtin(position) pos: vec4<f32>) -> @location(0) vec4<f32> {
     let plane = p.h * p.w;
     let base = item * p.c * plane + sy * p.w + sx;
     var rgb: vec3<f32>;
-    if p.c >= 3u {
+    if p.mode == 1u {
+        rgb = relief(panel, item * p.c * plane, sx, sy);
+    } else if p.c >= 3u {
         rgb = vec3<f32>(
             to_byte(fetch(panel, base)),
             to_byte(fetch(panel, base + plane)),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::{BufferPool, GpuContext, PoolStats, Recorder};
-use crate::ops::{GpuArg, Op};
+use crate::ops::{GpuArg, Op, PairOp};
 use crate::tensor::{numel, Data, Tensor};
 
 pub enum Backend {
@@ -25,6 +25,8 @@ pub struct Exec {
     rec: Recorder,
     /// Output buffers of this executor (GPU only).
     pool: Option<BufferPool>,
+    /// Ops run so far, on either backend (see [`Exec::ops_run`]).
+    ops: usize,
 }
 
 impl Exec {
@@ -33,6 +35,7 @@ impl Exec {
             backend: Backend::Cpu,
             rec: Recorder::new(),
             pool: None,
+            ops: 0,
         }
     }
 
@@ -41,6 +44,7 @@ impl Exec {
             pool: Some(BufferPool::new(ctx.device.clone())),
             backend: Backend::Gpu(ctx),
             rec: Recorder::new(),
+            ops: 0,
         }
     }
 
@@ -65,6 +69,13 @@ impl Exec {
             Backend::Gpu(c) => Some(c),
             Backend::Cpu => None,
         }
+    }
+
+    /// How many ops [`Exec::run`] / [`Exec::run_pair`] have run on this executor, on either
+    /// backend: each is one GPU command (a dispatch, or a copy for `SliceBatch`/`Concat`-like
+    /// ops), so tests can count the commands of a step without a GPU.
+    pub fn ops_run(&self) -> usize {
+        self.ops
     }
 
     /// Dispatches recorded and not yet submitted.
@@ -98,6 +109,7 @@ impl Exec {
         let name = op.name();
         let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
         let out_shape = op.output_shape(&shapes)?;
+        self.ops += 1;
         match &self.backend {
             Backend::Cpu => {
                 let mut data = Vec::with_capacity(inputs.len());
@@ -155,6 +167,90 @@ impl Exec {
                 };
                 op.record(ctx, &mut self.rec, &args, &out_arg)?;
                 Ok(Tensor::from_gpu(out_shape, out))
+            }
+        }
+    }
+
+    /// Runs an op with two outputs of one shape (e.g. a solver update that also writes the
+    /// model output it keeps); otherwise as [`Exec::run`].
+    pub fn run_pair<O: PairOp + ?Sized>(
+        &mut self,
+        op: &O,
+        inputs: &[&Tensor],
+    ) -> Result<(Tensor, Tensor)> {
+        let name = op.name();
+        let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
+        let out_shape = op.output_shape(&shapes)?;
+        self.ops += 1;
+        match &self.backend {
+            Backend::Cpu => {
+                let mut data = Vec::with_capacity(inputs.len());
+                for (i, t) in inputs.iter().enumerate() {
+                    data.push(t.cpu_data().ok_or(Error::Backend {
+                        op: name,
+                        index: i,
+                        expected: "cpu",
+                        got: "gpu",
+                    })?);
+                }
+                let mut out = vec![0f32; numel(&out_shape)];
+                let mut out2 = vec![0f32; numel(&out_shape)];
+                op.cpu(&shapes, &data, &mut out, &mut out2);
+                Ok((
+                    Tensor::from_vec(&out_shape, out)?,
+                    Tensor::from_vec(&out_shape, out2)?,
+                ))
+            }
+            Backend::Gpu(ctx) => {
+                let mut args = Vec::with_capacity(inputs.len());
+                for (i, t) in inputs.iter().enumerate() {
+                    let buffer = t.gpu_buffer().ok_or(Error::Backend {
+                        op: name,
+                        index: i,
+                        expected: "gpu",
+                        got: "cpu",
+                    })?;
+                    args.push(GpuArg {
+                        shape: t.shape(),
+                        buffer: buffer.buffer(),
+                    });
+                }
+                let bytes = (numel(&out_shape) as u64 * 4).max(4);
+                if bytes > ctx.caps.max_buffer() {
+                    return Err(Error::Limit {
+                        op: name,
+                        what: format!("the outputs of shape {out_shape:?}"),
+                        limit: "maxBufferSize",
+                        value: ctx.caps.max_buffer(),
+                        needed: bytes,
+                        hint: "use a smaller batch or resolution",
+                    });
+                }
+                let pool = self
+                    .pool
+                    .get_or_insert_with(|| BufferPool::new(ctx.device.clone()));
+                for t in inputs {
+                    if let Some(b) = t.gpu_buffer() {
+                        if !b.belongs_to(pool) {
+                            self.rec.hold(b.clone());
+                        }
+                    }
+                }
+                let out = Arc::new(pool.get(name, bytes));
+                let out2 = Arc::new(pool.get(name, bytes));
+                let a = GpuArg {
+                    shape: &out_shape,
+                    buffer: out.buffer(),
+                };
+                let b = GpuArg {
+                    shape: &out_shape,
+                    buffer: out2.buffer(),
+                };
+                op.record(ctx, &mut self.rec, &args, &a, &b)?;
+                Ok((
+                    Tensor::from_gpu(out_shape.clone(), out),
+                    Tensor::from_gpu(out_shape, out2),
+                ))
             }
         }
     }

@@ -11,7 +11,11 @@ fn main() {}
 #[cfg(not(target_arch = "wasm32"))]
 mod cli_denoise;
 #[cfg(not(target_arch = "wasm32"))]
+mod guided_cmd;
+#[cfg(not(target_arch = "wasm32"))]
 mod sample_cmd;
+#[cfg(not(target_arch = "wasm32"))]
+mod sample_research;
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
@@ -29,7 +33,11 @@ mod cli {
         cmd: Cmd,
     }
 
+    // Parsed once per run: the size of the sample arguments does not matter.
+    #[allow(clippy::large_enum_variant)]
     #[derive(Subcommand)]
+    // Parsed once per run; boxing the large `sample` arguments would buy nothing.
+    #[allow(clippy::large_enum_variant)]
     enum Cmd {
         /// Print the GPU adapter, the optional features granted and the limits that matter.
         Info {

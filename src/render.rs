@@ -85,6 +85,83 @@ pub struct RenderParams {
     pub scaled_w: u32,
     pub scaled_h: u32,
     pub background: [u32; 4],
+    /// [`RenderMode`] as a number (0 image, 1 relief).
+    pub mode: u32,
+    pub _pad: [u32; 3],
+}
+
+/// How a tensor element becomes a colour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RenderMode {
+    /// diffusers' `x/2 + 1/2` grey or RGB (see the module doc).
+    #[default]
+    Image,
+    /// Channel 0 as a heightmap in [-1, 1]: shaded relief, i.e. a hypsometric tint (green
+    /// lowlands, tan slopes, white tops) times a hillshade lit from the upper left at 45°,
+    /// with slopes from central differences inside each tile (one-sided at its edges).
+    Relief,
+}
+
+/// Vertical exaggeration of the relief: height units per tile height (a heightmap's
+/// [-1, 1] spans a quarter of its own height in pixels).
+pub const RELIEF_Z_PER_TILE: f32 = 0.25;
+
+/// (t, r, g, b) stops of the relief's elevation tint, t = (h + 1)/2; shared with the shader.
+pub const RELIEF_TINT: [[f32; 4]; 5] = [
+    [0.0, 0.16, 0.40, 0.20],
+    [0.35, 0.45, 0.62, 0.30],
+    [0.6, 0.76, 0.68, 0.45],
+    [0.8, 0.58, 0.46, 0.34],
+    [1.0, 0.96, 0.96, 0.96],
+];
+
+fn relief_tint(t: f32) -> [f32; 3] {
+    let t = t.clamp(0.0, 1.0);
+    for k in 1..RELIEF_TINT.len() {
+        let (a, b) = (RELIEF_TINT[k - 1], RELIEF_TINT[k]);
+        if t <= b[0] || k == RELIEF_TINT.len() - 1 {
+            let f = ((t - a[0]) / (b[0] - a[0])).clamp(0.0, 1.0);
+            return [
+                a[1] + (b[1] - a[1]) * f,
+                a[2] + (b[2] - a[2]) * f,
+                a[3] + (b[3] - a[3]) * f,
+            ];
+        }
+    }
+    [1.0; 3]
+}
+
+/// Shaded-relief colour bytes of the heightmap `d` (one (H, W) plane at `plane_base`) at
+/// (x, y): the CPU twin of `relief` in `render.wgsl` (the GPU may differ by one in a byte:
+/// its `normalize` and `sqrt` are not correctly rounded).
+pub fn relief_rgb(d: &[f32], plane_base: usize, h: u32, w: u32, x: u32, y: u32) -> [u8; 3] {
+    let at = |xx: u32, yy: u32| {
+        let v = d[plane_base + (yy * w + xx) as usize];
+        if v.is_nan() {
+            0.0
+        } else {
+            v
+        }
+    };
+    let (x0, x1) = (x.saturating_sub(1), (x + 1).min(w - 1));
+    let (y0, y1) = (y.saturating_sub(1), (y + 1).min(h - 1));
+    let z = RELIEF_Z_PER_TILE * h as f32;
+    let dx = if x1 > x0 {
+        (at(x1, y) - at(x0, y)) / (x1 - x0) as f32 * z
+    } else {
+        0.0
+    };
+    let dy = if y1 > y0 {
+        (at(x, y1) - at(x, y0)) / (y1 - y0) as f32 * z
+    } else {
+        0.0
+    };
+    // Normal (−dx, −dy, 1)/|…| against the light (−1, −1, √2)/2 (upper left, 45° up).
+    let len = (dx * dx + dy * dy + 1.0).sqrt();
+    let shade = ((dx + dy + std::f32::consts::SQRT_2) * 0.5 / len).max(0.0);
+    let tint = relief_tint(at(x, y) * 0.5 + 0.5);
+    let light = 0.35 + 0.65 * shade;
+    tint.map(|c| ((c * light).clamp(0.0, 1.0) * 255.0).round_ties_even() as u8)
 }
 
 /// Columns and rows of the near-square grid for `n` tiles.
@@ -154,6 +231,17 @@ impl Layout {
         panels: usize,
         target: (u32, u32),
     ) -> Result<RenderParams> {
+        self.params_mode(shape, panels, target, RenderMode::Image)
+    }
+
+    /// [`Layout::params`] in a [`RenderMode`].
+    pub fn params_mode(
+        &self,
+        shape: &[usize],
+        panels: usize,
+        target: (u32, u32),
+        mode: RenderMode,
+    ) -> Result<RenderParams> {
         if !(1..=2).contains(&panels) {
             return Err(Error::invalid(
                 "render",
@@ -199,6 +287,11 @@ impl Layout {
             scaled_w: sw as u32,
             scaled_h: sh as u32,
             background: self.background.map(u32::from),
+            mode: match mode {
+                RenderMode::Image => 0,
+                RenderMode::Relief => 1,
+            },
+            _pad: [0; 3],
         })
     }
 }
@@ -212,7 +305,18 @@ pub fn render_cpu(
     layout: &Layout,
     target: (u32, u32),
 ) -> Result<Vec<u8>> {
-    let p = layout.params(shape, panels.len(), target)?;
+    render_cpu_mode(panels, shape, layout, target, RenderMode::Image)
+}
+
+/// [`render_cpu`] in a [`RenderMode`].
+pub fn render_cpu_mode(
+    panels: &[&[f32]],
+    shape: &[usize],
+    layout: &Layout,
+    target: (u32, u32),
+    mode: RenderMode,
+) -> Result<Vec<u8>> {
+    let p = layout.params_mode(shape, panels.len(), target, mode)?;
     let numel = shape.iter().product::<usize>();
     if let Some(bad) = panels.iter().find(|d| d.len() != numel) {
         return Err(Error::invalid(
@@ -259,6 +363,10 @@ fn pixel_cpu(p: &RenderParams, panels: &[&[f32]], px: u32, py: u32) -> Option<[u
     let plane = (p.h * p.w) as usize;
     let base = item as usize * p.c as usize * plane + (sy * p.w + sx) as usize;
     let d = panels[panel];
+    if p.mode == 1 {
+        let [r, g, b] = relief_rgb(d, item as usize * p.c as usize * plane, p.h, p.w, sx, sy);
+        return Some([r, g, b, 255]);
+    }
     Some(if p.c >= 3 {
         [
             to_u8(d[base]),
@@ -375,6 +483,29 @@ impl Renderer {
         panels: &[&Tensor],
         layout: &Layout,
     ) -> Result<()> {
+        self.draw_mode(
+            ctx,
+            encoder,
+            target,
+            target_size,
+            panels,
+            layout,
+            RenderMode::Image,
+        )
+    }
+
+    /// [`Renderer::draw`] in a [`RenderMode`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn draw_mode(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        target: &wgpu::TextureView,
+        target_size: (u32, u32),
+        panels: &[&Tensor],
+        layout: &Layout,
+        mode: RenderMode,
+    ) -> Result<()> {
         let bg = layout.background.map(|b| f64::from(b) / 255.0);
         let clear = if self.format.is_srgb() {
             // The clear colour is linear on sRGB targets.
@@ -401,7 +532,7 @@ impl Renderer {
         };
         let bind_group = match panels {
             [] => None,
-            _ => Some(self.bind(ctx, target_size, panels, layout)?),
+            _ => Some(self.bind(ctx, target_size, panels, layout, mode)?),
         };
         let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
             label: Some("render"),
@@ -433,6 +564,7 @@ impl Renderer {
         target_size: (u32, u32),
         panels: &[&Tensor],
         layout: &Layout,
+        mode: RenderMode,
     ) -> Result<wgpu::BindGroup> {
         let shape = panels[0].shape();
         let mut buffers = Vec::with_capacity(2);
@@ -454,7 +586,7 @@ impl Renderer {
             ctx.check_binding("render", &format!("panel {i}"), t.byte_len())?;
             buffers.push(buffer.buffer());
         }
-        let params = layout.params(shape, panels.len(), target_size)?;
+        let params = layout.params_mode(shape, panels.len(), target_size, mode)?;
         use wgpu::util::DeviceExt;
         let uniform = ctx
             .device
@@ -487,6 +619,43 @@ impl Renderer {
             ],
         }))
     }
+}
+
+/// Draws `t` (a GPU tensor) at its natural size (one pixel per source pixel, the layout's
+/// grid) into an offscreen `Rgba8Unorm` texture in `mode` and reads the RGBA bytes back:
+/// what `webdiffusion sample --out x.png` writes for a rendered (not raw) output.
+pub async fn render_offscreen(
+    ctx: &GpuContext,
+    t: &Tensor,
+    layout: &Layout,
+    mode: RenderMode,
+) -> Result<(u32, u32, Vec<u8>)> {
+    let (w, h) = layout.natural_size(t.shape(), 1)?;
+    let renderer = Renderer::new(ctx, wgpu::TextureFormat::Rgba8Unorm)?;
+    let texture = ctx.device.create_texture(&wgpu::TextureDescriptor {
+        label: Some("offscreen render"),
+        size: wgpu::Extent3d {
+            width: w,
+            height: h,
+            depth_or_array_layers: 1,
+        },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format: wgpu::TextureFormat::Rgba8Unorm,
+        usage: wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::COPY_SRC,
+        view_formats: &[],
+    });
+    let view = texture.create_view(&Default::default());
+    let mut encoder = ctx
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("offscreen render"),
+        });
+    renderer.draw_mode(ctx, &mut encoder, &view, (w, h), &[t], layout, mode)?;
+    ctx.queue.submit([encoder.finish()]);
+    ctx.take_error("rendering offscreen")?;
+    Ok((w, h, read_rgba(ctx, &texture).await?))
 }
 
 /// Read an 8-bit RGBA or BGRA texture back as RGBA bytes, row-major (tests and window

@@ -14,13 +14,18 @@ use webdiffusion::platform::block_on;
 use webdiffusion::preview::{self, PreviewOptions};
 use webdiffusion::sampling::solvers::{
     initial_noise, sample, sample_adaptive, scale_initial_noise, schedule_class_for,
-    solver_from_name, AdaptiveOptions, AdaptiveOrder, Control, Denoiser, Noise, SolverOptions,
-    StepInfo, ALIASES, SOLVERS,
+    solver_from_name, AdaptiveOptions, AdaptiveOrder, Control, Denoiser, MomentChannels, Noise,
+    Solver, SolverOptions, StepInfo, ALIASES, SOLVERS,
 };
-use webdiffusion::sampling::{FiniteWatch, Guided, Schedule, SchedulerConfig};
+use webdiffusion::sampling::{
+    FiniteWatch, Guided, PredictionType, Schedule, SchedulerClass, SchedulerConfig,
+};
 use webdiffusion::{bundled, npy, Exec, Tensor};
 
 use crate::cli_denoise::{make_exec, read_float_npy, BackendArg};
+use crate::sample_research::{
+    self as research, research_name, GammaSetup, RESEARCH, RESEARCH_ALIASES,
+};
 
 #[derive(Args, Debug, Clone)]
 #[command(after_help = "Examples:
@@ -30,11 +35,17 @@ use crate::cli_denoise::{make_exec, read_float_npy, BackendArg};
   webdiffusion sample --model path/to/unet --solver ddim --eta 1 --out x.png
   webdiffusion sample --model sd/unet --encoder-hidden-states cond.npy \\
       --uncond-encoder-hidden-states uncond.npy --guidance 7.5 --out latents.npy
+  webdiffusion sample --solver analytic_dpm --steps 10 --guidance 1 --out a.png
+  webdiffusion sample --model gmm:mixture.json --solver gms --steps 10 --batch 500 --out g.npy
 
 `webdiffusion solvers` lists the solver names.")]
 pub struct SampleArgs {
     /// A diffusers model folder (config.json + *.safetensors; UNet2DModel or
-    /// UNet2DConditionModel). Default: the bundled MNIST digit model (32×32, classes 0–9).
+    /// UNet2DConditionModel), or `gmm:FILE.json`: the exact denoiser of a Gaussian mixture
+    /// ({"weights": [...], "means": [...], "variances": [...], "shape": [C, H, W]}; see
+    /// docs/research-solvers.md), which every solver, GMS included, can sample. A UNet with
+    /// out_channels = 3 × in_channels is a moment model (ε, E[ε²], E[ε³] on the channels).
+    /// Default: the bundled MNIST digit model (32×32, classes 0–9).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// The scheduler config (diffusers scheduler_config.json). Default: the one in the model
@@ -49,6 +60,14 @@ pub struct SampleArgs {
     /// Number of sampling steps.
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
+    /// Data samples (K, C, H, W) in the model's range, .npy or .safetensors, over which
+    /// analytic_dpm / analytic_ddim estimate Γ_t by Monte Carlo. Default: the held-out digits
+    /// for the bundled model, draws of the mixture for a gmm model.
+    #[arg(long)]
+    pub moment_data: Option<PathBuf>,
+    /// How many data samples the Γ estimate averages over (once per run, before sampling).
+    #[arg(long, default_value_t = 100)]
+    pub moment_samples: usize,
     /// Relative error tolerance of the adaptive solvers (dpm_adaptive_12, dpm_adaptive_23).
     #[arg(long, default_value_t = 0.05)]
     pub rtol: f64,
@@ -112,6 +131,26 @@ pub struct SampleArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// The scalar condition of a consistency model that has one (the terrain model's
+    /// difficulty, 0 to 1): one value for the batch or one per sample, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub difficulty: Vec<f32>,
+    /// σ points of a consistency model (GuidedUNetModel), decreasing, comma separated: one
+    /// (default σ_max = 80) is one-step generation; more re-noise and denoise again
+    /// (consistency multistep sampling, e.g. 80,2).
+    #[arg(long, value_delimiter = ',')]
+    pub sigmas: Vec<f64>,
+    /// How a PNG shows a consistency model's sample: `relief` (shaded relief: hillshade
+    /// and elevation tint, the terrain model's default) or `image` (grey).
+    #[arg(long, value_enum)]
+    pub render: Option<RenderArg>,
+}
+
+/// `--render`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenderArg {
+    Image,
+    Relief,
 }
 
 impl SampleArgs {
@@ -132,6 +171,21 @@ struct Prepared {
     scheduler: SchedulerConfig,
     shape: [usize; 4],
     labels: Option<Vec<usize>>,
+    /// The model is conditioned per sample (labels or encoder states): batches of N only.
+    fixed_batch: bool,
+    guided: bool,
+    /// Default data for Γ (bundled digits, mixture draws), when there is one.
+    moment_data: Option<research::MomentData>,
+    /// (b − a)/2 of the data range, when known (Analytic-DPM's variance clip).
+    data_half_range: Option<f64>,
+}
+
+/// The schedule class a solver name loads the scheduler config as.
+fn class_for(name: &str) -> Option<SchedulerClass> {
+    if research_name(name).is_some() {
+        return Some(SchedulerClass::Ddpm);
+    }
+    schedule_class_for(name)
 }
 
 fn load_unet(
@@ -157,7 +211,7 @@ fn load_unet(
             let config = ModelConfig::from_file(dir.join("config.json"))?;
             let unet = UNet::load_dir(exec, dir)
                 .with_context(|| format!("loading the model in {}", dir.display()))?;
-            let class = schedule_class_for(args.solver());
+            let class = class_for(args.solver());
             let sched = [
                 dir.join("scheduler_config.json"),
                 dir.join("../scheduler/scheduler_config.json"),
@@ -193,8 +247,17 @@ fn class_labels(args: &SampleArgs, unet: &UNet) -> Result<Option<Vec<usize>>> {
                     drawable - 1
                 );
             }
+            // The default cycle skips the unconditional label: it is no class to draw.
+            let cycle: Vec<usize> = (0..drawable)
+                .filter(|&l| Some(l) != args.uncond_class_label)
+                .collect();
+            if cycle.is_empty() {
+                bail!("the model's only class label is the unconditional one (--uncond-class-label); give --class-labels");
+            }
             Ok(Some(match (args.class_labels.len(), args.batch) {
-                (0, b) => (0..b.unwrap_or(1)).map(|i| i % drawable).collect(),
+                (0, b) => (0..b.unwrap_or(1))
+                    .map(|i| cycle[i % cycle.len()])
+                    .collect(),
                 (1, Some(b)) => vec![args.class_labels[0]; b],
                 (k, Some(b)) if k != b => {
                     bail!("{k} class labels for a batch of {b}: give one label, or one per sample")
@@ -205,9 +268,54 @@ fn class_labels(args: &SampleArgs, unet: &UNet) -> Result<Option<Vec<usize>>> {
     }
 }
 
-fn prepare(exec: &mut Exec, args: &SampleArgs) -> Result<Prepared> {
+/// `--model gmm:FILE.json`: the exact mixture denoiser, unconditioned.
+fn prepare_gmm(file: &Path, args: &SampleArgs, seed: u64) -> Result<Prepared> {
+    let class = class_for(args.solver());
+    let scheduler = match &args.scheduler_config {
+        Some(p) => SchedulerConfig::from_file(p, class)?,
+        // diffusers' defaults for the solver's class (DDPM's linear β for the research ones).
+        None => SchedulerConfig::new(class.unwrap_or(SchedulerClass::Ddpm)),
+    };
+    if !args.class_labels.is_empty()
+        || args.encoder_hidden_states.is_some()
+        || args.uncond_encoder_hidden_states.is_some()
+        || args.guidance() != 1.0
+        || args.guidance_rescale != 0.0
+    {
+        bail!("--model gmm: is an unconditional model: class labels, encoder hidden states and guidance do not apply");
+    }
+    let (model, sample_shape) = research::gmm_model(file, &scheduler)?;
+    let batch = args.batch.unwrap_or(1);
+    if batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let shape = [batch, sample_shape[0], sample_shape[1], sample_shape[2]];
+    let k = args.moment_samples;
+    let draws = model.mixture.sample(k, seed ^ 0x9e37_79b9_7f4a_7c15);
+    let moment_data = research::MomentData {
+        data: Tensor::from_vec(&[k, shape[1], shape[2], shape[3]], draws)?,
+        labels: None,
+        source: format!("{k} draws of the mixture"),
+    };
+    Ok(Prepared {
+        name: format!("Gaussian mixture {}", file.display()),
+        denoiser: Box::new(model),
+        scheduler,
+        shape,
+        labels: None,
+        fixed_batch: false,
+        guided: false,
+        moment_data: Some(moment_data),
+        data_half_range: None,
+    })
+}
+
+fn prepare(exec: &mut Exec, args: &SampleArgs, seed: u64) -> Result<Prepared> {
+    if let Some(file) = args.model.as_deref().and_then(research::gmm_path) {
+        return prepare_gmm(file, args, seed);
+    }
     let (name, config, mut unet, folder_sched) = load_unet(exec, args)?;
-    let class = schedule_class_for(args.solver());
+    let class = class_for(args.solver());
     let scheduler = match (&args.scheduler_config, folder_sched) {
         (Some(p), _) => SchedulerConfig::from_file(p, class)?,
         (None, Some(s)) => s,
@@ -251,6 +359,15 @@ fn prepare(exec: &mut Exec, args: &SampleArgs) -> Result<Prepared> {
         )
     })?;
     let shape = [batch, arch.in_channels, h, w];
+    // A moment model (GMS's noise networks): ε, E[ε²], E[ε³] stacked on the channels.
+    let moments = arch.out_channels == 3 * arch.in_channels;
+    if moments && scheduler.prediction_type != PredictionType::Epsilon {
+        bail!(
+            "{name}: out_channels = 3 × in_channels makes this a moment model (ε, E[ε²],              E[ε³]), which predicts ε, but its scheduler config says prediction_type {};              set it to epsilon",
+            scheduler.prediction_type.name()
+        );
+    }
+    let fixed_batch = labels.is_some() || ehs.is_some();
 
     let guided = args.guidance() != 1.0 || args.guidance_rescale != 0.0;
     let denoiser: Box<dyn Denoiser> = if guided {
@@ -277,24 +394,39 @@ fn prepare(exec: &mut Exec, args: &SampleArgs) -> Result<Prepared> {
             class_labels: uncond_labels.as_deref(),
             encoder_hidden_states: uncond_ehs.as_ref(),
         };
-        Box::new(
-            Guided::for_unet(exec, unet, cond, uncond, args.guidance())?
-                .with_rescale(args.guidance_rescale)?,
-        )
+        let g = Guided::for_unet(exec, unet, cond, uncond, args.guidance())?;
+        if moments {
+            // Guide the ε block only: the conditioned UNet inside the moment split.
+            let unet = g.into_inner();
+            let m = MomentChannels::new(unet, arch.in_channels)?;
+            Box::new(Guided::new(m, args.guidance())?.with_rescale(args.guidance_rescale)?)
+        } else {
+            Box::new(g.with_rescale(args.guidance_rescale)?)
+        }
     } else {
         if uncond_ehs.is_some() {
             bail!("--uncond-encoder-hidden-states is only used with --guidance W (W ≠ 1)");
         }
         unet.set_class_labels(labels.clone());
         unet.set_encoder_hidden_states(exec, ehs.as_ref())?;
-        Box::new(unet)
+        if moments {
+            Box::new(MomentChannels::new(unet, arch.in_channels)?)
+        } else {
+            Box::new(unet)
+        }
     };
+    let bundled_model = args.model.is_none();
     Ok(Prepared {
         name,
         denoiser,
         scheduler,
         shape,
         labels,
+        fixed_batch,
+        guided,
+        moment_data: None,
+        // Image models work in [-1, 1]; only the bundled one is known to.
+        data_half_range: bundled_model.then_some(1.0),
     })
 }
 
@@ -431,6 +563,106 @@ fn run_adaptive(
     })
 }
 
+/// The solver by name; the research ones get their Γ table or moment check here.
+fn make_solver(
+    exec: &mut Exec,
+    args: &SampleArgs,
+    seed: u64,
+    p: &mut Prepared,
+) -> Result<Box<dyn Solver>> {
+    check_sigma_options(&p.scheduler, args.solver())?;
+    let research = research_name(args.solver());
+    if args.moment_data.is_some() && !matches!(research, Some("analytic_dpm" | "analytic_ddim")) {
+        bail!("--moment-data is only used by --solver analytic_dpm / analytic_ddim");
+    }
+    match research {
+        Some("gms") => {
+            research::gms_solver(p.denoiser.as_mut(), &p.scheduler, args.steps, p.guided)
+        }
+        Some(name) => {
+            let data = match (&args.moment_data, p.moment_data.take()) {
+                (Some(path), _) => research::read_moment_data(path)?,
+                (None, Some(d)) => d,
+                (None, None) if args.model.is_none() => research::bundled_moment_data()?,
+                (None, None) => bail!(
+                    "--solver {name} estimates Γ from data samples: pass --moment-data FILE \
+                     (.npy or .safetensors, (K, C, H, W) in the model's range)"
+                ),
+            };
+            let setup = GammaSetup {
+                shape: p.shape,
+                labels: p.labels.as_deref(),
+                fixed_batch: p.fixed_batch,
+                samples: args.moment_samples,
+                seed: seed ^ 0x5bd1_e995,
+                data_half_range: p.data_half_range,
+            };
+            research::analytic_solver(
+                name,
+                exec,
+                p.denoiser.as_mut(),
+                &p.scheduler,
+                args.steps,
+                &data,
+                &setup,
+            )
+        }
+        None => Ok(solver_from_name(
+            args.solver(),
+            &p.scheduler,
+            args.steps,
+            SolverOptions { eta: args.eta },
+        )?),
+    }
+}
+
+/// Sigma-schedule switches that only some schedulers take. diffusers' `from_config` drops
+/// a key its class does not take, so a Karras config quietly gives a non-Karras run on
+/// another class; an explicit `true` the chosen solver cannot honour is an error instead.
+const SIGMA_KEYS: &[&str] = &[
+    "use_karras_sigmas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+    "use_lu_lambdas",
+    "use_flow_sigmas",
+];
+
+fn check_sigma_options(sched: &SchedulerConfig, solver: &str) -> Result<()> {
+    for key in SIGMA_KEYS {
+        if sched.other.get(*key) != Some(&serde_json::Value::Bool(true)) {
+            continue;
+        }
+        // The solvers whose scheduler class reads the key (it does not land in `other`).
+        let json = serde_json::json!({ *key: true });
+        let takers: Vec<&str> = SOLVERS
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| {
+                class_for(n)
+                    .and_then(|c| SchedulerConfig::from_json_value(&json, "probe", Some(c)).ok())
+                    .is_some_and(|c| !c.other.contains_key(*key))
+            })
+            .collect();
+        bail!(
+            "{key} = true, but the {solver} solver's scheduler has no such sigma schedule \
+             (diffusers would ignore it silently); set it to false, or use a solver that takes \
+             it: {}",
+            takers.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Every name `--solver` takes, for errors.
+fn all_solver_names() -> Vec<&'static str> {
+    let mut v: Vec<&str> = SOLVERS.iter().map(|(n, _)| *n).collect();
+    v.extend(ADAPTIVE.iter().map(|(n, _)| *n));
+    v.extend(RESEARCH.iter().map(|(n, _)| *n));
+    v.extend(ALIASES.iter().map(|(a, _)| *a));
+    v.extend(RESEARCH_ALIASES.iter().map(|(a, _)| *a));
+    v
+}
+
 /// Everything from loading to the final sample on `exec`; `show` sees every step (the
 /// preview window), after the progress bar and --save-steps.
 fn run_on(
@@ -440,7 +672,7 @@ fn run_on(
     show: &mut dyn FnMut(&mut Exec, &StepInfo<'_>) -> Control,
 ) -> Result<Sampled> {
     let t_load = Instant::now();
-    let mut p = prepare(exec, args)?;
+    let mut p = prepare(exec, args, seed)?;
     if let Some(order) = adaptive_order(args.solver()) {
         eprintln!(
             "model: {} on {}, loaded in {:.2} s",
@@ -450,18 +682,13 @@ fn run_on(
         );
         return run_adaptive(exec, args, seed, p, order);
     }
-    let mut solver = solver_from_name(
-        args.solver(),
-        &p.scheduler,
-        args.steps,
-        SolverOptions { eta: args.eta },
-    )?;
     eprintln!(
         "model: {} on {}, loaded in {:.2} s",
         p.name,
         exec.backend_name(),
         t_load.elapsed().as_secs_f64()
     );
+    let mut solver = make_solver(exec, args, seed, &mut p)?;
     println!(
         "seed {seed}, solver {}, {} steps, batch {}{}{}",
         solver.name(),
@@ -565,6 +792,25 @@ fn run_on(
 }
 
 pub fn run(mut args: SampleArgs) -> Result<()> {
+    if let Some(dir) = args
+        .model
+        .clone()
+        .filter(|d| crate::guided_cmd::is_guided(d))
+    {
+        let seed = args.seed.unwrap_or_else(random_seed);
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| crate::guided_cmd::default_out(seed));
+        crate::guided_cmd::check_out(&out, args.force)?;
+        return crate::guided_cmd::run(&args, &dir, seed, &out);
+    }
+    if !args.difficulty.is_empty() || !args.sigmas.is_empty() || args.render.is_some() {
+        bail!(
+            "--difficulty, --sigmas and --render apply to consistency models (a --model folder \
+             whose config.json is a GuidedUNetModel, e.g. from scripts/setup-terrain.sh)"
+        );
+    }
     let bundled_model = args.model.is_none();
     args.solver.get_or_insert_with(|| {
         if bundled_model {
@@ -579,14 +825,14 @@ pub fn run(mut args: SampleArgs) -> Result<()> {
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let seed = args.seed.unwrap_or_else(|| {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        // Short enough to retype.
-        (t ^ (t >> 29)) % 1_000_000_000
-    });
+    let name = args.solver();
+    if adaptive_order(name).is_none() && class_for(name).is_none() {
+        bail!(
+            "unknown solver \"{name}\"; valid: {} (`webdiffusion solvers` describes them)",
+            all_solver_names().join(", ")
+        );
+    }
+    let seed = args.seed.unwrap_or_else(random_seed);
     let out = args
         .out
         .clone()
@@ -655,6 +901,15 @@ pub fn run(mut args: SampleArgs) -> Result<()> {
     }
 }
 
+fn random_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    // Short enough to retype.
+    (t ^ (t >> 29)) % 1_000_000_000
+}
+
 /// An anyhow error carried through the preview's library `Result`.
 fn to_lib(e: anyhow::Error) -> webdiffusion::Error {
     webdiffusion::Error::InvalidArgument {
@@ -679,8 +934,11 @@ pub fn list_solvers() {
                 "{name:<22} DPM-Solver adaptive step size (Lu et al. 2022, Sec. 4; --rtol, --atol)"
             )?;
         }
+        for (name, what) in RESEARCH {
+            writeln!(out, "{name:<22} {what}")?;
+        }
         writeln!(out, "\naliases:")?;
-        for (alias, name) in ALIASES {
+        for (alias, name) in ALIASES.iter().chain(RESEARCH_ALIASES) {
             writeln!(out, "{alias:<34} → {name}")?;
         }
         Ok(())

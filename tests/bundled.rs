@@ -256,3 +256,31 @@ fn sample_cli_runs_the_adaptive_solver() {
     assert!(dark > 32 * 32 / 2, "{dark} dark pixels of 1024");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn default_labels_skip_the_unconditional_label() {
+    if gpu_exec().is_none() {
+        return;
+    }
+    // The model folder (not the bundled copy) does not say which label is "no class"; given
+    // --uncond-class-label, the default 0, 1, 2, … cycle must not draw it.
+    let dir = tmp("cycle");
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mnist");
+    let o = bin()
+        .args(["sample", "--model", model, "--uncond-class-label", "10"])
+        .args([
+            "--batch", "11", "--steps", "1", "--seed", "2", "--quiet", "--out",
+        ])
+        .arg(dir.join("x.npy"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.ends_with("classes 0,1,2,3,4,5,6,7,8,9,0")),
+        "the cycle skips label 10: {stdout}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

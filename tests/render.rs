@@ -9,7 +9,7 @@ mod common;
 
 use common::{gpu, Rng};
 use webdiffusion::platform::block_on;
-use webdiffusion::render::{self, render_cpu, Layout, Renderer};
+use webdiffusion::render::{self, render_cpu, render_cpu_mode, Layout, RenderMode, Renderer};
 use webdiffusion::{Exec, GpuContext, Tensor};
 
 const FORMATS: [wgpu::TextureFormat; 4] = [
@@ -210,4 +210,114 @@ fn bad_inputs_are_errors() {
     let flat = a.reshape(&[6]).unwrap();
     let err = draw(&ctx, &renderer, (8, 8), &[&flat], &layout).unwrap_err();
     assert!(err.to_string().contains("(N, C, H, W)"), "{err}");
+}
+
+/// Shaded relief, by hand: a flat map at height 0 is the tint at t = 0.5 (0.6 of the way
+/// from the 0.35 stop (0.45, 0.62, 0.30) to the 0.6 stop (0.76, 0.68, 0.45)) times
+/// 0.35 + 0.65·cos 45° (the light is 45° up); a slope facing the light is brighter than one
+/// facing away.
+#[test]
+fn relief_cpu_by_hand() {
+    let layout = Layout {
+        gap: 0,
+        panel_gap: 0,
+        background: [0, 0, 0, 255],
+    };
+    let flat = render_cpu_mode(
+        &[&[0.0; 9]],
+        &[1, 1, 3, 3],
+        &layout,
+        (3, 3),
+        RenderMode::Relief,
+    )
+    .unwrap();
+    let light = 0.35 + 0.65 * std::f64::consts::FRAC_1_SQRT_2;
+    let tint = [0.45 + 0.31 * 0.6, 0.62 + 0.06 * 0.6, 0.30 + 0.15 * 0.6];
+    for px in flat.chunks_exact(4) {
+        for k in 0..3 {
+            let want = tint[k] * light * 255.0;
+            assert!(
+                (px[k] as f64 - want).abs() <= 0.5 + 1e-3,
+                "{px:?} vs {want}"
+            );
+        }
+    }
+    // Rising to the right faces the upper-left light; falling faces away.
+    let up: Vec<f32> = (0..16).map(|i| (i % 4) as f32 * 0.5 - 0.75).collect();
+    let down: Vec<f32> = up.iter().map(|v| -v).collect();
+    let a = render_cpu_mode(&[&up], &[1, 1, 4, 4], &layout, (4, 4), RenderMode::Relief).unwrap();
+    let b = render_cpu_mode(&[&down], &[1, 1, 4, 4], &layout, (4, 4), RenderMode::Relief).unwrap();
+    let sum = |v: &[u8]| v.iter().map(|&x| x as u32).sum::<u32>();
+    assert!(
+        sum(&a) > sum(&b) + 16 * 3 * 20,
+        "{} vs {}",
+        sum(&a),
+        sum(&b)
+    );
+}
+
+#[test]
+fn relief_gpu_matches_cpu() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng::new(11);
+    let layout = Layout {
+        gap: 1,
+        panel_gap: 3,
+        background: [5, 6, 7, 255],
+    };
+    let mut exec = Exec::gpu(ctx.clone());
+    let renderer = Renderer::new(&ctx, wgpu::TextureFormat::Rgba8Unorm).unwrap();
+    // Odd sizes, a 1-pixel-wide map (no x neighbours), C = 2 (channel 0 is the height),
+    // down- and up-scaling.
+    let cases: [(&[usize], (u32, u32)); 3] = [
+        (&[1, 1, 7, 5], (23, 31)),
+        (&[3, 2, 6, 1], (9, 13)),
+        (&[5, 1, 9, 11], (30, 20)),
+    ];
+    for (shape, size) in cases {
+        let n: usize = shape.iter().product();
+        // Smooth-ish maps with NaN and out-of-range values mixed in.
+        let mut host = values(&mut rng, n);
+        host[n / 2] = f32::NAN;
+        let t = exec.tensor(shape, &host).unwrap();
+        let tex = target(&ctx, renderer.format(), size);
+        let view = tex.create_view(&Default::default());
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        renderer
+            .draw_mode(
+                &ctx,
+                &mut enc,
+                &view,
+                size,
+                &[&t],
+                &layout,
+                RenderMode::Relief,
+            )
+            .unwrap();
+        ctx.queue.submit([enc.finish()]);
+        let got = block_on(render::read_rgba(&ctx, &tex)).unwrap();
+        let want = render_cpu_mode(&[&host], shape, &layout, size, RenderMode::Relief).unwrap();
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| g.abs_diff(*w))
+            .max()
+            .unwrap();
+        eprintln!("relief {shape:?} -> {size:?}: max |gpu - cpu| = {worst}");
+        assert!(worst <= 1, "relief {shape:?}: max byte difference {worst}");
+    }
+    // The offscreen helper the CLI writes PNGs with draws the same picture at natural size.
+    let host = values(&mut rng, 2 * 5 * 6);
+    let t = exec.tensor(&[2, 1, 5, 6], &host).unwrap();
+    let (w, h, got) = block_on(render::render_offscreen(
+        &ctx,
+        &t,
+        &layout,
+        RenderMode::Relief,
+    ))
+    .unwrap();
+    assert_eq!((w, h), (13, 5));
+    let want =
+        render_cpu_mode(&[&host], &[2, 1, 5, 6], &layout, (w, h), RenderMode::Relief).unwrap();
+    assert!(got.iter().zip(&want).all(|(g, w)| g.abs_diff(*w) <= 1));
 }

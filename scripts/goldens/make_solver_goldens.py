@@ -346,6 +346,31 @@ CASES += [
     ("unipc_bh2_threshold_sample", "unipc", UNIPC,
      dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.0,
           prediction_type="sample"), 10, 0.0, TSHAPE),
+    # DPM-Solver singlestep (x0 form; diffusers' noise-prediction form indexes alpha_t by a
+    # timestep step() never passes, so it cannot threshold) and DEIS (x0 thresholded, then
+    # epsilon = (x - alpha_t * x0) / sigma_t).
+    ("dpms_2s_threshold", "dpm_singlestep", DPMS,
+     dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.0), 10, 0.0,
+     TSHAPE),
+    ("dpms_3s_threshold_v", "dpm_singlestep", DPMS,
+     dict(thresholding=True, dynamic_thresholding_ratio=0.95, sample_max_value=1.5,
+          solver_order=3, prediction_type="v_prediction"), 9, 0.0, TSHAPE),
+    ("deis_2_threshold", "deis", DEIS,
+     dict(thresholding=True, dynamic_thresholding_ratio=0.95, sample_max_value=1.5), 10, 0.0,
+     TSHAPE),
+    ("deis_1_threshold_sample", "deis", DEIS,
+     dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.0,
+          solver_order=1, prediction_type="sample"), 8, 0.0, TSHAPE),
+    # The classes that have only clip_sample (Heun, DDIMInverse), LCM (both), and the
+    # consistency sampler's clip_denoised (its default).
+    ("heun_clip", "heun", HeunDiscreteScheduler, dict(clip_sample=True, clip_sample_range=1.2),
+     8, 0.0),
+    ("ddim_inv_clip", "ddim_inverse", DDIMInverseScheduler, dict(clip_sample=True), 10, 0.0),
+    ("lcm_clip_4", "lcm", LCMScheduler, dict(clip_sample=True), 4, 0.0),
+    ("lcm_threshold_6", "lcm", LCMScheduler,
+     dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.5), 6, 0.0,
+     TSHAPE),
+    ("cm_40_4_clip", "consistency", CM, dict(), 4, 0.0),
 ]
 
 
@@ -370,10 +395,17 @@ def multistep_x0(sched, k, sample, output):
         x0 = alpha * x - sigma * o
     else:
         x0 = o
+    if sched.config.thresholding:
+        # epsilon-form solvers (DEIS) threshold x0 inside convert_model_output and keep
+        # only epsilon; the x0 they step with is diffusers' own threshold of this x0.
+        return sched._threshold_sample(x0.float())
     return x0.float()
 
 
 def run(name, solver, cls, overrides, steps, eta, extra=({}, {}), shape=SHAPE):
+    # The thresholding cases give their shape as the seventh item.
+    if all(isinstance(v, int) for v in extra):
+        extra, shape = ({}, {}), tuple(extra)
     step_kw, extra_config = extra
     sched = cls(**overrides)
     sched.set_timesteps(steps)
@@ -413,6 +445,8 @@ def run(name, solver, cls, overrides, steps, eta, extra=({}, {}), shape=SHAPE):
             c_skip = sd**2 / ((s - e) ** 2 + sd**2)
             c_out = (s - e) * sd / math.sqrt(s * s + sd**2)
             x0 = (c_out * out.double() + c_skip * latents_in.double()).float()
+            if sched.config.clip_denoised:
+                x0 = x0.clamp(-1, 1)
         if x0 is None and solver in ("pndm", "plms"):
             x0 = alpha_x0(sched, t, inp, out)
         if x0 is None:

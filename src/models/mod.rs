@@ -1,10 +1,12 @@
 //! UNet variants wired from diffusers `config.json` (the configs live in [`config`]).
 
 pub mod config;
+pub mod guided;
 pub mod info;
 pub mod unet2d;
 pub mod unet2d_condition;
 
 pub use config::ModelConfig;
+pub use guided::{GuidedConfig, GuidedUNet};
 pub use unet2d::{Conditioning, UNet, UNet2DModel};
 pub use unet2d_condition::UNet2DConditionModel;

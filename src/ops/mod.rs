@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Recorder};
 
 pub mod attention;
+pub mod cfg_update;
 pub mod chunk;
 pub mod concat;
 pub mod conv2d;
@@ -32,6 +33,7 @@ pub mod timestep;
 pub mod transpose;
 
 pub use attention::{Attention, QkvLayout};
+pub use cfg_update::{CfgUpdate, PairOp};
 pub use concat::Concat;
 pub use conv2d::Conv2d;
 pub use conv_transpose2d::ConvTranspose2d;
@@ -95,6 +97,10 @@ pub fn param_layouts() -> Vec<(&'static str, usize)> {
         (
             conv_transpose2d::SHADER,
             std::mem::size_of::<conv_transpose2d::ConvTranspose2dParams>(),
+        ),
+        (
+            cfg_update::SHADER,
+            std::mem::size_of::<cfg_update::CfgUpdateParams>(),
         ),
         (
             solver_update::SHADER,

@@ -210,6 +210,112 @@ impl GaussianMixture {
     }
 }
 
+/// A mixture read from JSON (the CLI's `--model gmm:FILE.json`), with the shape one sample
+/// takes as a tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MixtureFile {
+    pub mixture: GaussianMixture,
+    /// (C, H, W) of one sample; C·H·W = the mixture's dimension.
+    pub sample_shape: Vec<usize>,
+}
+
+impl MixtureFile {
+    /// Parses `{"weights": [π…], "means": [μ_k…], "variances": [s²_k…], "shape": [C, H, W]}`.
+    /// Each mean and variance is a list of D numbers or one number for every dimension
+    /// (then `shape` fixes D); `shape` defaults to (D, 1, 1). `file` names the source in
+    /// errors.
+    pub fn from_json_str(text: &str, file: &str) -> Result<Self> {
+        const OPF: &str = "gmm model file";
+        let bad = |what: String| Error::invalid(OPF, format!("{file}: {what}"));
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| bad("expected a JSON object with weights, means, variances".into()))?;
+        const KEYS: &[&str] = &["weights", "means", "variances", "shape"];
+        if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
+            return Err(bad(format!(
+                "unknown key \"{k}\"; valid: {}",
+                KEYS.join(", ")
+            )));
+        }
+        let num = |x: &serde_json::Value, what: &str| -> Result<f64> {
+            x.as_f64()
+                .ok_or_else(|| bad(format!("{what} must be a number, got {x}")))
+        };
+        let list = |key: &str| -> Result<&Vec<serde_json::Value>> {
+            obj.get(key)
+                .ok_or_else(|| bad(format!("missing \"{key}\"")))?
+                .as_array()
+                .ok_or_else(|| bad(format!("\"{key}\" must be a list")))
+        };
+        let weights = list("weights")?
+            .iter()
+            .map(|w| num(w, "a weight"))
+            .collect::<Result<Vec<f64>>>()?;
+        let shape: Option<Vec<usize>> = match obj.get("shape") {
+            None => None,
+            Some(s) => {
+                let dims = s
+                    .as_array()
+                    .filter(|a| a.len() == 3)
+                    .and_then(|a| {
+                        a.iter()
+                            .map(|d| d.as_u64().map(|d| d as usize))
+                            .collect::<Option<Vec<_>>>()
+                    })
+                    .filter(|d| d.iter().all(|&d| d > 0 && d <= 1 << 16))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "\"shape\" must be [C, H, W] with positive integers, got {s}"
+                        ))
+                    })?;
+                Some(dims)
+            }
+        };
+        // D from the first list-valued mean or variance, else from the shape.
+        let listed = list("means")?
+            .iter()
+            .chain(list("variances")?.iter())
+            .find_map(|e| e.as_array().map(|a| a.len()));
+        let dim = match (listed, &shape) {
+            (Some(d), Some(s)) if d != s.iter().product::<usize>() => {
+                return Err(bad(format!(
+                    "the means/variances have {d} values but shape {s:?} holds {}",
+                    s.iter().product::<usize>()
+                )))
+            }
+            (Some(d), _) => d,
+            (None, Some(s)) => s.iter().product(),
+            (None, None) => {
+                return Err(bad(
+                    "every mean and variance is a single number: give \"shape\": [C, H, W]".into(),
+                ))
+            }
+        };
+        let vectors = |key: &str| -> Result<Vec<Vec<f64>>> {
+            list(key)?
+                .iter()
+                .enumerate()
+                .map(|(k, e)| match e.as_array() {
+                    Some(a) if a.len() == dim => a.iter().map(|x| num(x, key)).collect(),
+                    Some(a) => Err(bad(format!(
+                        "{key}[{k}] has {} values, expected {dim}",
+                        a.len()
+                    ))),
+                    None => Ok(vec![num(e, key)?; dim]),
+                })
+                .collect()
+        };
+        let mixture = GaussianMixture::new(weights, vectors("means")?, vectors("variances")?)
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Self {
+            mixture,
+            sample_shape: shape.unwrap_or(vec![dim, 1, 1]),
+        })
+    }
+}
+
 /// (α, σ) of a model time through the training ᾱ table, linear in t between integers.
 pub fn alpha_sigma_at(alphas_cumprod: &[f32], t: f64) -> Result<(f64, f64)> {
     let last = alphas_cumprod.len().saturating_sub(1) as f64;

@@ -9,7 +9,7 @@
 use super::solvers::StepInfo;
 use crate::error::{Error, Result};
 use crate::exec::Exec;
-use crate::ops::SampleStd;
+use crate::ops::{SampleStd, SolverUpdate};
 use crate::tensor::Tensor;
 
 /// See the module docs.
@@ -30,7 +30,10 @@ impl FiniteWatch {
         let n = x.shape().first().copied().unwrap_or(0);
         // The statistic needs two elements per sample; a 1-element sample is checked as is.
         let stat = if n > 0 && x.numel() / n >= 2 {
-            exec.run(&SampleStd, &[x])?
+            // Scaled by 2⁻⁸⁰ (exact) so the squares of large but finite values cannot
+            // overflow: the statistic is non-finite only when x is.
+            let scaled = exec.run(&SolverUpdate::linear(&[2f64.powi(-80)]), &[x])?;
+            exec.run(&SampleStd, &[&scaled])?
         } else {
             x.clone()
         };

@@ -36,6 +36,10 @@ pub struct Guided<D> {
     pub scale: f64,
     /// φ (diffusers' `guidance_rescale`), in [0, 1]; 0 disables the rescale.
     pub rescale: f64,
+    /// Offer solvers the (uncond, cond) pair so they fold the combination into their
+    /// update (default; see [`Denoiser::denoise_guided_pair`]). False forces the separate
+    /// combine (the reference the fused path is tested against).
+    pub fused: bool,
 }
 
 impl<D: Denoiser> Guided<D> {
@@ -46,6 +50,7 @@ impl<D: Denoiser> Guided<D> {
             inner,
             scale,
             rescale: 0.0,
+            fused: true,
         })
     }
 
@@ -146,8 +151,9 @@ impl Guided<UNet> {
     }
 }
 
-impl<D: Denoiser> Denoiser for Guided<D> {
-    fn denoise(&mut self, exec: &mut Exec, x: &Tensor, timestep: f64) -> Result<Tensor> {
+impl<D: Denoiser> Guided<D> {
+    /// The inner model on `cat([x, x])`: `cat([ε_u, ε_c])`.
+    fn pair(&mut self, exec: &mut Exec, x: &Tensor, timestep: f64) -> Result<Tensor> {
         let n = x.shape().first().copied().unwrap_or(0);
         let xx = exec.run(&Concat::new(0), &[x, x])?;
         let out = self.inner.denoise(exec, &xx, timestep)?;
@@ -159,7 +165,26 @@ impl<D: Denoiser> Denoiser for Guided<D> {
                 out.shape(),
             ));
         }
+        Ok(out)
+    }
+}
+
+impl<D: Denoiser> Denoiser for Guided<D> {
+    fn denoise(&mut self, exec: &mut Exec, x: &Tensor, timestep: f64) -> Result<Tensor> {
+        let out = self.pair(exec, x, timestep)?;
         guidance_combine(exec, &out, self.scale, self.rescale)
+    }
+
+    fn denoise_guided_pair(
+        &mut self,
+        exec: &mut Exec,
+        x: &Tensor,
+        timestep: f64,
+    ) -> Result<Option<(Tensor, f64)>> {
+        if !self.fused || self.rescale != 0.0 {
+            return Ok(None);
+        }
+        Ok(Some((self.pair(exec, x, timestep)?, self.scale)))
     }
 }
 

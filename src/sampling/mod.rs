@@ -70,6 +70,7 @@
 pub mod analytic;
 pub mod config;
 pub mod continuous;
+pub mod edm;
 pub mod finite;
 pub mod guidance;
 pub mod mirror;

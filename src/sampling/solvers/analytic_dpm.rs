@@ -25,7 +25,7 @@
 //! the mean x̂₀ with no noise.
 
 use super::{
-    as_class, check_step, reject_x0_processing, Denoiser, Solver, StepContext, StepOutput,
+    as_class, check_step, x0_processing, Denoiser, Solver, StepContext, StepOutput, X0Processing,
 };
 use crate::error::{Error, Result};
 use crate::exec::Exec;
@@ -53,6 +53,8 @@ pub struct AnalyticDpm {
     gamma: Vec<f64>,
     /// (b − a)/2 of the data range, when the data is known to be bounded.
     data_half_range: Option<f64>,
+    /// `clip_sample` / `thresholding` of x̂₀ (off unless the config asks for it).
+    processing: X0Processing,
 }
 
 /// One step: prev = c_x·x + c_o·output + std·z; x̂₀ = x0.0·x + x0.1·output.
@@ -62,6 +64,11 @@ pub struct AnalyticCoefficients {
     pub c_o: f64,
     pub std: f64,
     pub x0: (f64, f64),
+    /// The parts of μ when x̂₀ is processed: μ = sp·x̂₀ + dir·ε̂, ε̂ = eps.0·x + eps.1·output
+    /// (ε̂ from the model, unclipped, as diffusers' DDIM keeps it).
+    pub sp: f64,
+    pub dir: f64,
+    pub eps: (f64, f64),
 }
 
 /// The DDPM-class timesteps and ᾱ table the DDPM-type research solvers step over.
@@ -71,8 +78,6 @@ pub(crate) fn ddpm_grid(
     op: &'static str,
 ) -> Result<(Vec<f64>, Vec<f32>, PredictionType)> {
     let cfg = as_class(config, SchedulerClass::Ddpm);
-    // These solvers have no x̂₀ clipping: refuse it only when asked for explicitly.
-    reject_x0_processing(&cfg, op, false)?;
     if cfg.prediction_type == PredictionType::FlowPrediction {
         return Err(Error::invalid(
             op,
@@ -94,6 +99,7 @@ impl AnalyticDpm {
         data_half_range: Option<f64>,
     ) -> Result<Self> {
         let (timesteps, alphas_cumprod, prediction) = ddpm_grid(config, steps, OP)?;
+        let processing = x0_processing(&as_class(config, SchedulerClass::Ddpm), OP, Some(false))?;
         if gamma.len() != timesteps.len() {
             return Err(Error::invalid(
                 OP,
@@ -114,6 +120,7 @@ impl AnalyticDpm {
             variant,
             gamma,
             data_half_range,
+            processing,
         })
     }
 
@@ -163,6 +170,9 @@ impl AnalyticDpm {
             c_o: sp * x0.1 + dir * eps.1,
             std,
             x0,
+            sp,
+            dir,
+            eps,
         }
     }
 }
@@ -194,6 +204,17 @@ impl Solver for AnalyticDpm {
         let out = model.denoise(ctx.exec, x, self.timesteps[i])?;
         let c = self.coefficients(i);
         let x0 = ctx.combine(&[c.x0.0, c.x0.1], &[x, &out])?;
+        if self.processing != X0Processing::None {
+            let x0 = ctx.process_x0(self.processing, x0)?;
+            let coefs = [c.sp, c.dir * c.eps.0, c.dir * c.eps.1];
+            let inputs = [&x0, x, &out];
+            let prev_sample = if c.std > 0.0 {
+                ctx.combine_noisy(&coefs, &inputs, c.std, 0)?
+            } else {
+                ctx.combine(&coefs, &inputs)?
+            };
+            return Ok(StepOutput { prev_sample, x0 });
+        }
         let prev_sample = if c.std > 0.0 {
             ctx.combine_noisy(&[c.c_x, c.c_o], &[x, &out], c.std, 0)?
         } else {

@@ -12,10 +12,12 @@
 //! keep given-noise sequences aligned). Sigmas: the Karras ramp (eq. 5, ρ from the config)
 //! at the training indices i·⌊N/n⌋, N = `num_train_timesteps` (default 40 in diffusers).
 //!
-//! `clip_denoised` (diffusers' default true) clamps to [−1, 1], which the linear update cannot
-//! express: it must be set to false for now.
+//! `clip_denoised` (diffusers' default true) clamps the denoised sample to [−1, 1] (one clamp
+//! dispatch) before it is previewed and re-noised.
 
-use super::{as_class, check_step, opt_bool, Denoiser, Solver, StepContext, StepOutput};
+use super::{
+    as_class, check_step, opt_bool, Denoiser, Solver, StepContext, StepOutput, X0Processing,
+};
 use crate::error::{Error, Result};
 use crate::sampling::{SchedulerClass, SchedulerConfig};
 use crate::tensor::Tensor;
@@ -30,17 +32,15 @@ pub struct ConsistencyMultistep {
     sigma_max: f64,
     sigma_data: f64,
     s_noise: f64,
+    /// `clip_denoised` (default true): the denoised sample is clamped to [−1, 1] before
+    /// it is previewed and re-noised.
+    clip_denoised: bool,
 }
 
 impl ConsistencyMultistep {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
         let cfg = as_class(config, SchedulerClass::EdmEuler);
-        if opt_bool(&cfg, OP, "clip_denoised", true)? {
-            return Err(Error::invalid(
-                OP,
-                "clip_denoised = true is not supported yet (set \"clip_denoised\": false)",
-            ));
-        }
+        let clip_denoised = opt_bool(&cfg, OP, "clip_denoised", true)?;
         let s_noise = match cfg.other.get("s_noise") {
             None | Some(serde_json::Value::Null) => 1.0,
             Some(v) => v
@@ -81,6 +81,7 @@ impl ConsistencyMultistep {
             sigma_max,
             sigma_data: cfg.sigma_data,
             s_noise,
+            clip_denoised,
         })
     }
 
@@ -123,6 +124,15 @@ impl Solver for ConsistencyMultistep {
         let out = model.denoise(ctx.exec, &scaled, self.timesteps[i])?;
         let ((cs, co), noise) = self.coefficients(i);
         let x0 = ctx.combine(&[cs, co], &[x, &out])?;
+        if self.clip_denoised {
+            let x0 = ctx.process_x0(X0Processing::Clip(1.0), x0)?;
+            let prev_sample = if self.timesteps.len() > 1 {
+                ctx.combine_noisy(&[1.0], &[&x0], noise, 0)?
+            } else {
+                x0.clone()
+            };
+            return Ok(StepOutput { prev_sample, x0 });
+        }
         let prev_sample = if self.timesteps.len() > 1 {
             ctx.combine_noisy(&[cs, co], &[x, &out], noise, 0)?
         } else {

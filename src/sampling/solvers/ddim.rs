@@ -13,7 +13,8 @@
 //! `prev = c_x·x_t + c_o·output (+ σ_t·z)`; x̂₀ is a second update for previews.
 
 use super::{
-    as_class, check_step, x0_processing, Denoiser, Solver, StepContext, StepOutput, X0Processing,
+    as_class, check_step, x0_processing, Denoiser, ModelOutput, Solver, StepContext, StepOutput,
+    X0Processing,
 };
 use crate::error::{Error, Result};
 use crate::sampling::{PredictionType, Schedule, SchedulerClass, SchedulerConfig};
@@ -123,7 +124,17 @@ impl Solver for Ddim {
     ) -> Result<StepOutput> {
         check_step(OP, i, self.timesteps.len())?;
         let t = self.timestep(i);
-        let out = model.denoise(ctx.exec, x, t)?;
+        let fusable = self.processing == X0Processing::None && self.eta == 0.0;
+        let out = match ctx.model_output(model, x, t, fusable)? {
+            ModelOutput::Output(out) => out,
+            ModelOutput::GuidedPair { pair, scale } => {
+                // x̂₀ and the update in one dispatch with the guidance combine.
+                let ((cx, co, _), x0c) = self.coefficients(i);
+                let (prev_sample, x0) =
+                    ctx.guided_update(&pair, scale, x0c, &[x], &[cx], co, 0.0)?;
+                return Ok(StepOutput { prev_sample, x0 });
+            }
+        };
         let ((cx, co, std), (ax, bx)) = self.coefficients(i);
         let x0 = ctx.combine(&[ax, bx], &[x, &out])?;
         if self.processing != X0Processing::None {

@@ -11,7 +11,8 @@
 //! (as the inversion pipelines do). Only `leading` and `trailing` spacings exist.
 
 use super::{
-    as_class, check_step, reject_x0_processing, Denoiser, Solver, StepContext, StepOutput,
+    as_class, check_step, x0_processing_for, Denoiser, Solver, StepContext, StepOutput,
+    X0Processing,
 };
 use crate::error::{Error, Result};
 use crate::sampling::{PredictionType, Schedule, SchedulerClass, SchedulerConfig, TimestepSpacing};
@@ -26,12 +27,14 @@ pub struct DdimInverse {
     prediction: PredictionType,
     step_ratio: i64,
     train: i64,
+    processing: X0Processing,
 }
 
 impl DdimInverse {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
         let mut cfg = as_class(config, SchedulerClass::Ddim);
-        reject_x0_processing(&cfg, OP, true)?;
+        // DDIMInverseScheduler has `clip_sample` (default true) but no `thresholding`.
+        let processing = x0_processing_for(&cfg, OP, false, Some(true))?;
         if cfg.prediction_type == PredictionType::FlowPrediction {
             return Err(Error::invalid(
                 OP,
@@ -59,6 +62,7 @@ impl DdimInverse {
             prediction: cfg.prediction_type,
             step_ratio: (cfg.num_train_timesteps / steps) as i64,
             train: cfg.num_train_timesteps as i64,
+            processing,
         })
     }
 
@@ -75,6 +79,13 @@ impl DdimInverse {
 
     /// (c_x, c_o) of the step's update and x̂₀'s (a, b).
     pub fn coefficients(&self, i: usize) -> ((f64, f64), (f64, f64)) {
+        let (x0, eps, (sa, sb)) = self.parts(i);
+        ((sa * x0.0 + sb * eps.0, sa * x0.1 + sb * eps.1), x0)
+    }
+
+    /// x̂₀'s and ε̂'s (a, b) from (x, output), and the target level's (√ᾱ, √(1 − ᾱ)).
+    #[allow(clippy::type_complexity)]
+    fn parts(&self, i: usize) -> ((f64, f64), (f64, f64), (f64, f64)) {
         let target = self.timesteps[i] as i64;
         let source = (target - self.step_ratio).min(self.train - 1);
         let a_s = self.alpha_prod(source);
@@ -82,8 +93,7 @@ impl DdimInverse {
         let (alpha, sigma) = (a_s.sqrt(), (1.0 - a_s).sqrt());
         let x0 = self.prediction.x0_coefficients(alpha, sigma);
         let eps = self.prediction.eps_coefficients(alpha, sigma);
-        let (sa, sb) = (a_t.sqrt(), (1.0 - a_t).sqrt());
-        ((sa * x0.0 + sb * eps.0, sa * x0.1 + sb * eps.1), x0)
+        (x0, eps, (a_t.sqrt(), (1.0 - a_t).sqrt()))
     }
 }
 
@@ -111,6 +121,13 @@ impl Solver for DdimInverse {
         let out = model.denoise(ctx.exec, x, self.timesteps[i])?;
         let ((cx, co), (ax, bx)) = self.coefficients(i);
         let x0 = ctx.combine(&[ax, bx], &[x, &out])?;
+        if self.processing != X0Processing::None {
+            // ε̂ is the model's (not re-derived from the clipped x̂₀), as in diffusers.
+            let x0 = ctx.process_x0(self.processing, x0)?;
+            let (_, (ea, eb), (sa, sb)) = self.parts(i);
+            let prev_sample = ctx.combine(&[sa, sb * ea, sb * eb], &[&x0, x, &out])?;
+            return Ok(StepOutput { prev_sample, x0 });
+        }
         let prev_sample = ctx.combine(&[cx, co], &[x, &out])?;
         Ok(StepOutput { prev_sample, x0 })
     }

@@ -21,8 +21,8 @@
 use std::collections::VecDeque;
 
 use super::{
-    as_class, check_order, check_step, opt_bool, opt_choice, opt_int, reject_x0_processing,
-    Denoiser, Solver, StepContext, StepOutput,
+    as_class, check_order, check_step, opt_bool, opt_choice, opt_int, x0_processing, Denoiser,
+    ModelOutput, Solver, StepContext, StepOutput, X0Processing,
 };
 use crate::error::{Error, Result};
 use crate::sampling::{
@@ -39,6 +39,7 @@ pub struct Deis {
     order: usize,
     lower_order_final: bool,
     history: VecDeque<Tensor>,
+    processing: X0Processing,
     lower_order_nums: usize,
     next_step: usize,
 }
@@ -58,7 +59,8 @@ fn ind3(t: f64, b: f64, c: f64, d: f64) -> f64 {
 impl Deis {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
         let mut cfg = as_class(config, SchedulerClass::UniPcMultistep);
-        reject_x0_processing(&cfg, OP, false)?;
+        // `thresholding` as diffusers' `convert_model_output`; the class has no clip_sample.
+        let processing = x0_processing(&cfg, OP, None)?;
         // diffusers maps the DPM-Solver names onto deis; nothing else exists.
         opt_choice(
             &cfg,
@@ -128,6 +130,7 @@ impl Deis {
             order: order as usize,
             lower_order_final,
             history: VecDeque::new(),
+            processing,
             lower_order_nums: 0,
             next_step: 0,
         })
@@ -187,6 +190,42 @@ impl Deis {
     }
 }
 
+impl Deis {
+    /// The guidance combine, ε̂ and the update in one
+    /// [`CfgUpdate`](crate::ops::CfgUpdate); ε̂_0 comes out with x_{t−1}.
+    fn guided_step(
+        &mut self,
+        ctx: &mut StepContext<'_>,
+        i: usize,
+        x: &Tensor,
+        pair: &Tensor,
+        scale: f64,
+    ) -> Result<StepOutput> {
+        let order = self.step_order(i, self.lower_order_nums);
+        let (c_x, c_m) = self.update(i, order);
+        let mut coefs = vec![c_x];
+        let mut inputs = vec![x];
+        for (k, c) in c_m.iter().enumerate().skip(1) {
+            coefs.push(*c);
+            inputs.push(&self.history[self.history.len() - k]);
+        }
+        let (eps_c, _) = self.conversion(i);
+        let (prev_sample, eps) =
+            ctx.guided_update(pair, scale, eps_c, &inputs, &coefs, 0.0, c_m[0])?;
+        let (alpha, sigma) = self.alpha_sigma(i);
+        let x0 = ctx.combine(&[1.0 / alpha, -sigma / alpha], &[x, &eps])?;
+        self.history.push_back(eps);
+        while self.history.len() > self.order {
+            self.history.pop_front();
+        }
+        if self.lower_order_nums < self.order {
+            self.lower_order_nums += 1;
+        }
+        self.next_step += 1;
+        Ok(StepOutput { prev_sample, x0 })
+    }
+}
+
 impl Solver for Deis {
     fn name(&self) -> &'static str {
         "deis"
@@ -214,10 +253,24 @@ impl Solver for Deis {
             self.next_step = 0;
         }
         check_order(OP, i, self.next_step)?;
-        let out = model.denoise(ctx.exec, x, self.timesteps[i])?;
+        let fusable = self.processing == X0Processing::None;
+        let out = match ctx.model_output(model, x, self.timesteps[i], fusable)? {
+            ModelOutput::Output(out) => out,
+            ModelOutput::GuidedPair { pair, scale } => {
+                return self.guided_step(ctx, i, x, &pair, scale);
+            }
+        };
         let ((ea, eb), (xa, xb)) = self.conversion(i);
-        let eps = ctx.combine(&[ea, eb], &[x, &out])?;
-        let x0 = ctx.combine(&[xa, xb], &[x, &out])?;
+        let (eps, x0) = if self.processing != X0Processing::None {
+            // ε̂ = (x − α_t·x̂₀)/σ_t from the thresholded x̂₀.
+            let raw = ctx.combine(&[xa, xb], &[x, &out])?;
+            let x0 = ctx.process_x0(self.processing, raw)?;
+            let (alpha, sigma) = self.alpha_sigma(i);
+            (ctx.combine(&[1.0 / sigma, -alpha / sigma], &[x, &x0])?, x0)
+        } else {
+            let eps = ctx.combine(&[ea, eb], &[x, &out])?;
+            (eps, ctx.combine(&[xa, xb], &[x, &out])?)
+        };
         self.history.push_back(eps);
         while self.history.len() > self.order {
             self.history.pop_front();

@@ -31,7 +31,7 @@ use std::collections::VecDeque;
 
 use super::{
     as_class, check_order, check_step, opt_bool, opt_choice, opt_int, x0_processing, Denoiser,
-    Solver, StepContext, StepOutput, X0Processing,
+    ModelOutput, Solver, StepContext, StepOutput, X0Processing,
 };
 use crate::error::{Error, Result};
 use crate::sampling::{
@@ -372,6 +372,53 @@ impl DpmSolverMultistep {
     }
 }
 
+impl DpmSolverMultistep {
+    /// A deterministic step with the guidance combine, the conversion and the update in one
+    /// [`CfgUpdate`](crate::ops::CfgUpdate): m_0 comes out of the same dispatch as x_{t−1}.
+    fn guided_step(
+        &mut self,
+        ctx: &mut StepContext<'_>,
+        i: usize,
+        x: &Tensor,
+        pair: &Tensor,
+        scale: f64,
+    ) -> Result<StepOutput> {
+        let order = self.step_order(i, self.lower_order_nums);
+        let u = self.update(i, order);
+        // The newest output m_0 is the fused one; m_1, m_2 are the history so far.
+        let mut coefs = vec![u.c_x];
+        let mut inputs = vec![x];
+        for (k, c) in u.c_m.iter().enumerate().skip(1) {
+            coefs.push(*c);
+            inputs.push(&self.history[self.history.len() - k]);
+        }
+        let (prev_sample, m) = ctx.guided_update(
+            pair,
+            scale,
+            self.conversion(i),
+            &inputs,
+            &coefs,
+            0.0,
+            u.c_m[0],
+        )?;
+        let x0 = if self.algorithm.data_prediction() {
+            m.clone()
+        } else {
+            let (alpha, sigma) = self.alpha_sigma(self.sigmas[i]);
+            ctx.combine(&[1.0 / alpha, -sigma / alpha], &[x, &m])?
+        };
+        self.history.push_back(m);
+        while self.history.len() > self.order {
+            self.history.pop_front();
+        }
+        if self.lower_order_nums < self.order {
+            self.lower_order_nums += 1;
+        }
+        self.next_step += 1;
+        Ok(StepOutput { prev_sample, x0 })
+    }
+}
+
 impl Solver for DpmSolverMultistep {
     fn name(&self) -> &'static str {
         self.name
@@ -400,7 +447,13 @@ impl Solver for DpmSolverMultistep {
             self.next_step = 0;
         }
         check_order(OP, i, self.next_step)?;
-        let out = model.denoise(ctx.exec, x, self.timesteps[i])?;
+        let fusable = self.processing == X0Processing::None && !self.algorithm.stochastic();
+        let out = match ctx.model_output(model, x, self.timesteps[i], fusable)? {
+            ModelOutput::Output(out) => out,
+            ModelOutput::GuidedPair { pair, scale } => {
+                return self.guided_step(ctx, i, x, &pair, scale);
+            }
+        };
         let (m, x0) = if self.processing == X0Processing::None {
             let (a, b) = self.conversion(i);
             let m = ctx.combine(&[a, b], &[x, &out])?;

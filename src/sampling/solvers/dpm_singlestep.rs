@@ -25,8 +25,8 @@
 use std::collections::VecDeque;
 
 use super::{
-    as_class, check_order, check_step, opt_bool, opt_choice, opt_int, reject_x0_processing,
-    Denoiser, Solver, StepContext, StepOutput,
+    as_class, check_order, check_step, opt_bool, opt_choice, opt_int, x0_processing, Denoiser,
+    Solver, StepContext, StepOutput, X0Processing,
 };
 use crate::error::{Error, Result};
 use crate::sampling::{
@@ -72,6 +72,7 @@ pub struct DpmSolverSinglestep {
     flow: bool,
     order_list: Vec<usize>,
     history: VecDeque<Tensor>,
+    processing: X0Processing,
     anchor: Option<Tensor>,
     next_step: usize,
 }
@@ -119,7 +120,8 @@ impl DpmSolverSinglestep {
         let mut cfg = as_class(config, SchedulerClass::DpmSolverMultistep);
         // The singlestep scheduler has only linspace spacing (no `timestep_spacing` key).
         cfg.timestep_spacing = TimestepSpacing::Linspace;
-        reject_x0_processing(&cfg, OP, false)?;
+        // `thresholding` as diffusers' `convert_model_output`; the class has no clip_sample.
+        let processing = x0_processing(&cfg, OP, None)?;
         let algorithm = opt_choice(
             &cfg,
             OP,
@@ -212,6 +214,7 @@ impl DpmSolverSinglestep {
             order,
             flow: cfg.sigma_schedule == SigmaSchedule::Flow,
             history: VecDeque::new(),
+            processing,
             anchor: None,
             next_step: 0,
         })
@@ -346,13 +349,29 @@ impl Solver for DpmSolverSinglestep {
         }
         check_order(OP, i, self.next_step)?;
         let out = model.denoise(ctx.exec, x, self.timesteps[i])?;
-        let (a, b) = self.conversion(i);
-        let m = ctx.combine(&[a, b], &[x, &out])?;
-        let x0 = if self.algorithm == SinglestepAlgorithm::DpmSolver {
+        let (m, x0) = if self.processing != X0Processing::None {
+            // Thresholded x̂₀; the noise-prediction form turns it back into
+            // ε̂ = (x − α_t·x̂₀)/σ_t.
             let (a, b) = self.x0_conversion(i);
-            ctx.combine(&[a, b], &[x, &out])?
+            let raw = ctx.combine(&[a, b], &[x, &out])?;
+            let x0 = ctx.process_x0(self.processing, raw)?;
+            let m = if self.algorithm == SinglestepAlgorithm::DpmSolver {
+                let (alpha, sigma) = self.alpha_sigma(self.sigmas[i]);
+                ctx.combine(&[1.0 / sigma, -alpha / sigma], &[x, &x0])?
+            } else {
+                x0.clone()
+            };
+            (m, x0)
         } else {
-            m.clone()
+            let (a, b) = self.conversion(i);
+            let m = ctx.combine(&[a, b], &[x, &out])?;
+            let x0 = if self.algorithm == SinglestepAlgorithm::DpmSolver {
+                let (a, b) = self.x0_conversion(i);
+                ctx.combine(&[a, b], &[x, &out])?
+            } else {
+                m.clone()
+            };
+            (m, x0)
         };
         self.history.push_back(m);
         while self.history.len() > self.order {

@@ -9,7 +9,7 @@
 //! Then `derivative` = d_i = (x − x̂₀)/σ_i, `dt` = σ_{i+1} − σ_i and x_{i+1} = x + d_i·dt,
 //! all linear in (x, output): one update.
 
-use super::{as_class, check_step, Denoiser, Solver, StepContext, StepOutput};
+use super::{as_class, check_step, Denoiser, ModelOutput, Solver, StepContext, StepOutput};
 use crate::error::{Error, Result};
 use crate::sampling::{PredictionType, Schedule, SchedulerClass, SchedulerConfig};
 use crate::tensor::Tensor;
@@ -127,7 +127,18 @@ impl Solver for Euler {
         x: &Tensor,
     ) -> Result<StepOutput> {
         check_step(OP, i, self.s.timesteps.len())?;
-        let out = self.s.denoise(ctx, model, i, x)?;
+        let sigma = self.s.sigmas[i];
+        let scaled = ctx.combine(&[1.0 / (sigma * sigma + 1.0).sqrt()], &[x])?;
+        let out = match ctx.model_output(model, &scaled, self.s.timesteps[i], true)? {
+            ModelOutput::Output(out) => out,
+            ModelOutput::GuidedPair { pair, scale } => {
+                // x̂₀ and the Euler step in one dispatch with the guidance combine.
+                let ((cx, co), x0c) = self.coefficients(i);
+                let (prev_sample, x0) =
+                    ctx.guided_update(&pair, scale, x0c, &[x], &[cx], co, 0.0)?;
+                return Ok(StepOutput { prev_sample, x0 });
+            }
+        };
         let ((cx, co), (a, b)) = self.coefficients(i);
         let x0 = ctx.combine(&[a, b], &[x, &out])?;
         let prev_sample = ctx.combine(&[cx, co], &[x, &out])?;

@@ -24,9 +24,13 @@
 //! given noise tensors are rejected.
 
 use super::analytic_dpm::ddpm_grid;
-use super::{check_step, Denoiser, Noise, Solver, StepContext, StepOutput};
+use super::{
+    check_step, reject_x0_processing, Denoiser, MomentDenoiser, Noise, Solver, StepContext,
+    StepOutput,
+};
 use crate::error::{Error, Result};
-use crate::ops::GmsUpdate;
+use crate::exec::Exec;
+use crate::ops::{Binary, BinaryOp, GmsUpdate, SliceBatch, SolverUpdate, Transpose};
 use crate::sampling::SchedulerConfig;
 use crate::tensor::Tensor;
 
@@ -51,6 +55,8 @@ impl Gms {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
         // The moment model predicts ε and its powers, whatever the config's prediction type.
         let (timesteps, alphas_cumprod, _) = ddpm_grid(config, steps, OP)?;
+        // GMS has no x̂₀ clipping: refuse it only when asked for explicitly.
+        reject_x0_processing(config, OP, false)?;
         Ok(Self {
             timesteps,
             alphas_cumprod,
@@ -142,5 +148,121 @@ impl Solver for Gms {
             ctx.combine(&[c.c_x, c.c_eps], &[x, &m1])?
         };
         Ok(StepOutput { prev_sample, x0 })
+    }
+}
+
+/// A network whose output stacks ε with its raw second and third moments along the channel
+/// axis, as the second- and third-order noise networks of GMS (Sec. 3.2 of the paper) are
+/// trained to predict: for an input x_t of C channels the output has 3·C channels,
+/// channels `0..C` = E[ε|x_t], `C..2C` = E[ε²|x_t], `2C..3C` = E[ε³|x_t] (element-wise
+/// powers). [`Denoiser::denoise`] hands out the first block (so every other solver samples
+/// the model as an ε-prediction network) and [`MomentDenoiser::eps_moments`] converts the raw
+/// moments to the mean, variance and third central moment GMS takes.
+///
+/// The conversion runs in f32 on the executor, where κ₃ = E[ε³] − 3E[ε]E[ε²] + 2E[ε]³
+/// loses digits to cancellation when |E[ε]| is large against the spread (see
+/// [`MomentDenoiser`]); a model that can give central moments directly should implement
+/// the trait itself.
+pub struct MomentChannels<D> {
+    inner: D,
+    /// C, the channels of x_t.
+    channels: usize,
+}
+
+impl<D: Denoiser> MomentChannels<D> {
+    /// `inner` maps C-channel inputs to 3·C-channel outputs.
+    pub fn new(inner: D, channels: usize) -> Result<Self> {
+        if channels == 0 {
+            return Err(Error::invalid(
+                OP,
+                "a moment model needs at least one channel",
+            ));
+        }
+        Ok(Self { inner, channels })
+    }
+
+    pub fn inner_mut(&mut self) -> &mut D {
+        &mut self.inner
+    }
+
+    /// The model output split into its three (N, C, H, W) blocks; `blocks` of them.
+    fn split(
+        &mut self,
+        exec: &mut Exec,
+        x: &Tensor,
+        timestep: f64,
+        blocks: usize,
+    ) -> Result<Vec<Tensor>> {
+        let xs = x.shape();
+        if xs.len() < 2 || xs[1] != self.channels {
+            return Err(Error::shape(
+                OP,
+                "moment model input",
+                format!("(N, {}, …)", self.channels),
+                xs,
+            ));
+        }
+        let out = self.inner.denoise(exec, x, timestep)?;
+        let mut want = xs.to_vec();
+        want[1] = 3 * self.channels;
+        if out.shape() != want.as_slice() {
+            return Err(Error::shape(
+                OP,
+                "moment model output",
+                format!(
+                    "{want:?}: E[ε], E[ε²], E[ε³] stacked on the channels (out_channels = 3 × in_channels)"
+                ),
+                out.shape(),
+            ));
+        }
+        let n = xs[0];
+        let m = x.numel() / n.max(1);
+        let mut parts = Vec::with_capacity(blocks);
+        if n == 1 {
+            // One sample: the blocks are contiguous already.
+            let o = out.reshape(&[3, m])?;
+            for k in 0..blocks {
+                parts.push(exec.run(&SliceBatch::new(k, 1), &[&o])?.reshape(xs)?);
+            }
+        } else {
+            // (N, 3m) → (3m, N) makes each block one contiguous batch item; slice, then
+            // transpose the (m, N) block back to (N, m).
+            let t = exec.run(&Transpose, &[&out.reshape(&[1, n, 3 * m])?])?;
+            let t = t.reshape(&[3, m, n])?;
+            for k in 0..blocks {
+                let b = exec.run(&SliceBatch::new(k, 1), &[&t])?;
+                parts.push(exec.run(&Transpose, &[&b])?.reshape(xs)?);
+            }
+        }
+        Ok(parts)
+    }
+}
+
+impl<D: Denoiser> Denoiser for MomentChannels<D> {
+    fn denoise(&mut self, exec: &mut Exec, x: &Tensor, timestep: f64) -> Result<Tensor> {
+        let mut p = self.split(exec, x, timestep, 1)?;
+        p.pop()
+            .ok_or_else(|| Error::invalid(OP, "the moment model gave no output"))
+    }
+
+    fn as_moments(&mut self) -> Option<&mut dyn MomentDenoiser> {
+        Some(self)
+    }
+}
+
+impl<D: Denoiser> MomentDenoiser for MomentChannels<D> {
+    fn eps_moments(&mut self, exec: &mut Exec, x: &Tensor, timestep: f64) -> Result<[Tensor; 3]> {
+        let p = self.split(exec, x, timestep, 3)?;
+        let (m1, m2, m3) = (&p[0], &p[1], &p[2]);
+        let mul = Binary::new(BinaryOp::Mul);
+        let m1sq = exec.run(&mul, &[m1, m1])?;
+        let m1m2 = exec.run(&mul, &[m1, m2])?;
+        let m1cube = exec.run(&mul, &[&m1sq, m1])?;
+        let var = exec.run(&SolverUpdate::linear(&[1.0, -1.0]), &[m2, &m1sq])?;
+        let k3 = exec.run(
+            &SolverUpdate::linear(&[1.0, -3.0, 2.0]),
+            &[m3, &m1m2, &m1cube],
+        )?;
+        Ok([m1.clone(), var, k3])
     }
 }

@@ -11,9 +11,16 @@
 //! `sigma_next` = σ_{i+1}, `self.sample` = x_i. The corrector is linear in
 //! (x_i, output₁, x̃, output₂): one update with four inputs. x̂₀ for previews is the second
 //! stage's, as diffusers returns it.
+//!
+//! `clip_sample` (HeunDiscreteScheduler's option, default false) clamps each stage's x̂₀
+//! before it enters the derivative: d_i = (x_i − clip(x̂₀))/σ_i. The update is then linear
+//! in (x_i, clip(x̂₀₁), x̃, clip(x̂₀₂)) instead. Heun has no `thresholding`: the key is
+//! ignored, as diffusers drops it.
 
 use super::euler::{sigma_x0_coefficients, SigmaSteps};
-use super::{check_step, Denoiser, Solver, StepContext, StepOutput};
+use super::{
+    check_step, x0_processing_for, Denoiser, Solver, StepContext, StepOutput, X0Processing,
+};
 use crate::error::Result;
 use crate::sampling::{FinalSigmas, InterpolationType, SchedulerConfig, TimestepType};
 use crate::tensor::Tensor;
@@ -22,6 +29,7 @@ const OP: &str = "Heun";
 
 pub struct Heun {
     s: SigmaSteps,
+    processing: X0Processing,
 }
 
 impl Heun {
@@ -31,9 +39,10 @@ impl Heun {
         cfg.final_sigmas_type = FinalSigmas::Zero;
         cfg.interpolation_type = InterpolationType::Linear;
         cfg.timestep_type = TimestepType::Discrete;
-        super::reject_x0_processing(&cfg, OP, false)?;
+        let processing = x0_processing_for(&cfg, OP, false, Some(false))?;
         Ok(Heun {
             s: SigmaSteps::new(&cfg, steps, OP)?,
+            processing,
         })
     }
 }
@@ -65,6 +74,9 @@ impl Solver for Heun {
         let (a0, b0) = sigma_x0_coefficients(self.s.prediction, s0);
         // x̃ = x + dt·((1 − a₀)·x − b₀·o₁)/σ₀
         let k0 = dt / s0;
+        if self.processing != X0Processing::None {
+            return self.step_processed(ctx, model, i, x, out1);
+        }
         let euler = [1.0 + (1.0 - a0) * k0, -b0 * k0];
         if i + 1 == self.s.timesteps.len() {
             let x0 = ctx.combine(&[a0, b0], &[x, &out1])?;
@@ -87,5 +99,48 @@ impl Solver for Heun {
             &[x, &out1, &x_mid, &out2],
         )?;
         Ok(StepOutput { prev_sample, x0 })
+    }
+}
+
+impl Heun {
+    /// The step with x̂₀ clipped: both derivatives are formed from the clipped x̂₀, so the
+    /// stages combine (x_i, x̂₀₁) and (x̃, x̂₀₂) instead of the raw model outputs.
+    fn step_processed(
+        &mut self,
+        ctx: &mut StepContext<'_>,
+        model: &mut dyn Denoiser,
+        i: usize,
+        x: &Tensor,
+        out1: Tensor,
+    ) -> Result<StepOutput> {
+        let (s0, s1) = (self.s.sigmas[i], self.s.sigmas[i + 1]);
+        let dt = s1 - s0;
+        let (a0, b0) = sigma_x0_coefficients(self.s.prediction, s0);
+        let x01 = ctx.combine(&[a0, b0], &[x, &out1])?;
+        let x01 = ctx.process_x0(self.processing, x01)?;
+        // x̃ = x + dt·(x − x̂₀₁)/σ₀
+        let k0 = dt / s0;
+        let x_mid = ctx.combine(&[1.0 + k0, -k0], &[x, &x01])?;
+        if i + 1 == self.s.timesteps.len() {
+            return Ok(StepOutput {
+                prev_sample: x_mid,
+                x0: x01,
+            });
+        }
+        let scaled = ctx.combine(&[1.0 / (s1 * s1 + 1.0).sqrt()], &[&x_mid])?;
+        let out2 = model.denoise(ctx.exec, &scaled, self.s.timesteps[i + 1])?;
+        let (a1, b1) = sigma_x0_coefficients(self.s.prediction, s1);
+        let x02 = ctx.combine(&[a1, b1], &[&x_mid, &out2])?;
+        let x02 = ctx.process_x0(self.processing, x02)?;
+        // x_{i+1} = x + (dt/2)·((x − x̂₀₁)/σ₀ + (x̃ − x̂₀₂)/σ₁)
+        let h = dt / 2.0;
+        let prev_sample = ctx.combine(
+            &[1.0 + h / s0, -h / s0, h / s1, -h / s1],
+            &[x, &x01, &x_mid, &x02],
+        )?;
+        Ok(StepOutput {
+            prev_sample,
+            x0: x02,
+        })
     }
 }

@@ -68,7 +68,8 @@ impl Kdpm2 {
         cfg.final_sigmas_type = FinalSigmas::Zero;
         cfg.interpolation_type = InterpolationType::Linear;
         cfg.timestep_type = TimestepType::Discrete;
-        super::reject_x0_processing(&cfg, op, false)?;
+        // KDPM2(Ancestral)DiscreteScheduler take neither `clip_sample` nor `thresholding`:
+        // a config from another class keeps them, and they are ignored as diffusers drops them.
         let class = if ancestral {
             "KDPM2AncestralDiscreteScheduler"
         } else {

@@ -12,8 +12,14 @@
 //! Timesteps as diffusers: the distillation schedule t_j = j·⌊N/K⌋ − 1 for j = 1 … K
 //! (K = `original_inference_steps`, default 50), reversed, and n of them at indices
 //! ⌊i·K/n⌋. Needs n ≤ K.
+//!
+//! `thresholding` / `clip_sample` (both LCMScheduler options, default off) process x̂₀
+//! before the consistency function: denoised = c_out·P(x̂₀) + c_skip·x_t.
 
-use super::{as_class, check_step, opt_int, Denoiser, Solver, StepContext, StepOutput};
+use super::{
+    as_class, check_step, opt_int, x0_processing, Denoiser, Solver, StepContext, StepOutput,
+    X0Processing,
+};
 use crate::error::{Error, Result};
 use crate::sampling::{PredictionType, Schedule, SchedulerClass, SchedulerConfig};
 use crate::tensor::Tensor;
@@ -26,6 +32,7 @@ pub struct Lcm {
     alphas_cumprod: Vec<f32>,
     prediction: PredictionType,
     timestep_scaling: f64,
+    processing: X0Processing,
 }
 
 fn opt_float(config: &SchedulerConfig, key: &str, default: f64) -> Result<f64> {
@@ -40,7 +47,7 @@ fn opt_float(config: &SchedulerConfig, key: &str, default: f64) -> Result<f64> {
 impl Lcm {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
         let cfg = as_class(config, SchedulerClass::Ddim);
-        super::reject_x0_processing(&cfg, OP, false)?;
+        let processing = x0_processing(&cfg, OP, Some(false))?;
         if cfg.prediction_type == PredictionType::FlowPrediction {
             return Err(Error::invalid(
                 OP,
@@ -83,6 +90,7 @@ impl Lcm {
             alphas_cumprod: schedule.alphas_cumprod,
             prediction: cfg.prediction_type,
             timestep_scaling,
+            processing,
         })
     }
 
@@ -93,16 +101,20 @@ impl Lcm {
             .unwrap_or(f32::NAN) as f64
     }
 
+    /// (x̂₀'s (a, b) from (x_t, output), the consistency function's (c_skip, c_out)).
+    fn parts(&self, i: usize) -> ((f64, f64), (f64, f64)) {
+        let t = self.timesteps[i];
+        let a = self.alpha_prod(t);
+        let x0 = self.prediction.x0_coefficients(a.sqrt(), (1.0 - a).sqrt());
+        let st = t * self.timestep_scaling;
+        let sd2 = 0.25;
+        (x0, (sd2 / (st * st + sd2), st / (st * st + sd2).sqrt()))
+    }
+
     /// (denoised's (c_x, c_o), the next level's (√ᾱ', √(1 − ᾱ')) or None at the last step).
     #[allow(clippy::type_complexity)]
     pub fn coefficients(&self, i: usize) -> ((f64, f64), Option<(f64, f64)>) {
-        let t = self.timesteps[i];
-        let a = self.alpha_prod(t);
-        let (x0a, x0b) = self.prediction.x0_coefficients(a.sqrt(), (1.0 - a).sqrt());
-        let st = t * self.timestep_scaling;
-        let sd2 = 0.25;
-        let c_skip = sd2 / (st * st + sd2);
-        let c_out = st / (st * st + sd2).sqrt();
+        let ((x0a, x0b), (c_skip, c_out)) = self.parts(i);
         let denoised = (c_out * x0a + c_skip, c_out * x0b);
         let next = self.timesteps.get(i + 1).map(|&tp| {
             let ap = self.alpha_prod(tp);
@@ -135,6 +147,20 @@ impl Solver for Lcm {
         check_step(OP, i, self.timesteps.len())?;
         let out = model.denoise(ctx.exec, x, self.timesteps[i])?;
         let ((dx, dout), next) = self.coefficients(i);
+        if self.processing != X0Processing::None {
+            let ((x0a, x0b), (c_skip, c_out)) = self.parts(i);
+            let x0 = ctx.combine(&[x0a, x0b], &[x, &out])?;
+            let x0 = ctx.process_x0(self.processing, x0)?;
+            let denoised = ctx.combine(&[c_out, c_skip], &[&x0, x])?;
+            let prev_sample = match next {
+                Some((sa, sb)) => ctx.combine_noisy(&[sa], &[&denoised], sb, 0)?,
+                None => denoised.clone(),
+            };
+            return Ok(StepOutput {
+                prev_sample,
+                x0: denoised,
+            });
+        }
         let x0 = ctx.combine(&[dx, dout], &[x, &out])?;
         let prev_sample = match next {
             Some((sa, sb)) => ctx.combine_noisy(&[sa * dx, sa * dout], &[x, &out], sb, 0)?,

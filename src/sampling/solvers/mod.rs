@@ -26,7 +26,7 @@ use serde_json::Value;
 use super::{SchedulerClass, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::exec::Exec;
-use crate::ops::{AbsQuantile, Clamp, SolverUpdate, ThresholdRows};
+use crate::ops::{AbsQuantile, CfgUpdate, Clamp, SolverUpdate, ThresholdRows};
 use crate::tensor::Tensor;
 
 pub mod adaptive;
@@ -59,7 +59,7 @@ pub use dpm_multistep::{DpmAlgorithm, DpmPreset, DpmSolverMultistep, DpmSolverTy
 pub use dpm_singlestep::{DpmSolverSinglestep, SinglestepAlgorithm};
 pub use euler::Euler;
 pub use euler_ancestral::EulerAncestral;
-pub use gms::Gms;
+pub use gms::{Gms, MomentChannels};
 pub use heun::Heun;
 pub use kdpm2::Kdpm2;
 pub use lcm::Lcm;
@@ -77,6 +77,28 @@ pub trait Denoiser {
     fn as_moments(&mut self) -> Option<&mut dyn MomentDenoiser> {
         None
     }
+
+    /// For classifier-free guidance a solver can fold into its update: runs the model once
+    /// on the doubled batch and returns its `cat([uncond, cond])` output with the scale w
+    /// (see [`StepContext::model_output`]). `None` (the default; also guidance with
+    /// rescale, which needs a reduction of the guided output) means: use
+    /// [`Denoiser::denoise`]. A model that returns `Some` must not have run anything else.
+    fn denoise_guided_pair(
+        &mut self,
+        _exec: &mut Exec,
+        _x: &Tensor,
+        _timestep: f64,
+    ) -> Result<Option<(Tensor, f64)>> {
+        Ok(None)
+    }
+}
+
+/// A step's model output: the output itself, or the batched guided pair a solver folds
+/// into its update with [`CfgUpdate`] (one dispatch instead of slice, slice, combine,
+/// conversion and update).
+pub enum ModelOutput {
+    Output(Tensor),
+    GuidedPair { pair: Tensor, scale: f64 },
 }
 
 /// A model that also predicts the per-element conditional moments of the noise, as the
@@ -125,6 +147,49 @@ pub struct StepContext<'a> {
 }
 
 impl StepContext<'_> {
+    /// The model output at (x, t). With `fusable` (the solver's update is deterministic and
+    /// linear in the output) a guided model hands back its (uncond, cond) pair instead, for
+    /// [`StepContext::guided_update`].
+    pub fn model_output(
+        &mut self,
+        model: &mut dyn Denoiser,
+        x: &Tensor,
+        timestep: f64,
+        fusable: bool,
+    ) -> Result<ModelOutput> {
+        if fusable {
+            if let Some((pair, scale)) = model.denoise_guided_pair(self.exec, x, timestep)? {
+                return Ok(ModelOutput::GuidedPair { pair, scale });
+            }
+        }
+        Ok(ModelOutput::Output(model.denoise(self.exec, x, timestep)?))
+    }
+
+    /// One [`CfgUpdate`]: with g = (1 − w)·u + w·c from `pair`, m = m.0·x + m.1·g and
+    /// prev = Σ cᵢ·inᵢ + c_g·g + c_m·m, `inputs[0]` = x. Returns (prev, m).
+    #[allow(clippy::too_many_arguments)]
+    pub fn guided_update(
+        &mut self,
+        pair: &Tensor,
+        scale: f64,
+        m: (f64, f64),
+        inputs: &[&Tensor],
+        coefs: &[f64],
+        c_guided: f64,
+        c_model: f64,
+    ) -> Result<(Tensor, Tensor)> {
+        let op = CfgUpdate {
+            scale,
+            model: m,
+            coefs: coefs.to_vec(),
+            c_guided,
+            c_model,
+        };
+        let mut all = vec![pair];
+        all.extend_from_slice(inputs);
+        self.exec.run_pair(&op, &all)
+    }
+
     /// `Σ cᵢ·inᵢ` in one dispatch.
     pub fn combine(&mut self, coefs: &[f64], inputs: &[&Tensor]) -> Result<Tensor> {
         self.exec.run(&SolverUpdate::linear(coefs), inputs)
@@ -612,7 +677,19 @@ pub(crate) fn x0_processing(
     op: &'static str,
     clip_default: Option<bool>,
 ) -> Result<X0Processing> {
-    if opt_bool(config, op, "thresholding", false)? {
+    x0_processing_for(config, op, true, clip_default)
+}
+
+/// [`x0_processing`] for a class that may lack `thresholding` (`has_thresholding` false:
+/// the key is ignored, as diffusers drops config keys a class does not take — a DDPM config
+/// reused for Heun keeps its `clip_sample` but loses its `thresholding`).
+pub(crate) fn x0_processing_for(
+    config: &SchedulerConfig,
+    op: &'static str,
+    has_thresholding: bool,
+    clip_default: Option<bool>,
+) -> Result<X0Processing> {
+    if has_thresholding && opt_bool(config, op, "thresholding", false)? {
         let ratio = opt_float(config, op, "dynamic_thresholding_ratio", 0.995)?;
         if !(0.0..=1.0).contains(&ratio) {
             return Err(Error::invalid(
