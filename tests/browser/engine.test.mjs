@@ -533,7 +533,7 @@ test('a download is aborted by its AbortSignal and by abort(); the fetch hook is
 
 test('a sharded checkpoint (index + shards) loads from a folder URL and gives the same image', { timeout: RUN_MS }, async () => {
   const r = await inPage(async (base) => {
-    const opts = { steps: 2, seed: 5, classLabel: 1 };
+    const opts = { steps: 2, seed: 5, classLabel: 1, solver: 'euler' };
     const a = await window.engine.generate(opts);
     const files = new Set();
     const info = await window.engine.load(`${base}/broken/sharded/`, { onProgress: (p) => files.add(p.file.split('/').pop()) });

@@ -8,7 +8,7 @@ self.onmessage = async ({ data }) => {
     const engine = await Engine.create({ canvas: data.canvas });
     const info = await engine.load(data.url);
     const steps = [];
-    const r = await engine.generate({ steps: 3, seed: 11, classLabel: 7, onStep: (s) => steps.push(s.step) });
+    const r = await engine.generate({ steps: 3, seed: 11, classLabel: 7, solver: 'unipc', onStep: (s) => steps.push(s.step) });
     let min = 255, max = 0;
     for (let i = 0; i < r.pixels.length; i += 4) {
       min = Math.min(min, r.pixels[i]);
