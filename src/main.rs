@@ -33,8 +33,6 @@ mod cli {
         cmd: Cmd,
     }
 
-    // Parsed once per run: the size of the sample arguments does not matter.
-    #[allow(clippy::large_enum_variant)]
     #[derive(Subcommand)]
     // Parsed once per run; boxing the large `sample` arguments would buy nothing.
     #[allow(clippy::large_enum_variant)]
