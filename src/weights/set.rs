@@ -18,6 +18,25 @@ struct Entry {
     file: String,
     shape: Vec<usize>,
     data: TensorData,
+    /// The tensor already on a device (see [`Weights::insert_device`]); `data` is then empty
+    /// and only records the stored dtype.
+    device: Option<Tensor>,
+}
+
+impl Entry {
+    fn numel(&self) -> u64 {
+        match &self.device {
+            Some(t) => t.numel() as u64,
+            None => self.data.len() as u64,
+        }
+    }
+
+    fn byte_len(&self) -> u64 {
+        match &self.device {
+            Some(t) => t.numel() as u64 * self.data.dtype().size() as u64,
+            None => self.data.byte_len(),
+        }
+    }
 }
 
 /// Tensors by name, kept in their stored dtype (an f16 checkpoint stays half the size in
@@ -104,24 +123,53 @@ impl Weights {
 
     /// Adds a tensor; a name already present is an error naming both files.
     pub fn insert(&mut self, t: ReadyTensor) -> Result<()> {
-        if let Some(prev) = self.entries.get(&t.name) {
-            return Err(format_error(
-                &t.file,
-                Some(&t.name),
-                "each tensor once across all files",
-                format!("a second copy (the first is in {})", prev.file),
-                HINT_CORRUPT,
-            ));
-        }
+        self.check_new(&t.file, &t.name)?;
         self.entries.insert(
             t.name,
             Entry {
                 file: t.file,
                 shape: t.shape,
                 data: t.data,
+                device: None,
             },
         );
         Ok(())
+    }
+
+    /// Adds a tensor that is already on the GPU (uploaded as soon as its bytes arrived, while
+    /// the rest of the file was still downloading); [`take`](Self::take) hands it out as it
+    /// is. `dtype` is the dtype it was stored in.
+    pub fn insert_device(
+        &mut self,
+        file: String,
+        name: String,
+        dtype: Dtype,
+        tensor: Tensor,
+    ) -> Result<()> {
+        self.check_new(&file, &name)?;
+        self.entries.insert(
+            name,
+            Entry {
+                file,
+                shape: tensor.shape().to_vec(),
+                data: TensorData::empty(dtype),
+                device: Some(tensor),
+            },
+        );
+        Ok(())
+    }
+
+    fn check_new(&self, file: &str, name: &str) -> Result<()> {
+        match self.entries.get(name) {
+            Some(prev) => Err(format_error(
+                file,
+                Some(name),
+                "each tensor once across all files",
+                format!("a second copy (the first is in {})", prev.file),
+                HINT_CORRUPT,
+            )),
+            None => Ok(()),
+        }
     }
 
     /// What the weights were loaded from.
@@ -157,12 +205,12 @@ impl Weights {
 
     /// Bytes held (as stored) by the tensors not yet taken.
     pub fn byte_len(&self) -> u64 {
-        self.entries.values().map(|e| e.data.byte_len()).sum()
+        self.entries.values().map(Entry::byte_len).sum()
     }
 
     /// Elements held by the tensors not yet taken (the parameter count of a fresh set).
     pub fn numel(&self) -> u64 {
-        self.entries.values().map(|e| e.data.len() as u64).sum()
+        self.entries.values().map(Entry::numel).sum()
     }
 
     fn take_entry(&mut self, name: &str, expected_shape: &[usize]) -> Result<Entry> {
@@ -197,9 +245,13 @@ impl Weights {
     }
 
     /// Removes `name` and returns it widened to f32 as a CPU tensor (upload it with
-    /// `Exec::upload`). Errors: missing (naming it), shape mismatch (name, expected, got).
+    /// `Exec::upload`), or as the GPU tensor given to [`insert_device`](Self::insert_device).
+    /// Errors: missing (naming it), shape mismatch (name, expected, got).
     pub fn take(&mut self, name: &str, expected_shape: &[usize]) -> Result<Tensor> {
         let e = self.take_entry(name, expected_shape)?;
+        if let Some(t) = e.device {
+            return Ok(t);
+        }
         Tensor::from_vec(&e.shape, e.data.into_f32())
     }
 
@@ -207,6 +259,14 @@ impl Weights {
     /// of word `i`), for an f16 weight path. Values beyond f16's range are an error.
     pub fn take_f16_words(&mut self, name: &str, expected_shape: &[usize]) -> Result<Vec<u32>> {
         let e = self.take_entry(name, expected_shape)?;
+        if e.device.is_some() {
+            return Err(Error::invalid(
+                "weights",
+                format!(
+                    "tensor `{name}` was uploaded as float32 while loading; it has no f16 copy"
+                ),
+            ));
+        }
         ReadyTensor {
             file: e.file,
             name: name.to_string(),
@@ -267,5 +327,47 @@ impl Weights {
             });
         }
         Ok(left)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(name: &str, shape: &[usize], values: &[f32]) -> ReadyTensor {
+        let mut data = TensorData::empty(Dtype::F32);
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        data.extend_le(&bytes);
+        ReadyTensor {
+            file: "a.safetensors".into(),
+            name: name.into(),
+            shape: shape.to_vec(),
+            data,
+        }
+    }
+
+    #[test]
+    fn device_entries_are_handed_out_as_they_are_and_counted() {
+        let mut w = Weights::new("a.safetensors");
+        w.insert(ready("host", &[2], &[1.0, 2.0])).unwrap();
+        let dev = Tensor::from_vec(&[3], vec![4.0, 5.0, 6.0]).unwrap();
+        w.insert_device("a.safetensors".into(), "dev".into(), Dtype::F16, dev)
+            .unwrap();
+        // Counted with their stored dtype: 2 f32 + 3 f16.
+        assert_eq!(w.numel(), 5);
+        assert_eq!(w.byte_len(), 2 * 4 + 3 * 2);
+        assert_eq!(w.dtype("dev"), Some(Dtype::F16));
+        // A second copy of a name is refused whichever way it comes.
+        let again = Tensor::from_vec(&[2], vec![0.0, 0.0]).unwrap();
+        assert!(w
+            .insert_device("b.safetensors".into(), "host".into(), Dtype::F32, again)
+            .is_err());
+        assert!(w.take("dev", &[2]).is_err(), "shape is still checked");
+        assert_eq!(
+            w.take("dev", &[3]).unwrap().cpu_data(),
+            Some(&[4.0, 5.0, 6.0][..])
+        );
+        assert!(w.take_f16_words("host", &[2]).is_ok());
+        assert!(w.finish_unused(false).is_ok());
     }
 }
