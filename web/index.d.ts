@@ -58,6 +58,8 @@ export interface Capabilities {
     maxComputeWorkgroupsPerDimension: number;
     maxStorageBuffersPerShaderStage: number;
   };
+  /** The same as one line per fact, for logs. */
+  summary?: string;
 }
 
 export interface SolverInfo {

@@ -32,6 +32,8 @@ function fail(e, what) {
 }
 
 const mb = (n) => `${(n / 1e6).toFixed(n < 1e7 ? 2 : 1)} MB`;
+// Adapter limits are powers of two; say them that way.
+const bin = (n) => (n >= 2 ** 30 ? `${+(n / 2 ** 30).toFixed(2)} GiB` : n >= 2 ** 20 ? `${+(n / 2 ** 20).toFixed(1)} MiB` : `${+(n / 1024).toFixed(1)} KiB`);
 
 function kv(dl, rows) {
   dl.replaceChildren(
@@ -55,9 +57,9 @@ function showCapabilities(c) {
     ['shader-f16', yes(c.features.shaderF16)],
     ['subgroups', yes(c.features.subgroups)],
     ['timestamp-query', yes(c.features.timestampQuery)],
-    ['max buffer', mb(c.limits.maxBufferSize)],
-    ['max storage binding', mb(c.limits.maxStorageBufferBindingSize)],
-    ['workgroup storage', `${c.limits.maxComputeWorkgroupStorageSize} B`],
+    ['max buffer', bin(c.limits.maxBufferSize)],
+    ['max storage binding', bin(c.limits.maxStorageBufferBindingSize)],
+    ['workgroup storage', bin(c.limits.maxComputeWorkgroupStorageSize)],
     ['invocations / workgroup', String(c.limits.maxComputeInvocationsPerWorkgroup)],
     ['storage buffers / stage', String(c.limits.maxStorageBuffersPerShaderStage)],
   ]);
@@ -268,23 +270,30 @@ async function generate() {
   }
 }
 
-// The page's own frame rate while the engine works: the point of the worker.
+// The page's own frame rate while the engine works: the point of the worker. Shown live
+// (frames in the last second) and, at the end, the run's mean and its longest frame gap.
 let fpsRun = null;
 function startFps() {
-  const frames = [];
-  const run = { on: true };
+  const run = { on: true, frames: [] };
   fpsRun = run;
   const tick = (t) => {
     if (!run.on) return;
-    frames.push(t);
-    while (frames.length && t - frames[0] > 1000) frames.shift();
-    $('fps').textContent = `${frames.length} frames/s`;
+    run.frames.push(t);
+    const recent = run.frames.filter((f) => t - f <= 1000).length;
+    $('fps').textContent = `${recent} frames/s`;
     requestAnimationFrame(tick);
   };
   requestAnimationFrame(tick);
 }
 function stopFps() {
-  if (fpsRun) fpsRun.on = false;
+  if (!fpsRun) return;
+  fpsRun.on = false;
+  const f = fpsRun.frames;
+  if (f.length < 2) return;
+  const gaps = f.slice(1).map((t, i) => t - f[i]);
+  const fps = (1000 * (f.length - 1)) / (f.at(-1) - f[0]);
+  demo.frames = { fps, maxGapMs: Math.max(...gaps), count: f.length };
+  $('fps').textContent = `${fps.toFixed(0)} frames/s on average, longest gap ${Math.max(...gaps).toFixed(0)} ms`;
 }
 
 function savePng() {
