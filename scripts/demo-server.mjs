@@ -32,8 +32,11 @@ export const DEFAULT_MOUNTS = {
 
 /**
  * Start serving; resolves to `{ url, port, log, close }` once listening.
- * @param {{ port?: number, mounts?: Record<string, string>, index?: string }} [options]
+ * @param {{ port?: number, mounts?: Record<string, string>, index?: string,
+ *            truncate?: Record<string, number> }} [options]
  *   `mounts` maps URL prefixes (ending in '/') to folders; `index` is where '/' redirects.
+ *   `truncate` (tests) maps URL paths to a byte count: the full Content-Length is announced
+ *   but the connection is cut after that many bytes, like a download that breaks off.
  *   `log` collects `{ method, path, status, bytes }` for every request.
  */
 export function startDemoServer(options = {}) {
@@ -89,6 +92,14 @@ export function startDemoServer(options = {}) {
         'cache-control': 'no-store',
       });
       if (req.method === 'HEAD') return res.end();
+      const cut = options.truncate?.[req.url.split('?')[0]];
+      if (cut !== undefined) {
+        entry.bytes = cut;
+        fs.createReadStream(file, { start: 0, end: cut - 1 })
+          .on('end', () => res.socket?.destroy())
+          .pipe(res, { end: false });
+        return;
+      }
       fs.createReadStream(file).pipe(res);
     });
   });

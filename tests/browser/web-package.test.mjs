@@ -26,7 +26,10 @@ before(async () => {
       '/web/': path.join(ROOT, 'web'),
       '/models/': path.join(ROOT, 'models'),
       '/fixtures/': path.join(HERE, 'fixtures'),
+      // The same model, but its weights break off after 1 MB.
+      '/cut/': path.join(ROOT, 'models'),
     },
+    truncate: { [`/cut/mnist/${WEIGHTS}`]: 1_000_000 },
   });
   chrome = await launch();
 });
@@ -218,6 +221,46 @@ test('quota exceeded: the cache falls back to memory and says so', { timeout: TE
   } finally {
     await cdp.send('Storage.overrideQuotaForOrigin', { origin });
   }
+});
+
+test('a download that breaks off is reported and never cached', { timeout: TEST_MS }, async () => {
+  const page = await harness();
+  const r = await page.evaluate(async (weights) => {
+    const { Engine } = window.webdiffusion;
+    const out = {};
+    for (const cache of ['cache-api', 'opfs']) {
+      const engine = await Engine.create({ cache, cacheName: `cut-${cache}` });
+      const events = [];
+      try {
+        await engine.load('/cut/mnist/', { onCache: (e) => events.push(e.status) });
+        out[cache] = { loaded: true };
+      } catch (e) {
+        out[cache] = { name: e.name, code: e.code, message: e.message };
+      }
+      await new Promise((res) => setTimeout(res, 500));
+      // A second load must hit the network again (and fail again), not a cached stub.
+      const again = [];
+      await engine.load('/cut/mnist/', { onCache: (e) => again.push(`${e.status}:${e.url.split('/').pop()}`) }).catch(() => {});
+      out[cache].events = events;
+      out[cache].again = again;
+      engine.dispose();
+      if (cache === 'cache-api') {
+        const c = await caches.open('cut-cache-api');
+        out[cache].stored = !!(await c.match(new URL(`/cut/mnist/${weights}`, location.href).href));
+      }
+      await Engine.purgeCache(`cut-${cache}`);
+    }
+    return out;
+  }, WEIGHTS);
+  for (const cache of ['cache-api', 'opfs']) {
+    const o = r[cache];
+    const ctx = `${cache}: ${JSON.stringify(o)}${context()}`;
+    assert.equal(o.loaded, undefined, ctx);
+    assert.equal(o.name, 'WebDiffusionError', ctx);
+    assert.ok(!o.events.includes('stored'), ctx);
+    assert.ok(o.again.includes(`miss:${WEIGHTS}`) && !o.again.includes(`hit:${WEIGHTS}`), ctx);
+  }
+  assert.equal(r['cache-api'].stored, false);
 });
 
 test("a caller's fetch hook runs on the main thread and streams into the worker", { timeout: TEST_MS }, async () => {
