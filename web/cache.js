@@ -71,6 +71,8 @@ export function createCachingFetch(options = {}) {
   };
   /** @type {Map<string, { blob: Blob, headers: [string, string][] }>} */
   const memory = new Map();
+  /** Writes still under way (settled() waits for them). */
+  const writing = new Set();
 
   if (store === 'cache-api' && typeof caches === 'undefined') store = 'memory';
   if (store === 'opfs' && !navigator.storage?.getDirectory) store = 'memory';
@@ -182,7 +184,9 @@ export function createCachingFetch(options = {}) {
     emit({ url, status: 'miss', store, bytes: contentLength(response) || undefined });
     const [forEngine, forStore] = response.body.tee();
     // Not awaited: storage runs alongside the engine reading its branch.
-    save(url, response, forStore);
+    const saving = save(url, response, forStore);
+    writing.add(saving);
+    saving.finally(() => writing.delete(saving));
     return new Response(forEngine, {
       status: response.status,
       statusText: response.statusText,
@@ -195,6 +199,9 @@ export function createCachingFetch(options = {}) {
   // The same storage in front of another fetch (e.g. one a caller passed to load()).
   cachingFetch.using = (base) => (input, init) => cachedFetch(base, input, init);
   cachingFetch.clearMemory = () => memory.clear();
+  // Resolves when every file being stored is written (or given up); a worker waits for this
+  // before it is stopped, or the write would be lost with it.
+  cachingFetch.settled = () => Promise.allSettled([...writing]).then(() => undefined);
   return cachingFetch;
 }
 

@@ -220,9 +220,10 @@ class WorkerBackend {
     // Calls still running reject now, not when the worker gets round to it.
     for (const p of this.pending.values()) p.reject(this.dead);
     this.pending.clear();
-    // Id 0 is the dispose answer: the worker frees the GPU memory, then it is stopped.
+    // Id 0 is the dispose answer: the worker frees the GPU memory and finishes writing the
+    // weight cache, then it is stopped (a worker that hangs is stopped after a minute).
     this.worker.postMessage({ id: 0, op: 'dispose' });
-    this.disposeTimer = setTimeout(() => this.worker.terminate(), 2000);
+    this.disposeTimer = setTimeout(() => this.worker.terminate(), 60_000);
   }
 
   purgeCache() {

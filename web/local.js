@@ -97,6 +97,11 @@ export class LocalEngine {
     this.wasm.dispose();
   }
 
+  /** Resolves when the weight cache has finished writing what was downloaded. */
+  cacheSettled() {
+    return this.fetch.settled();
+  }
+
   async purgeCache() {
     this.fetch.clearMemory();
     return purgeCache(this.cacheName);

@@ -74,10 +74,15 @@ async function run(id, op, args) {
     case 'setCanvas':
       engine.setCanvas(args.canvas);
       return { value: undefined };
-    case 'dispose':
-      engine.dispose();
+    case 'dispose': {
+      // GPU memory goes now; the worker lives on until the weight cache has written what
+      // it was storing, or that write would die with it.
+      const e = engine;
       engine = null;
+      e.dispose();
+      await e.cacheSettled();
       return { value: undefined };
+    }
     case 'purge':
       return { value: await engine.purgeCache() };
     default:
