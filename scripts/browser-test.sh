@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The engine in a real browser: builds web/pkg (scripts/build-wasm.sh) and runs
-# tests/browser/ (node --test) in headless Chromium with WebGPU on SwiftShader, so Chrome's
-# WGSL compiler (Tint) and Dawn run every kernel against the CPU reference. Installs what is
+# The engine in a real browser: builds web/pkg (scripts/build-wasm.sh) and the native CLI,
+# and runs every tests/browser/*.test.mjs (node --test) in headless Chromium with WebGPU on
+# SwiftShader: Chrome's WGSL compiler (Tint) and Dawn run every kernel against the CPU
+# reference, and the Engine API loads, samples and draws the bundled model, which must give
+# the native CLI's image for the same seed. Installs what is
 # missing: Debian's chromium (root or sudo), the npm packages pinned in
 # tests/browser/package-lock.json, the wasm32 target and the pinned wasm-bindgen-cli.
 set -euo pipefail
@@ -39,7 +41,16 @@ fi
 say "building web/pkg"
 scripts/build-wasm.sh
 
-say "running tests/browser in $("$chromium" --version 2>/dev/null | head -1)"
-# Each test has its own timeout; this one also catches a wedged node or browser.
-(cd tests/browser && timeout --kill-after=30 900 node --test selfcheck.test.mjs)
+# The native CLI, for the test that compares the browser's image with `webdiffusion sample`.
+say "building the native release binary"
+cargo build --release --bin webdiffusion --quiet
+target_dir=${CARGO_TARGET_DIR:-target}
+WEBDIFFUSION_BIN=${WEBDIFFUSION_BIN:-$(cd "$target_dir" && pwd)/release/webdiffusion}
+export WEBDIFFUSION_BIN
+
+say "running tests/browser/*.test.mjs in $("$chromium" --version 2>/dev/null | head -1)"
+# Each test has its own timeout; this one also catches a wedged node or browser. Files run
+# one after another (--test-concurrency=1): each starts its own Chromium, and SwiftShader
+# shares the same few cores.
+(cd tests/browser && timeout --kill-after=30 1200 node --test --test-concurrency=1 ./*.test.mjs)
 say "done"

@@ -1,5 +1,6 @@
 // A tiny static server for the browser test: loopback only, a free port chosen by the OS,
-// and only the repository's www/ (pages) and web/pkg/ (wasm-bindgen output) are served.
+// and only the repository's www/ (pages), web/pkg/ (wasm-bindgen output), models/ (the
+// bundled model, loaded by URL) and tests/browser/pages/ (test-only pages) are served.
 // WebGPU needs a secure context; http://127.0.0.1 is one.
 import http from 'node:http';
 import fs from 'node:fs/promises';
@@ -7,7 +8,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const SERVED = ['www', 'web/pkg'];
+const SERVED = ['www', 'web/pkg', 'models', 'tests/browser/pages'];
 const TYPES = {
   '.html': 'text/html; charset=utf-8',
   '.js': 'text/javascript; charset=utf-8',
@@ -32,9 +33,14 @@ function resolve(urlPath) {
   return ok ? file : null;
 }
 
-/** Start serving; resolves to `{ url, close }` once listening. */
-export function startServer() {
+/** Start serving; resolves to `{ url, close, requests }` once listening. `options.handle(req,
+ * res)` may answer a request itself (a test's broken responses) by returning true.
+ * `requests` lists every request path, in order. */
+export function startServer(options = {}) {
+  const requests = [];
   const server = http.createServer(async (req, res) => {
+    requests.push(req.url ?? '/');
+    if (options.handle && (await options.handle(req, res, ROOT))) return;
     const file = resolve(req.url ?? '/');
     if (req.method !== 'GET' || !file) {
       res.writeHead(404).end('not found');
@@ -57,7 +63,8 @@ export function startServer() {
       const { port } = server.address();
       resolveStart({
         url: `http://127.0.0.1:${port}`,
-        close: () => new Promise((r) => server.close(() => r())),
+        requests,
+        close: () => new Promise((r) => { server.close(() => r()); server.closeAllConnections?.(); }),
       });
     });
   });

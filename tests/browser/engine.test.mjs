@@ -1,0 +1,394 @@
+// The browser Engine end to end in headless Chromium (WebGPU on SwiftShader): create and
+// capabilities, load the bundled model by URL with progress events, generate with a live
+// canvas (screenshots), the same image as the native CLI for the same seed, abort and a
+// second run, and the typed errors (HTTP 404, truncated weights, unsupported config, no
+// adapter). Run by scripts/browser-test.sh after scripts/build-wasm.sh filled web/pkg/ and
+// the native release binary was built.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { startServer } from './server.mjs';
+import { decodePng, readNpy, toU8 } from './png.mjs';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const CHROMIUM = process.env.WEBDIFFUSION_CHROMIUM ?? '/usr/bin/chromium';
+const NATIVE = process.env.WEBDIFFUSION_BIN ??
+  path.join(process.env.CARGO_TARGET_DIR ?? path.join(ROOT, 'target'), 'release', 'webdiffusion');
+const BASE_FLAGS = [
+  '--headless=new', '--no-sandbox', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
+];
+const WEBGPU_FLAGS = [
+  '--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vulkan=swiftshader',
+  '--use-angle=swiftshader', '--use-webgpu-adapter=swiftshader',
+];
+const LAUNCH_MS = 60_000;
+// SwiftShader compiles each pipeline on first use and runs the UNet on the CPU: seconds per
+// step. The limits only turn a hang into a failure.
+const RUN_MS = Number(process.env.WEBDIFFUSION_BROWSER_TIMEOUT_MS ?? 300_000);
+
+// The parity run: the bundled model's defaults (dpmpp_2m_sde, guidance 2), a stochastic
+// solver so the per-step Philox noise is compared too.
+const PARITY = { seed: 7, steps: 4, solver: 'dpmpp_2m_sde', classLabel: 3 };
+const MODEL_FILE = 'diffusion_pytorch_model.safetensors';
+const CUT_AT = 0.6;
+
+let server, browser, page, profile;
+const log = [];
+
+/** The bundled model served with broken parts under /broken/<kind>/. */
+async function handle(req, res, root) {
+  const m = (req.url ?? '').match(/^\/broken\/(cut|dropped|badconfig)\/(.*)$/);
+  if (!m) return false;
+  const [, kind, name] = m;
+  const file = path.join(root, 'models', 'mnist', path.basename(name));
+  if (!fs.existsSync(file)) {
+    res.writeHead(404).end('not found');
+    return true;
+  }
+  let body = fs.readFileSync(file);
+  if (kind === 'badconfig' && name === 'config.json') {
+    const cfg = JSON.parse(body.toString());
+    cfg.act_fn = 'no_such_activation';
+    body = Buffer.from(JSON.stringify(cfg));
+  }
+  if (name === MODEL_FILE && kind === 'cut') {
+    // A server holding a partial file: Content-Length says what it has.
+    body = body.subarray(0, Math.floor(body.length * CUT_AT));
+  }
+  if (name === MODEL_FILE && kind === 'dropped') {
+    // The connection drops mid-download: the full length is announced, part is sent.
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length, 'cache-control': 'no-store' });
+    res.write(body.subarray(0, Math.floor(body.length * CUT_AT)), () => setTimeout(() => res.destroy(), 50));
+    return true;
+  }
+  res.writeHead(200, { 'content-type': 'application/octet-stream', 'cache-control': 'no-store' });
+  res.end(body);
+  return true;
+}
+
+async function launch(flags) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'webdiffusion-chromium-'));
+  const b = await chromium.launch({
+    executablePath: CHROMIUM,
+    ignoreDefaultArgs: true,
+    args: [...BASE_FLAGS, `--user-data-dir=${dir}`, ...flags, '--remote-debugging-pipe'],
+    timeout: LAUNCH_MS,
+  });
+  return { b, dir };
+}
+
+async function openPage(b) {
+  const p = await b.newPage({ viewport: { width: 400, height: 300 }, deviceScaleFactor: 1 });
+  p.on('console', (m) => log.push(`console.${m.type()}: ${m.text()}`));
+  p.on('pageerror', (e) => log.push(`pageerror: ${e.message}`));
+  p.on('crash', () => log.push('page crashed'));
+  await p.goto(`${server.url}/tests/browser/pages/engine.html`, { timeout: LAUNCH_MS });
+  await p.waitForFunction(() => window.wd && window.wd.state !== 'loading', null, { timeout: LAUNCH_MS });
+  const state = await p.evaluate(() => window.wd.state);
+  assert.equal(state, 'ready', `the wasm package did not initialise: ${await p.evaluate(() => window.wd.error)}`);
+  return p;
+}
+
+const context = () => `\nbrowser log:\n${log.slice(-30).join('\n')}`;
+
+/** Run `fn` in the page; a rejection comes back as `{ error: { name, code, message } }`. */
+async function inPage(fn, arg) {
+  return page.evaluate(
+    async ([src, a]) => {
+      const f = (0, eval)(`(${src})`);
+      try {
+        return { value: await f(a) };
+      } catch (e) {
+        return { error: { name: e?.name, code: e?.code, message: e?.message ?? String(e) } };
+      }
+    },
+    [fn.toString(), arg],
+  );
+}
+
+async function canvasShot() {
+  return decodePng(await page.locator('#c').screenshot());
+}
+
+function stats(img) {
+  let sum = 0, sum2 = 0;
+  const n = img.width * img.height;
+  for (let i = 0; i < n; i++) {
+    const v = img.rgba[i * 4];
+    sum += v;
+    sum2 += v * v;
+  }
+  const mean = sum / n;
+  return { mean, std: Math.sqrt(Math.max(sum2 / n - mean * mean, 0)) };
+}
+
+before(async () => {
+  assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} not found (scripts/browser-test.sh installs Debian's chromium)`);
+  assert.ok(fs.existsSync(path.join(ROOT, 'web/pkg/webdiffusion.js')), 'web/pkg/webdiffusion.js is missing: run scripts/build-wasm.sh first');
+  server = await startServer({ handle });
+  ({ b: browser, dir: profile } = await launch(WEBGPU_FLAGS));
+  page = await openPage(browser);
+  const r = await inPage(async () => {
+    window.engine = await window.wd.Engine.create({ canvas: document.getElementById('c') });
+    return true;
+  });
+  assert.ok(r.value, `Engine.create failed: ${JSON.stringify(r.error)}${context()}`);
+});
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  if (profile) fs.rmSync(profile, { recursive: true, force: true });
+  await server?.close();
+});
+
+test('capabilities() is an object with the adapter, features and limits; solvers() lists every solver', async (t) => {
+  const r = await inPage(() => ({ caps: window.engine.capabilities(), solvers: window.wd.Engine.solvers() }));
+  assert.ok(r.value, JSON.stringify(r.error));
+  const { caps, solvers } = r.value;
+  t.diagnostic(`adapter: ${JSON.stringify(caps.adapter)} features: ${JSON.stringify(caps.features)}`);
+  assert.equal(caps.webgpu, true);
+  assert.equal(typeof caps.adapter.name, 'string');
+  for (const k of ['shaderF16', 'subgroups', 'timestampQuery']) assert.equal(typeof caps.features[k], 'boolean', k);
+  for (const k of ['maxBufferSize', 'maxStorageBufferBindingSize', 'maxComputeWorkgroupStorageSize',
+    'maxComputeInvocationsPerWorkgroup', 'maxComputeWorkgroupsPerDimension', 'maxStorageBuffersPerShaderStage']) {
+    assert.ok(caps.limits[k] > 0, `limits.${k} = ${caps.limits[k]}`);
+  }
+  const names = solvers.map((s) => s.name);
+  for (const n of ['ddim', 'dpmpp_2m', 'dpmpp_2m_sde', 'euler', 'unipc', 'heun']) assert.ok(names.includes(n), n);
+  assert.ok(solvers.every((s) => Array.isArray(s.aliases) && typeof s.description === 'string'));
+});
+
+test('load(url) streams the bundled model with monotone progress events', { timeout: RUN_MS }, async (t) => {
+  const r = await inPage(async (url) => {
+    const events = [];
+    const t0 = performance.now();
+    const info = await window.engine.load(url, { onProgress: (p) => events.push({ ...p }) });
+    return { info, events, ms: performance.now() - t0 };
+  }, `${server.url}/models/mnist/`);
+  assert.ok(r.value, `load failed: ${JSON.stringify(r.error)}${context()}`);
+  const { info, events, ms } = r.value;
+  const size = fs.statSync(path.join(ROOT, 'models/mnist', MODEL_FILE)).size;
+  t.diagnostic(`load: ${ms.toFixed(0)} ms for ${size} bytes (${(size / 1e6 / (ms / 1e3)).toFixed(1)} MB/s incl. upload), ${events.length} progress events`);
+  t.diagnostic(`ModelInfo: ${JSON.stringify(info)}`);
+  assert.equal(info.className, 'UNet2DModel');
+  assert.deepEqual([info.width, info.height, info.channels, info.numClassEmbeds, info.nullClass], [32, 32, 1, 11, 10]);
+  assert.equal(info.predictionType, 'epsilon');
+  assert.equal(info.defaultSolver, 'dpmpp_2m_sde');
+  assert.equal(info.defaultGuidance, 2);
+  assert.ok(info.parameters > 100_000, `parameters ${info.parameters}`);
+  const w = events.filter((e) => e.file.endsWith(MODEL_FILE));
+  assert.ok(w.length >= 3, `expected several progress events for the weights, got ${JSON.stringify(events)}`);
+  for (let i = 1; i < w.length; i++) {
+    assert.ok(w[i].loaded >= w[i - 1].loaded, `progress went back: ${JSON.stringify(w.slice(i - 1, i + 1))}`);
+    assert.ok(w[i].tensorsReady >= w[i - 1].tensorsReady);
+  }
+  const last = w.at(-1);
+  assert.equal(last.loaded, size);
+  assert.equal(last.total, size);
+  assert.ok(last.tensorsTotal > 10 && last.tensorsReady === last.tensorsTotal, JSON.stringify(last));
+  // Tensors became ready while bytes were still arriving (streamed, not parsed at the end).
+  assert.ok(w.some((e) => e.tensorsReady > 0 && e.loaded < size), 'no tensor was ready before the last byte');
+});
+
+test('generate: the canvas shows each step, the result equals the native CLI for the same seed', { timeout: RUN_MS }, async (t) => {
+  assert.ok(fs.existsSync(NATIVE), `native binary ${NATIVE} not found (scripts/browser-test.sh builds it with cargo build --release)`);
+  const before = await canvasShot();
+  // onStep returns a promise: the engine waits for it, so each step's frame can be looked at.
+  await page.evaluate((opts) => {
+    window.steps = [];
+    window.held = null;
+    window.run = window.engine.generate({
+      ...opts,
+      onStep: (s) => { window.steps.push(s); return new Promise((resume) => { window.held = { step: s.step, resume }; }); },
+    }).then((v) => ({ value: { ...v, pixels: Array.from(v.pixels) } }), (e) => ({ error: { code: e.code, message: e.message } }));
+    window.run.then((r) => { window.runResult = r; });
+  }, PARITY);
+  const shots = [];
+  for (;;) {
+    const state = await page.waitForFunction(
+      () => (window.runResult !== undefined ? 'done' : window.held ? window.held.step : null), null,
+      { timeout: RUN_MS, polling: 50 });
+    const v = await state.jsonValue();
+    if (v === 'done') break;
+    // The browser presents the frame once the task that drew it has ended.
+    await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+    shots.push({ step: v, img: await canvasShot() });
+    await page.evaluate(() => { const h = window.held; window.held = null; h.resume(); });
+  }
+  const r = await page.evaluate(() => window.runResult);
+  assert.ok(r.value, `generate failed: ${JSON.stringify(r.error)}${context()}`);
+  const { width, height, pixels, timings, seed } = r.value;
+  const steps = await page.evaluate(() => window.steps);
+  t.diagnostic(`browser: ${PARITY.steps} steps in ${timings.totalMs.toFixed(0)} ms, per step ${timings.stepsMs.map((m) => m.toFixed(0)).join(', ')} ms`);
+  assert.equal(seed, PARITY.seed);
+  assert.deepEqual([width, height, pixels.length], [32, 32, 32 * 32 * 4]);
+  assert.deepEqual(steps.map((s) => [s.step, s.total]), [[1, 4], [2, 4], [3, 4], [4, 4]]);
+  assert.ok(steps.every((s) => s.ms > 0));
+
+  // The final canvas: the 32×32 result scaled 4× into the 128×128 canvas by the render pass.
+  const final = await canvasShot();
+  assert.equal(final.width, 128);
+  const st = stats(final);
+  t.diagnostic(`canvas: mean ${st.mean.toFixed(1)}, std ${st.std.toFixed(1)}`);
+  assert.ok(st.std > 30, `the canvas is (nearly) uniform: ${JSON.stringify(st)}`);
+  let canvasDiff = 0;
+  for (let y = 0; y < 32; y++) {
+    for (let x = 0; x < 32; x++) {
+      const c = final.rgba[((y * 4 + 2) * 128 + x * 4 + 2) * 4];
+      canvasDiff = Math.max(canvasDiff, Math.abs(c - pixels[(y * 32 + x) * 4]));
+    }
+  }
+  t.diagnostic(`canvas vs returned pixels: max |diff| ${canvasDiff}`);
+  assert.ok(canvasDiff <= 2, `the canvas does not show the returned image (max diff ${canvasDiff})`);
+  // Every step drew its x0 prediction, and the picture changed from step to step.
+  assert.deepEqual(shots.map((s) => s.step), [1, 2, 3, 4]);
+  const frames = [before, ...shots.map((s) => s.img)];
+  for (let i = 1; i < frames.length; i++) {
+    const diff = frames[i].rgba.reduce((n, v, k) => n + (v !== frames[i - 1].rgba[k] ? 1 : 0), 0);
+    t.diagnostic(`step ${i}: ${diff} canvas bytes changed, std ${stats(frames[i]).std.toFixed(1)}`);
+    if (i < frames.length - 1) assert.ok(diff > 0, `the canvas did not change at step ${i}`);
+    assert.ok(stats(frames[i]).std > 10, `the canvas is uniform after step ${i}`);
+  }
+
+  // Same seed ⇒ same image as `webdiffusion sample`.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'webdiffusion-parity-'));
+  const npy = path.join(dir, 'native.npy');
+  const t0 = Date.now();
+  execFileSync(NATIVE, ['sample', '--seed', String(PARITY.seed), '--steps', String(PARITY.steps),
+    '--solver', PARITY.solver, '--class-labels', String(PARITY.classLabel), '--out', npy, '--force', '--quiet'],
+  { stdio: ['ignore', 'pipe', 'pipe'], timeout: RUN_MS });
+  const native = readNpy(fs.readFileSync(npy));
+  assert.deepEqual(native.shape, [1, 1, 32, 32]);
+  let sum = 0, max = 0;
+  for (let i = 0; i < 32 * 32; i++) {
+    const d = Math.abs(toU8(native.data[i]) - pixels[i * 4]);
+    sum += d;
+    max = Math.max(max, d);
+  }
+  const mad = sum / (32 * 32) / 255;
+  t.diagnostic(`parity with the native CLI (${Date.now() - t0} ms): mean |diff| ${(mad * 255).toFixed(4)}/255 = ${mad.toExponential(3)}, max ${max}/255`);
+  assert.ok(mad <= 1 / 255, `mean absolute difference ${mad * 255}/255 exceeds 1/255`);
+  // Control: the comparison can fail. The native image of the next seed is far from ours.
+  execFileSync(NATIVE, ['sample', '--seed', String(PARITY.seed + 1), '--steps', String(PARITY.steps),
+    '--solver', PARITY.solver, '--class-labels', String(PARITY.classLabel), '--out', npy, '--force', '--quiet'],
+  { stdio: ['ignore', 'pipe', 'pipe'], timeout: RUN_MS });
+  const other = readNpy(fs.readFileSync(npy));
+  let otherSum = 0;
+  for (let i = 0; i < 32 * 32; i++) otherSum += Math.abs(toU8(other.data[i]) - pixels[i * 4]);
+  t.diagnostic(`control (native seed ${PARITY.seed + 1}): mean |diff| ${(otherSum / 1024).toFixed(2)}/255`);
+  assert.ok(otherSum / 1024 > 5, 'another seed gives the same image: the parity check cannot fail');
+  fs.rmSync(dir, { recursive: true, force: true });
+  // The native image is itself a digit, not noise: the comparison is not between two blanks.
+  const nst = stats({ width: 32, height: 32, rgba: Uint8Array.from(pixels) });
+  assert.ok(nst.std > 30, `the result is (nearly) uniform: ${JSON.stringify(nst)}`);
+});
+
+test('abort() stops a run between steps with ABORTED; the next run succeeds', { timeout: RUN_MS }, async () => {
+  const r = await inPage(async () => {
+    const e = window.engine;
+    let aborted;
+    try {
+      await e.generate({ steps: 50, seed: 1, preview: 'xt', onStep: (s) => { if (s.step === 2) e.abort(); } });
+      aborted = { code: 'none' };
+    } catch (err) {
+      aborted = { name: err.name, code: err.code, message: err.message };
+    }
+    const again = await e.generate({ steps: 2, seed: 2, solver: 'ddim', guidance: 1, classLabel: 5 });
+    return { aborted, again: { width: again.width, n: again.timings.stepsMs.length } };
+  });
+  assert.ok(r.value, `${JSON.stringify(r.error)}${context()}`);
+  assert.equal(r.value.aborted.code, 'ABORTED', JSON.stringify(r.value.aborted));
+  assert.equal(r.value.aborted.name, 'WebDiffusionError');
+  assert.deepEqual(r.value.again, { width: 32, n: 2 });
+});
+
+test('bad options and no model are typed errors', async () => {
+  const r = await inPage(async () => {
+    const codes = {};
+    const tryIt = async (k, f) => { try { await f(); codes[k] = 'none'; } catch (e) { codes[k] = `${e.code}: ${e.message}`; } };
+    await tryIt('solver', () => window.engine.generate({ solver: 'no_such_solver', steps: 1 }));
+    await tryIt('steps', () => window.engine.generate({ steps: 0 }));
+    await tryIt('label', () => window.engine.generate({ classLabel: 42, steps: 1 }));
+    const fresh = await window.wd.Engine.create();
+    await tryIt('notLoaded', () => fresh.generate({ steps: 1 }));
+    fresh.dispose();
+    await tryIt('disposed', () => fresh.load('/models/mnist/'));
+    return codes;
+  });
+  assert.ok(r.value, JSON.stringify(r.error));
+  const c = r.value;
+  assert.match(c.solver, /^BAD_OPTION: .*no_such_solver/);
+  assert.match(c.steps, /^BAD_OPTION: .*steps/);
+  assert.match(c.label, /^BAD_OPTION: .*42/);
+  assert.match(c.notLoaded, /^NOT_LOADED: /);
+  assert.match(c.disposed, /^DISPOSED: /);
+});
+
+test('a wrong URL is an HTTP error naming the file and the status', async () => {
+  const r = await inPage((url) => window.engine.load(url), `${server.url}/models/no-such-model/`);
+  assert.ok(r.error, 'load should have failed');
+  assert.equal(r.error.name, 'WebDiffusionError');
+  assert.equal(r.error.code, 'HTTP', JSON.stringify(r.error));
+  assert.match(r.error.message, /no-such-model\/config\.json/);
+  assert.match(r.error.message, /404/);
+});
+
+for (const kind of ['cut', 'dropped']) {
+  test(`a safetensors file ${kind === 'cut' ? 'served cut short' : 'whose connection drops'} is TRUNCATED, naming the file and the sizes`, { timeout: RUN_MS }, async () => {
+    const r = await inPage((url) => window.engine.load(url), `${server.url}/broken/${kind}/`);
+    assert.ok(r.error, 'load should have failed');
+    assert.equal(r.error.code, 'TRUNCATED', JSON.stringify(r.error));
+    const size = fs.statSync(path.join(ROOT, 'models/mnist', MODEL_FILE)).size;
+    assert.match(r.error.message, new RegExp(MODEL_FILE));
+    assert.match(r.error.message, new RegExp(`${size} bytes`));
+    assert.match(r.error.message, new RegExp(`${Math.floor(size * CUT_AT)} bytes`));
+  });
+}
+
+test('an unsupported config is UNSUPPORTED_CONFIG naming the key', async () => {
+  const r = await inPage((url) => window.engine.load(url), `${server.url}/broken/badconfig/`);
+  assert.ok(r.error, 'load should have failed');
+  assert.equal(r.error.code, 'UNSUPPORTED_CONFIG', JSON.stringify(r.error));
+  assert.match(r.error.message, /act_fn/);
+});
+
+test('load([File, ...]) reads files the user picked', { timeout: RUN_MS }, async () => {
+  const r = await inPage(async (base) => {
+    const names = ['config.json', 'scheduler_config.json', 'diffusion_pytorch_model.safetensors'];
+    const files = await Promise.all(names.map(async (n) => new File([await (await fetch(base + n)).blob()], n)));
+    const events = [];
+    const info = await window.engine.load(files, { onProgress: (p) => events.push(p.loaded) });
+    return { info, events: events.length };
+  }, `${server.url}/models/mnist/`);
+  assert.ok(r.value, `${JSON.stringify(r.error)}${context()}`);
+  assert.equal(r.value.info.width, 32);
+  assert.ok(r.value.events > 0);
+});
+
+test('without --enable-unsafe-webgpu, Engine.create() rejects with NO_ADAPTER or NO_WEBGPU', { timeout: 2 * LAUNCH_MS }, async (t) => {
+  const { b, dir } = await launch([]);
+  try {
+    const p = await openPage(b);
+    const r = await p.evaluate(async () => {
+      try {
+        await window.wd.Engine.create();
+        return { code: 'none' };
+      } catch (e) {
+        return { name: e.name, code: e.code, message: e.message };
+      }
+    });
+    t.diagnostic(`rejection: ${r.code}: ${r.message}`);
+    assert.equal(r.name, 'WebDiffusionError');
+    assert.ok(['NO_ADAPTER', 'NO_WEBGPU'].includes(r.code), JSON.stringify(r));
+    assert.match(r.message, /WebGPU/);
+  } finally {
+    await b.close().catch(() => {});
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
