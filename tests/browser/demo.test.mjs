@@ -169,24 +169,34 @@ test('demo: the second visit loads the model from the cache (no download in the 
   await second.close();
 });
 
-test('demo: main-thread frame cadence during a run, worker vs { worker: false }', { timeout: 2 * (READY_MS + LOAD_MS + RUN_MS) }, async (t) => {
+test('demo: main-thread responsiveness during a run, worker vs { worker: false }', { timeout: 2 * (READY_MS + LOAD_MS + RUN_MS) }, async (t) => {
+  // With GPU compositing, SwiftShader's WebGPU work holds up the compositor itself and
+  // requestAnimationFrame drops to ~1 frame/s whichever thread runs the engine; software
+  // compositing takes the compositor out of it, so what is left is the page's main thread.
+  const soft = await launch({ extraFlags: ['--disable-gpu-compositing'] });
   const result = {};
-  for (const [name, query] of [['worker', ''], ['main', '?worker=0']]) {
-    const page = await openDemo(query);
-    await loadDefault(page);
-    await generate(page, { steps: STEPS, seed: 2 });
-    assert.equal(await waitState(page, ['done', 'error'], RUN_MS), 'done', await context(page)());
-    result[name] = await page.evaluate(() => ({ ...window.demo.frames, ms: window.demo.result.timings.totalMs, inWorker: window.demo.inWorker }));
-    await page.close();
+  try {
+    for (const [name, query] of [['worker', ''], ['main', '?worker=0']]) {
+      const page = await soft.open(`${server.url}/www/index.html${query}`, { viewport: { width: 1200, height: 900 } });
+      assert.equal(await waitState(page, ['ready', 'error', 'nowebgpu'], READY_MS), 'ready', soft.log.join('\n'));
+      await loadDefault(page);
+      await generate(page, { steps: STEPS, seed: 2 });
+      assert.equal(await waitState(page, ['done', 'error'], RUN_MS), 'done', await context(page)());
+      result[name] = await page.evaluate(() => ({ ...window.demo.frames, ms: window.demo.result.timings.totalMs, inWorker: window.demo.inWorker }));
+      await page.close();
+    }
+  } finally {
+    await soft.close();
   }
-  t.diagnostic(`rAF during ${STEPS} steps, engine in a worker: ${JSON.stringify(result.worker)}`);
-  t.diagnostic(`rAF during ${STEPS} steps, engine on the main thread: ${JSON.stringify(result.main)}`);
+  const fmt = (r) => `${r.fps.toFixed(1)} frames/s, longest frame gap ${r.maxGapMs.toFixed(0)} ms, longest main-thread stall ${r.maxStallMs.toFixed(0)} ms, run ${r.ms.toFixed(0)} ms`;
+  t.diagnostic(`${STEPS} steps, engine in a worker: ${fmt(result.worker)}`);
+  t.diagnostic(`${STEPS} steps, engine on the main thread: ${fmt(result.main)}`);
   assert.equal(result.worker.inWorker, true);
   assert.equal(result.main.inWorker, false);
   // Robust on a loaded 2-core machine: with the engine in a worker the page keeps drawing
-  // frames throughout the run (at least a few per second, no multi-second freeze).
-  assert.ok(result.worker.fps > 5, JSON.stringify(result.worker));
-  assert.ok(result.worker.maxGapMs < 2000, JSON.stringify(result.worker));
+  // throughout the run (most frames on time, no freeze of a second or more).
+  assert.ok(result.worker.fps > 20, fmt(result.worker));
+  assert.ok(result.worker.maxGapMs < 1000 && result.worker.maxStallMs < 1000, fmt(result.worker));
 });
 
 test('demo without WebGPU shows the explanatory message', { timeout: 2 * READY_MS }, async () => {
