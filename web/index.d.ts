@@ -73,8 +73,8 @@ export interface LoadProgress {
   file: string;
   /** Bytes of that file read so far. */
   loaded: number;
-  /** Its size in bytes (0 when the server did not say). */
-  total: number;
+  /** Its size in bytes (null when the server did not say). */
+  total: number | null;
   tensorsReady: number;
   tensorsTotal: number;
 }
@@ -118,6 +118,9 @@ export interface ModelInfo {
   predictionType: string;
   defaultSolver: string;
   defaultGuidance: number;
+  /** Bytes fetched, all files. */
+  bytesRead: number;
+  loadMs: number;
 }
 
 export interface StepInfo {
@@ -132,14 +135,18 @@ export interface GenerateOptions {
   /** A name or alias from `solvers()`. */
   solver?: string;
   steps?: number;
-  seed?: number;
+  /** A number up to 2^53 - 1, or a BigInt up to 2^64 - 1. */
+  seed?: number | bigint;
+  /** Guidance other than 1 needs a model whose null class the engine knows (`nullClass`). */
   guidance?: number;
-  classLabel?: number;
+  /** One label for the whole batch, or one per sample (default 0, 1, 2, … like the CLI). */
+  classLabel?: number | number[];
   eta?: number;
   batch?: number;
   /** What the canvas shows after each step (default x0). */
   preview?: 'x0' | 'xt' | 'none';
-  onStep?(s: StepInfo): void;
+  /** May return a promise: the engine holds the next step until it settles. */
+  onStep?(s: StepInfo): void | Promise<unknown>;
 }
 
 export interface GenerateResult {
@@ -149,6 +156,9 @@ export interface GenerateResult {
   pixels: Uint8ClampedArray;
   timings: { totalMs: number; stepsMs: number[]; loadMs?: number };
   seed: number;
+  /** The canonical name of the solver that ran. */
+  solver: string;
+  steps: number;
 }
 
 export declare class Engine {

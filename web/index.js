@@ -141,13 +141,23 @@ class WorkerBackend {
     if (!p) return;
     if (m.event) {
       const h = { progress: p.handlers.onProgress, step: p.handlers.onStep }[m.event];
+      let r;
       try {
-        h?.(m.data);
+        r = h?.(m.data);
       } catch (e) {
         // A throwing callback is the page's bug; report it without breaking the run.
-        setTimeout(() => {
-          throw e;
-        });
+        console.error('webdiffusion: a callback threw:', e);
+      }
+      if (m.sid !== undefined) {
+        // onStep may return a promise: the engine holds the next step until it settles.
+        const done = (isAsync) => {
+          if (!this.dead) this.worker.postMessage({ type: 'stepDone', sid: m.sid, async: isAsync });
+        };
+        if (r && typeof r.then === 'function') {
+          Promise.resolve(r).catch((e) => console.error("webdiffusion: onStep's promise rejected:", e)).finally(() => done(true));
+        } else {
+          done(false);
+        }
       }
       return;
     }

@@ -37,6 +37,14 @@ export class LocalEngine {
    *            cache?: string, cacheName?: string, wasmUrl?: string }} options */
   static async create(options = {}) {
     await initWasm(options.wasmUrl);
+    // The engine's device does not expose GPUAdapterInfo; it reads the browser's from here
+    // for capabilities().adapter.vendor/architecture.
+    try {
+      const adapter = await navigator.gpu?.requestAdapter(options.powerPreference ? { powerPreference: options.powerPreference } : undefined);
+      if (adapter?.info) globalThis.__webdiffusionAdapterInfo = adapter.info;
+    } catch {
+      // No adapter: create() below says so with its own error.
+    }
     const wasm = await call(() =>
       WasmEngine.create(defined({ canvas: options.canvas ?? undefined, powerPreference: options.powerPreference })),
     );

@@ -4,7 +4,8 @@
 //
 // Protocol (main → worker): { id, op, args } with op create | load | generate | setCanvas |
 // dispose | purge; { type: 'abort' }; { type: 'signal', id } (the load's AbortSignal fired);
-// { type: 'fetchResult', fid, … } (answer to a proxied fetch).
+// { type: 'fetchResult', fid, … } (answer to a proxied fetch); { type: 'stepDone', sid, async }
+// (the page's onStep has finished; `async`: it returned a promise).
 // Worker → main: { id, ok: true, value } | { id, ok: false, error } | { id, event, data } |
 // { type: 'fetch', fid, url, init } (the caller's own fetch hook runs on the main thread).
 import { LocalEngine } from './local.js';
@@ -14,6 +15,10 @@ let engine = null;
 const signals = new Map();
 const fetches = new Map();
 let nextFid = 1;
+// onStep round trips: the engine waits for a promise onStep returns (pacing a run, looking
+// at each frame), so the worker asks the main thread whether the page's onStep returned one.
+const stepWaits = new Map();
+let nextSid = 1;
 
 const post = (m, transfer) => self.postMessage(m, transfer ?? []);
 
@@ -66,7 +71,25 @@ async function run(id, op, args) {
     }
     case 'generate': {
       const { onStep, ...rest } = args;
-      if (onStep) rest.onStep = (data) => post({ id, event: 'step', data });
+      if (onStep) {
+        // The first step waits for the answer; if the page's onStep returned no promise,
+        // later steps do not wait (a busy main thread must not slow the engine down).
+        let waits = true;
+        rest.onStep = (data) => {
+          if (!waits) {
+            post({ id, event: 'step', data });
+            return undefined;
+          }
+          const sid = nextSid++;
+          post({ id, event: 'step', data, sid });
+          return new Promise((resolve) => {
+            stepWaits.set(sid, (isAsync) => {
+              waits = isAsync;
+              resolve();
+            });
+          });
+        };
+      }
       const value = await engine.generate(rest);
       const transfer = value?.pixels?.buffer instanceof ArrayBuffer ? [value.pixels.buffer] : [];
       return { value, transfer };
@@ -102,6 +125,12 @@ self.onmessage = async (event) => {
   }
   if (m?.type === 'fetchResult') {
     answerFetch(m);
+    return;
+  }
+  if (m?.type === 'stepDone') {
+    const done = stepWaits.get(m.sid);
+    stepWaits.delete(m.sid);
+    done?.(m.async);
     return;
   }
   const { id, op, args } = m;

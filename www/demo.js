@@ -107,7 +107,10 @@ function fillClasses(info) {
     }),
   );
   select.disabled = !n;
-  $('guidance').disabled = !n;
+  // Guidance mixes in the "no class" prediction, so it needs the model's null class.
+  const known = nullClass !== null && nullClass !== undefined;
+  $('guidance').disabled = !n || !known;
+  $('guidance').title = known ? '' : 'this model has no known null class, so it runs without guidance';
 }
 
 function busy(on) {
@@ -194,7 +197,7 @@ async function loadModel() {
     ]);
     fillClasses(info);
     fillSolvers(demo.solvers, info.defaultSolver);
-    $('guidance').value = String(info.defaultGuidance);
+    $('guidance').value = String(info.nullClass !== null && info.nullClass !== undefined ? info.defaultGuidance : 1);
     if (!info.numClassEmbeds) $('class-label').value = '';
     setStatus('loaded', `Model loaded in ${Math.round(performance.now() - t0)} ms. Ready to sample.`);
   } catch (e) {
@@ -227,7 +230,7 @@ async function generate() {
     };
     if ($('class-label').value !== '') {
       options.classLabel = Number($('class-label').value);
-      options.guidance = numberOf('guidance');
+      if (!$('guidance').disabled) options.guidance = numberOf('guidance');
     }
   } catch (e) {
     fail(e, 'Sampling');
@@ -258,7 +261,9 @@ async function generate() {
     lastResult = result;
     const { totalMs, stepsMs } = result.timings;
     const mean = stepsMs.length ? stepsMs.reduce((a, b) => a + b, 0) / stepsMs.length : 0;
-    demo.result = { width: result.width, height: result.height, seed: result.seed, timings: result.timings, bytes: result.pixels.length };
+    const gray = [];
+    for (let i = 0; i < result.pixels.length; i += 4) gray.push(result.pixels[i]);
+    demo.result = { width: result.width, height: result.height, seed: result.seed, solver: result.solver, timings: result.timings, gray };
     $('step-text').textContent =
       `${stepsMs.length} steps in ${totalMs.toFixed(0)} ms (mean ${mean.toFixed(1)} ms/step) · seed ${result.seed}`;
     setStatus('done', `Done: ${result.width}×${result.height} in ${(totalMs / 1000).toFixed(2)} s.`);

@@ -133,6 +133,37 @@ test('errors cross the worker with their name, code and message; abort and dispo
   assert.equal(r.worker.pendingAtDispose?.code, 'DISPOSED', JSON.stringify(r.worker));
 });
 
+test('a promise from onStep holds the next step, across the worker too', { timeout: TEST_MS }, async () => {
+  const page = await harness();
+  const r = await page.evaluate(async () => {
+    const out = {};
+    for (const worker of [true, false]) {
+      const engine = await window.webdiffusion.Engine.create({ worker, cache: 'memory' });
+      await engine.load('/models/mnist/');
+      const times = [];
+      const t0 = performance.now();
+      await engine.generate({
+        steps: 3,
+        onStep: () => {
+          times.push(performance.now() - t0);
+          return new Promise((res) => setTimeout(res, 400));
+        },
+      });
+      const held = performance.now() - t0;
+      const t1 = performance.now();
+      await engine.generate({ steps: 3, onStep: () => {} });
+      out[worker ? 'worker' : 'main'] = { times, held, free: performance.now() - t1 };
+      engine.dispose();
+    }
+    return out;
+  });
+  for (const [k, o] of Object.entries(r)) {
+    const gaps = o.times.slice(1).map((t, i) => t - o.times[i]);
+    assert.ok(gaps.every((g) => g >= 400), `${k}: steps were not held: ${JSON.stringify(o)}`);
+    assert.ok(o.held >= 1200 && o.free < o.held - 600, `${k}: ${JSON.stringify(o)}`);
+  }
+});
+
 test('weight cache: the second load downloads nothing; purge makes it download again', { timeout: TEST_MS }, async () => {
   const page = await harness();
   await page.evaluate(() => window.webdiffusion.Engine.purgeCache());
