@@ -287,7 +287,7 @@ function startFps() {
     if (!run.on) return;
     run.frames.push(t);
     const recent = run.frames.filter((f) => t - f <= 1000).length;
-    $('fps').textContent = `${recent} frames/s, longest main-thread stall ${run.maxLag.toFixed(0)} ms`;
+    $('fps').textContent = `longest main-thread stall ${run.maxLag.toFixed(0)} ms; ${recent} frames/s`;
     requestAnimationFrame(tick);
   };
   requestAnimationFrame(tick);
@@ -308,7 +308,10 @@ function stopFps() {
   const fps = f.length > 1 ? (1000 * (f.length - 1)) / (f.at(-1) - f[0]) : 0;
   const maxGapMs = gaps.length ? Math.max(...gaps) : null;
   demo.frames = { fps, maxGapMs, count: f.length, maxStallMs: run.maxLag };
-  $('fps').textContent = `${fps.toFixed(0)} frames/s on average, longest frame gap ${maxGapMs?.toFixed(0) ?? '–'} ms; longest main-thread stall ${run.maxLag.toFixed(0)} ms`;
+  const software = demo.capabilities?.adapter?.isFallback
+    ? ' (a software GPU: the browser draws the page with it too, so frames wait for the engine whichever thread it runs on)'
+    : '';
+  $('fps').textContent = `longest main-thread stall ${run.maxLag.toFixed(0)} ms; ${fps.toFixed(0)} frames/s on average, longest frame gap ${maxGapMs?.toFixed(0) ?? '–'} ms${software}`;
 }
 
 function savePng() {

@@ -171,7 +171,8 @@ test('demo: the second visit loads the model from the cache (no download in the 
 test('demo: main-thread responsiveness during a run, worker vs { worker: false }', { timeout: 2 * (READY_MS + LOAD_MS + RUN_MS) }, async (t) => {
   // With GPU compositing, SwiftShader's WebGPU work holds up the compositor itself and
   // requestAnimationFrame drops to ~1 frame/s whichever thread runs the engine; software
-  // compositing takes the compositor out of it, so what is left is the page's main thread.
+  // compositing takes the compositor out of it, so what is left is the page's main thread
+  // (the WebGPU canvas then stays black on screen; the engine runs and draws all the same).
   const soft = await launch({ extraFlags: ['--disable-gpu-compositing'] });
   const result = {};
   try {
