@@ -191,6 +191,8 @@ pub struct LoadCtx {
     pub tensors_ready: Cell<usize>,
     pub tensors_total: Cell<Option<usize>>,
     pub bytes_read: Cell<u64>,
+    /// The adapter's `maxBufferSize`: no tensor may be larger (as float32).
+    pub max_buffer_size: u64,
     /// The reader being read, so `abort()` can cancel a pending read.
     pub reader: RefCell<Option<JsValue>>,
 }
@@ -424,8 +426,10 @@ async fn read_loop(
 async fn read_text(ctx: &LoadCtx, item: &Item) -> Result<String, OpenError> {
     let opened = open(ctx, item).await?;
     let mut bytes = Vec::new();
+    ctx.progress(&opened.label, 0, opened.len);
     read_all(ctx, &opened, |c| {
         bytes.extend_from_slice(c);
+        ctx.progress(&opened.label, bytes.len() as u64, opened.len);
         Ok(())
     })
     .await
@@ -578,6 +582,20 @@ async fn stream_one(
         if !header_seen {
             if let Some(h) = stream.header() {
                 header_seen = true;
+                // A tensor no buffer of this adapter can hold fails now, before its bytes
+                // are downloaded.
+                for t in h.tensors() {
+                    let bytes = t.numel() as u64 * 4;
+                    if bytes > ctx.max_buffer_size {
+                        return Err(WdError::new(
+                            Code::Limit,
+                            format!(
+                                "{label}: the model is too large for this GPU: tensor `{}` needs {bytes} bytes as float32 but the adapter's maxBufferSize is {}; use a smaller model or a GPU with larger limits",
+                                t.name, ctx.max_buffer_size
+                            ),
+                        ));
+                    }
+                }
                 if let Some((tracker, name)) = shard.as_mut() {
                     tracker.check_header(name, h).map_err(WdError::from)?;
                 } else {

@@ -415,6 +415,7 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
         tensors_ready: Cell::new(0),
         tensors_total: Cell::new(None),
         bytes_read: Cell::new(0),
+        max_buffer_size: ctx.caps.max_buffer(),
         reader: RefCell::new(None),
     };
 
@@ -428,7 +429,6 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
     lctx.check()?;
     let parameters = weights.numel();
     let weight_bytes = weights.byte_len();
-    check_limits(&ctx, &weights)?;
 
     // The previous model goes first: its buffers return to the pool before the new ones.
     *inner.model.borrow_mut() = None;
@@ -516,33 +516,6 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
     js::set(&info, "loadMs", model.load_ms);
     *inner.model.borrow_mut() = Some(model);
     Ok(info.into())
-}
-
-/// A model whose single weight tensors do not fit the adapter's buffers fails here with the
-/// limit's name, not in the middle of the upload.
-fn check_limits(ctx: &GpuContext, weights: &crate::weights::Weights) -> WdResult<()> {
-    let max_buffer = ctx.caps.max_buffer();
-    let max_binding = ctx.caps.max_binding();
-    for name in weights.names() {
-        let Some(shape) = weights.shape(name) else {
-            continue;
-        };
-        let bytes = shape.iter().product::<usize>() as u64 * 4;
-        for (limit, value) in [
-            ("maxBufferSize", max_buffer),
-            ("maxStorageBufferBindingSize", max_binding),
-        ] {
-            if bytes > value {
-                return Err(WdError::new(
-                    Code::Limit,
-                    format!(
-                        "the model is too large for this GPU: tensor `{name}` needs {bytes} bytes as float32 but the adapter's {limit} is {value}; use a smaller model or a GPU with larger limits"
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The options of one `generate` call, checked.
@@ -815,6 +788,12 @@ async fn run(
         }
     };
     unet.set_class_labels(None);
+    if let Ok(v) = &r {
+        let timings = js::get(v, "timings");
+        if let Some(t) = timings.dyn_ref::<Object>() {
+            js::set(t, "loadMs", load_ms);
+        }
+    }
     *slot = Some(Model {
         unet,
         config,

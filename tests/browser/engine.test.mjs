@@ -43,9 +43,29 @@ const log = [];
 
 /** The bundled model served with broken parts under /broken/<kind>/. */
 async function handle(req, res, root) {
-  const m = (req.url ?? '').match(/^\/broken\/(cut|dropped|badconfig)\/(.*)$/);
+  const m = (req.url ?? '').match(/^\/broken\/(cut|dropped|badconfig|slow|huge|sharded)\/(.*)$/);
   if (!m) return false;
   const [, kind, name] = m;
+  if (kind === 'sharded' && (name === MODEL_FILE || name.startsWith('shard-') || name.endsWith('.index.json'))) {
+    const files = shardedModel(root);
+    if (!files[name]) {
+      res.writeHead(404).end('not found');
+      return true;
+    }
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'cache-control': 'no-store' });
+    res.end(files[name]);
+    return true;
+  }
+  if (name === MODEL_FILE && kind === 'huge') {
+    // A header describing one tensor larger than any adapter buffer (1.2 GB as float32),
+    // followed by a few bytes: the engine must refuse it from the header alone.
+    const json = Buffer.from(JSON.stringify({ big: { dtype: 'F32', shape: [300_000_000], data_offsets: [0, 1_200_000_000] } }));
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(json.length));
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'cache-control': 'no-store' });
+    res.end(Buffer.concat([len, json, Buffer.alloc(1024)]));
+    return true;
+  }
   const file = path.join(root, 'models', 'mnist', path.basename(name));
   if (!fs.existsSync(file)) {
     res.writeHead(404).end('not found');
@@ -61,6 +81,22 @@ async function handle(req, res, root) {
     // A server holding a partial file: Content-Length says what it has.
     body = body.subarray(0, Math.floor(body.length * CUT_AT));
   }
+  if (name === MODEL_FILE && kind === 'slow') {
+    // 64 KiB every 40 ms (about 3 s for the model): time to abort mid-download.
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length, 'cache-control': 'no-store' });
+    let off = 0;
+    const timer = setInterval(() => {
+      if (off >= body.length || res.destroyed) {
+        clearInterval(timer);
+        res.end();
+        return;
+      }
+      res.write(body.subarray(off, off + 65536));
+      off += 65536;
+    }, 40);
+    res.on('close', () => clearInterval(timer));
+    return true;
+  }
   if (name === MODEL_FILE && kind === 'dropped') {
     // The connection drops mid-download: the full length is announced, part is sent.
     res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length, 'cache-control': 'no-store' });
@@ -70,6 +106,41 @@ async function handle(req, res, root) {
   res.writeHead(200, { 'content-type': 'application/octet-stream', 'cache-control': 'no-store' });
   res.end(body);
   return true;
+}
+
+/** The bundled model re-saved as two safetensors shards plus their index (what diffusers'
+ * `save_pretrained(max_shard_size=...)` writes), with no single-file weights. */
+let sharded;
+function shardedModel(root) {
+  if (sharded) return sharded;
+  const buf = fs.readFileSync(path.join(root, 'models', 'mnist', MODEL_FILE));
+  const hlen = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.toString('utf8', 8, 8 + hlen));
+  const data = buf.subarray(8 + hlen);
+  const names = Object.keys(header).filter((k) => k !== '__metadata__').sort();
+  const half = Math.ceil(names.length / 2);
+  const shardNames = ['shard-00001-of-00002.safetensors', 'shard-00002-of-00002.safetensors'];
+  const files = {};
+  const weightMap = {};
+  [names.slice(0, half), names.slice(half)].forEach((group, i) => {
+    const h = {};
+    const parts = [];
+    let off = 0;
+    for (const n of group) {
+      const [a, b] = header[n].data_offsets;
+      h[n] = { dtype: header[n].dtype, shape: header[n].shape, data_offsets: [off, off + b - a] };
+      parts.push(data.subarray(a, b));
+      off += b - a;
+      weightMap[n] = shardNames[i];
+    }
+    const json = Buffer.from(JSON.stringify(h));
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(json.length));
+    files[shardNames[i]] = Buffer.concat([len, json, ...parts]);
+  });
+  files[`${MODEL_FILE}.index.json`] = Buffer.from(JSON.stringify({ metadata: { total_size: data.length }, weight_map: weightMap }));
+  sharded = files;
+  return files;
 }
 
 async function launch(flags) {
@@ -337,6 +408,9 @@ test('a wrong URL is an HTTP error naming the file and the status', async () => 
   assert.equal(r.error.code, 'HTTP', JSON.stringify(r.error));
   assert.match(r.error.message, /no-such-model\/config\.json/);
   assert.match(r.error.message, /404/);
+  // A failed load leaves the loaded model in place.
+  const g = await inPage(async () => (await window.engine.generate({ steps: 1, seed: 9 })).width);
+  assert.equal(g.value, 32, JSON.stringify(g.error));
 });
 
 for (const kind of ['cut', 'dropped']) {
@@ -350,6 +424,80 @@ for (const kind of ['cut', 'dropped']) {
     assert.match(r.error.message, new RegExp(`${Math.floor(size * CUT_AT)} bytes`));
   });
 }
+
+test('a tensor larger than the adapter allows is LIMIT, from the header alone', async () => {
+  const r = await inPage((url) => window.engine.load(url), `${server.url}/broken/huge/`);
+  assert.ok(r.error, 'load should have failed');
+  assert.equal(r.error.code, 'LIMIT', JSON.stringify(r.error));
+  assert.match(r.error.message, /maxBufferSize/);
+  assert.match(r.error.message, /1200000000 bytes/);
+  assert.match(r.error.message, /`big`/);
+});
+
+test('a download is aborted by its AbortSignal and by abort(); the fetch hook is used; the engine loads afterwards', { timeout: RUN_MS }, async (t) => {
+  const r = await inPage(async (base) => {
+    const out = {};
+    const attempt = async (how) => {
+      const ctl = new AbortController();
+      const t0 = performance.now();
+      let firstBytes = null;
+      try {
+        await window.engine.load(`${base}/broken/slow/`, {
+          signal: ctl.signal,
+          onProgress: (p) => {
+            if (p.file.endsWith('.safetensors') && p.loaded > 0 && firstBytes === null) {
+              firstBytes = p.loaded;
+              if (how === 'signal') ctl.abort();
+              else window.engine.abort();
+            }
+          },
+        });
+        return { code: 'none' };
+      } catch (e) {
+        return { code: e.code, message: e.message, firstBytes, ms: performance.now() - t0 };
+      }
+    };
+    out.signal = await attempt('signal');
+    out.method = await attempt('method');
+    const calls = [];
+    const info = await window.engine.load(`${base}/models/mnist/`, {
+      fetch: (url, init) => { calls.push(url); return fetch(url, init); },
+    });
+    out.calls = calls;
+    out.width = info.width;
+    // The model works after the aborted loads.
+    const g = await window.engine.generate({ steps: 1, seed: 4 });
+    out.generated = g.width;
+    return out;
+  }, server.url);
+  assert.ok(r.value, `${JSON.stringify(r.error)}${context()}`);
+  const v = r.value;
+  t.diagnostic(`aborted after ${v.signal.firstBytes} bytes in ${v.signal.ms?.toFixed(0)} ms (signal), ${v.method.firstBytes} bytes in ${v.method.ms?.toFixed(0)} ms (abort())`);
+  for (const k of ['signal', 'method']) {
+    assert.equal(v[k].code, 'ABORTED', `${k}: ${JSON.stringify(v[k])}`);
+    assert.ok(v[k].ms < 2500, `${k}: took ${v[k].ms} ms to stop (the slow download takes ~3 s)`);
+  }
+  assert.deepEqual(v.calls.map((u) => u.split('/').pop()), ['config.json', 'scheduler_config.json', MODEL_FILE]);
+  assert.equal(v.width, 32);
+  assert.equal(v.generated, 32);
+});
+
+test('a sharded checkpoint (index + shards) loads from a folder URL and gives the same image', { timeout: RUN_MS }, async () => {
+  const r = await inPage(async (base) => {
+    const opts = { steps: 2, seed: 5, classLabel: 1 };
+    const a = await window.engine.generate(opts);
+    const files = new Set();
+    const info = await window.engine.load(`${base}/broken/sharded/`, { onProgress: (p) => files.add(p.file.split('/').pop()) });
+    const b = await window.engine.generate(opts);
+    let same = a.pixels.length === b.pixels.length;
+    for (let i = 0; same && i < a.pixels.length; i++) same = a.pixels[i] === b.pixels[i];
+    return { files: [...files].sort(), parameters: info.parameters, same };
+  }, server.url);
+  assert.ok(r.value, `${JSON.stringify(r.error)}${context()}`);
+  assert.deepEqual(r.value.files, ['config.json', `${MODEL_FILE}.index.json`, 'scheduler_config.json',
+    'shard-00001-of-00002.safetensors', 'shard-00002-of-00002.safetensors']);
+  assert.ok(r.value.same, 'the sharded model gives another image than the single file');
+});
 
 test('an unsupported config is UNSUPPORTED_CONFIG naming the key', async () => {
   const r = await inPage((url) => window.engine.load(url), `${server.url}/broken/badconfig/`);
@@ -369,6 +517,26 @@ test('load([File, ...]) reads files the user picked', { timeout: RUN_MS }, async
   assert.ok(r.value, `${JSON.stringify(r.error)}${context()}`);
   assert.equal(r.value.info.width, 32);
   assert.ok(r.value.events > 0);
+});
+
+test('in a Web Worker with an OffscreenCanvas: loads, generates and draws while the page keeps animating', { timeout: RUN_MS }, async (t) => {
+  const p = await browser.newPage({ viewport: { width: 400, height: 300 }, deviceScaleFactor: 1 });
+  p.on('console', (m) => log.push(`worker page console.${m.type()}: ${m.text()}`));
+  try {
+    await p.goto(`${server.url}/tests/browser/pages/worker.html`, { timeout: LAUNCH_MS });
+    await p.waitForFunction(() => window.workerResult !== undefined, null, { timeout: RUN_MS, polling: 200 });
+    const r = await p.evaluate(() => ({ ...window.workerResult, frames: window.frames }));
+    assert.ok(r.value, `the worker failed: ${JSON.stringify(r.error)}${context()}`);
+    t.diagnostic(`worker: 3 steps in ${r.value.totalMs.toFixed(0)} ms; the page drew ${r.frames} animation frames meanwhile`);
+    assert.deepEqual(r.value.steps, [1, 2, 3]);
+    assert.ok(r.value.max - r.value.min > 100, `flat image: ${JSON.stringify(r.value)}`);
+    assert.ok(r.frames > 10, `the page's requestAnimationFrame ran only ${r.frames} times`);
+    await p.evaluate(() => new Promise((res) => requestAnimationFrame(() => requestAnimationFrame(res))));
+    const shot = stats(decodePng(await p.locator('#c').screenshot()));
+    assert.ok(shot.std > 30, `the OffscreenCanvas shows nothing: ${JSON.stringify(shot)}`);
+  } finally {
+    await p.close();
+  }
 });
 
 test('without --enable-unsafe-webgpu, Engine.create() rejects with NO_ADAPTER or NO_WEBGPU', { timeout: 2 * LAUNCH_MS }, async (t) => {
