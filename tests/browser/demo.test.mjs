@@ -7,7 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { startDemoServer } from '../../scripts/demo-server.mjs';
+import { startDemoServer, DEFAULT_MOUNTS } from '../../scripts/demo-server.mjs';
 import { launch, decodePng } from './web-helpers.mjs';
 
 const STEPS = Number(process.env.WEBDIFFUSION_DEMO_STEPS ?? 6);
@@ -20,7 +20,11 @@ let chrome;
 before(async () => {
   const pkg = new URL('../../web/pkg/webdiffusion.js', import.meta.url);
   assert.ok(fs.existsSync(pkg), 'web/pkg/webdiffusion.js is missing: run scripts/build-wasm.sh first');
-  server = await startDemoServer();
+  // /cut/ serves the models again, with the bundled weights breaking off after 1 MB.
+  server = await startDemoServer({
+    mounts: { ...DEFAULT_MOUNTS, '/cut/': DEFAULT_MOUNTS['/models/'] },
+    truncate: { '/cut/mnist/diffusion_pytorch_model.safetensors': 1_000_000 },
+  });
   chrome = await launch();
 });
 after(async () => {
@@ -197,6 +201,29 @@ test('demo: main-thread responsiveness during a run, worker vs { worker: false }
   // throughout the run (most frames on time, no freeze of a second or more).
   assert.ok(result.worker.fps > 20, fmt(result.worker));
   assert.ok(result.worker.maxGapMs < 1000 && result.worker.maxStallMs < 1000, fmt(result.worker));
+});
+
+test('demo: a wrong URL and a truncated download give readable errors on the page; the engine stays usable', { timeout: READY_MS + 3 * LOAD_MS }, async (t) => {
+  const page = await openDemo('?model=/models/no-such-model/');
+  await page.click('#load');
+  assert.equal(await waitState(page, ['loaded', 'error'], LOAD_MS), 'error', await context(page)());
+  const missing = await page.locator('#status').innerText();
+  t.diagnostic(`wrong URL: ${missing}`);
+  assert.equal(await page.evaluate(() => window.demo.errorCode), 'HTTP');
+  assert.match(missing, /Loading failed: .*no-such-model\/config\.json.*404/);
+
+  await page.fill('#model-url', '/cut/mnist/');
+  await page.click('#load');
+  assert.equal(await waitState(page, ['loaded', 'error'], LOAD_MS), 'error', await context(page)());
+  const cut = await page.locator('#status').innerText();
+  t.diagnostic(`truncated: ${cut}`);
+  assert.ok(['TRUNCATED', 'NETWORK'].includes(await page.evaluate(() => window.demo.errorCode)), cut);
+  assert.match(cut, /Loading failed: .*diffusion_pytorch_model\.safetensors/);
+
+  // The same engine then loads the good model.
+  await page.fill('#model-url', '/models/mnist/');
+  await loadDefault(page);
+  await page.close();
 });
 
 test('demo without WebGPU shows the explanatory message', { timeout: 2 * READY_MS }, async () => {
