@@ -172,6 +172,23 @@ test('demo: the second visit loads the model from the cache (no download in the 
   await second.close();
 });
 
+test('demo: when storage refuses the weights (quota), the page says they are kept in memory', { timeout: READY_MS + LOAD_MS }, async () => {
+  const page = await openDemo();
+  await page.evaluate(() => caches.delete('webdiffusion-weights-v1'));
+  const cdp = await chrome.context.newCDPSession(page);
+  const origin = new URL(server.url).origin;
+  await cdp.send('Storage.overrideQuotaForOrigin', { origin, quotaSize: 100_000 });
+  try {
+    await loadDefault(page);
+    await page.waitForFunction(() => window.demo.warnings.length > 0, null, { timeout: 30_000 });
+    assert.ok(await page.locator('#cache-warning').isVisible());
+    assert.match(await page.locator('#cache-warning').innerText(), /refused to store .*[Qq]uota.*kept in memory/);
+  } finally {
+    await cdp.send('Storage.overrideQuotaForOrigin', { origin });
+    await page.close();
+  }
+});
+
 test('demo: main-thread responsiveness during a run, worker vs { worker: false }', { timeout: 2 * (READY_MS + LOAD_MS + RUN_MS) }, async (t) => {
   // With GPU compositing, SwiftShader's WebGPU work holds up the compositor itself and
   // requestAnimationFrame drops to ~1 frame/s whichever thread runs the engine; software
@@ -203,7 +220,7 @@ test('demo: main-thread responsiveness during a run, worker vs { worker: false }
   assert.ok(result.worker.maxGapMs < 1000 && result.worker.maxStallMs < 1000, fmt(result.worker));
 });
 
-test('demo: a wrong URL and a truncated download give readable errors on the page; the engine stays usable', { timeout: READY_MS + 3 * LOAD_MS }, async (t) => {
+test('demo: a wrong URL and a truncated download give readable errors on the page; then local files load', { timeout: READY_MS + 3 * LOAD_MS }, async (t) => {
   const page = await openDemo('?model=/models/no-such-model/');
   await page.click('#load');
   assert.equal(await waitState(page, ['loaded', 'error'], LOAD_MS), 'error', await context(page)());
@@ -220,9 +237,14 @@ test('demo: a wrong URL and a truncated download give readable errors on the pag
   assert.ok(['TRUNCATED', 'NETWORK'].includes(await page.evaluate(() => window.demo.errorCode)), cut);
   assert.match(cut, /Loading failed: .*diffusion_pytorch_model\.safetensors/);
 
-  // The same engine then loads the good model.
-  await page.fill('#model-url', '/models/mnist/');
+  // The same engine then loads the model from local files (the file picker).
+  await page.check('input[name="source"][value="files"]');
+  const dir = new URL('../../models/mnist/', import.meta.url).pathname;
+  await page.setInputFiles('#model-files', ['config.json', 'scheduler_config.json', 'diffusion_pytorch_model.safetensors'].map((f) => dir + f));
+  const before = server.log.length;
   await loadDefault(page);
+  assert.equal(await page.evaluate(() => window.demo.model.width), 32);
+  assert.deepEqual(server.log.slice(before).filter((e) => e.path.startsWith('/models/')), [], 'local files must not be fetched');
   await page.close();
 });
 
