@@ -76,6 +76,8 @@ export function createCachingFetch(options = {}) {
 
   if (store === 'cache-api' && typeof caches === 'undefined') store = 'memory';
   if (store === 'opfs' && !navigator.storage?.getDirectory) store = 'memory';
+  // Where files were stored before any fallback: still read after one.
+  const persistent = store === 'cache-api' || store === 'opfs' ? store : null;
 
   function fallBackToMemory(url, why) {
     if (store !== 'memory') {
@@ -83,7 +85,7 @@ export function createCachingFetch(options = {}) {
         url,
         status: 'warning',
         store,
-        message: `the weight cache (${store}) refused to store ${url}: ${why}; weights are kept in memory for this session only and will be downloaded again on the next visit`,
+        message: `the weight cache (${store}) refused to store ${url}: ${why}; from now on downloaded weights are kept in memory for this session only (that file is downloaded once more when loaded again) and will be downloaded again on the next visit`,
       });
       store = 'memory';
     }
@@ -94,11 +96,11 @@ export function createCachingFetch(options = {}) {
       const m = memory.get(url);
       return new Response(m.blob.stream(), { status: 200, headers: m.headers });
     }
-    if (store === 'cache-api') {
+    if (persistent === 'cache-api') {
       const cache = await caches.open(cacheName);
       return (await cache.match(url)) ?? null;
     }
-    if (store === 'opfs') {
+    if (persistent === 'opfs') {
       try {
         const dir = await opfsDir(cacheName, false);
         const handle = await dir.getFileHandle(await opfsName(url));
@@ -118,14 +120,19 @@ export function createCachingFetch(options = {}) {
   async function save(url, response, body) {
     const length = contentLength(response);
     const checked = lengthChecked(body, length);
+    let mode = store;
+    // A file that cannot fit in what is left of the quota goes to memory before a byte is
+    // written, so this one is kept too (a write refused midway loses the file).
+    if (mode !== 'memory' && length >= 0) {
+      const estimate = await navigator.storage?.estimate?.().catch(() => null);
+      const left = estimate ? (estimate.quota ?? Infinity) - (estimate.usage ?? 0) : Infinity;
+      if (length > left) {
+        fallBackToMemory(url, `QuotaExceededError: ${length} bytes needed, ${Math.max(0, left)} bytes of storage quota left`);
+        mode = 'memory';
+      }
+    }
     try {
-      if (store === 'cache-api') {
-        const estimate = await navigator.storage?.estimate?.().catch(() => null);
-        if (estimate && length > (estimate.quota ?? Infinity) - (estimate.usage ?? 0)) {
-          const err = new Error(`${length} bytes needed, ${(estimate.quota ?? 0) - (estimate.usage ?? 0)} bytes of quota left`);
-          err.name = 'QuotaExceededError';
-          throw err;
-        }
+      if (mode === 'cache-api') {
         const headers = new Headers();
         for (const h of ['content-type', 'content-length', 'etag', 'last-modified']) {
           const v = response.headers.get(h);
@@ -133,7 +140,7 @@ export function createCachingFetch(options = {}) {
         }
         const cache = await caches.open(cacheName);
         await cache.put(url, new Response(checked, { status: 200, headers }));
-      } else if (store === 'opfs') {
+      } else if (mode === 'opfs') {
         const dir = await opfsDir(cacheName, true);
         const name = await opfsName(url);
         // Written under a temporary name and renamed when complete: a lookup must never
@@ -155,10 +162,10 @@ export function createCachingFetch(options = {}) {
         emit({ url, status: 'memory', store: 'memory', bytes: blob.size });
         return;
       }
-      emit({ url, status: 'stored', store, bytes: length >= 0 ? length : undefined });
+      emit({ url, status: 'stored', store: mode, bytes: length >= 0 ? length : undefined });
     } catch (e) {
       if (isQuotaError(e)) {
-        fallBackToMemory(url, e.message || e.name);
+        fallBackToMemory(url, `${e.name}: ${e.message}`);
       }
       // Anything else (the download failed or was aborted) is the engine's error to
       // report; storage just keeps nothing.
@@ -175,7 +182,7 @@ export function createCachingFetch(options = {}) {
         fallBackToMemory(url, e?.message ?? String(e));
       }
       if (hit) {
-        emit({ url, status: 'hit', store: memory.has(url) ? 'memory' : store, bytes: contentLength(hit) || undefined });
+        emit({ url, status: 'hit', store: memory.has(url) ? 'memory' : persistent, bytes: contentLength(hit) || undefined });
         return hit;
       }
     }

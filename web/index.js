@@ -27,6 +27,18 @@ function resolveSource(source) {
   return source;
 }
 
+// The wasm glue is imported only when this thread runs the engine (or asks for solvers()).
+async function importLocal() {
+  try {
+    return await import('./local.js');
+  } catch (e) {
+    throw new WebDiffusionError(
+      'INTERNAL',
+      `could not load the engine's modules (${e?.message ?? e}); check that local.js and the pkg/ folder are served next to index.js`,
+    );
+  }
+}
+
 function disposed() {
   return new WebDiffusionError('DISPOSED', 'this Engine was disposed; create a new one with Engine.create()');
 }
@@ -276,7 +288,7 @@ export class Engine {
       engine.#capabilities = backend.capabilities;
       engine.#solvers = backend.solvers;
     } else {
-      const { LocalEngine } = await import('./local.js');
+      const { LocalEngine } = await importLocal();
       const local = await LocalEngine.create(rest);
       engine.#local = local;
       engine.#capabilities = local.capabilities();
@@ -287,7 +299,7 @@ export class Engine {
 
   /** The solver menu: every name `generate({ solver })` accepts. Loads the wasm when needed. */
   static async solvers() {
-    const { initWasm, LocalEngine } = await import('./local.js');
+    const { initWasm, LocalEngine } = await importLocal();
     await initWasm();
     return LocalEngine.solvers();
   }

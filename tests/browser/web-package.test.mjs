@@ -26,6 +26,9 @@ before(async () => {
       '/web/': path.join(ROOT, 'web'),
       '/models/': path.join(ROOT, 'models'),
       '/fixtures/': path.join(HERE, 'fixtures'),
+      // The package without its pkg/ folder.
+      '/broken/pkg/': path.join(HERE, 'fixtures/no-such-folder'),
+      '/broken/': path.join(ROOT, 'web'),
       // The same model, but its weights break off after 1 MB.
       '/cut/': path.join(ROOT, 'models'),
     },
@@ -133,6 +136,28 @@ test('errors cross the worker with their name, code and message; abort and dispo
   assert.equal(r.worker.pendingAtDispose?.code, 'DISPOSED', JSON.stringify(r.worker));
 });
 
+test('a package served without its pkg/ folder fails with a WebDiffusionError saying so', { timeout: TEST_MS }, async () => {
+  const page = await harness();
+  const r = await page.evaluate(async () => {
+    const { Engine } = await import('/broken/index.js');
+    const out = {};
+    for (const worker of [true, false]) {
+      try {
+        await Engine.create({ worker });
+        out[worker] = 'created';
+      } catch (e) {
+        out[worker] = { name: e.name, code: e.code, message: e.message };
+      }
+    }
+    return out;
+  });
+  for (const o of Object.values(r)) {
+    assert.equal(o.name, 'WebDiffusionError', JSON.stringify(r));
+    assert.equal(o.code, 'INTERNAL', JSON.stringify(r));
+    assert.match(o.message, /pkg\/ folder/, JSON.stringify(r));
+  }
+});
+
 test('a promise from onStep holds the next step, across the worker too', { timeout: TEST_MS }, async () => {
   const page = await harness();
   const r = await page.evaluate(async () => {
@@ -232,23 +257,36 @@ test('quota exceeded: the cache falls back to memory and says so', { timeout: TE
   // A quota far below the 5 MB weights.
   await cdp.send('Storage.overrideQuotaForOrigin', { origin, quotaSize: 100_000 });
   try {
-    const r = await page.evaluate(async () => {
-      const engine = await window.webdiffusion.Engine.create();
-      const events = [];
-      await engine.load('/models/mnist/', { onCache: (e) => events.push(e) });
-      for (let i = 0; i < 100 && !events.some((e) => e.status === 'memory'); i++) await new Promise((r) => setTimeout(r, 100));
-      // The same engine loads again from memory.
-      const again = [];
-      await engine.load('/models/mnist/', { onCache: (e) => again.push(e) });
-      engine.dispose();
-      return { events, again };
-    });
-    const warning = r.events.find((e) => e.status === 'warning');
-    assert.ok(warning, `expected a quota warning: ${JSON.stringify(r.events)}`);
-    assert.match(warning.message, /quota|Quota/);
+    const engine = await page.evaluateHandle(() => window.webdiffusion.Engine.create());
+    const load = () =>
+      page.evaluate(async (e) => {
+        const events = [];
+        await e.load('/models/mnist/', { onCache: (ev) => events.push(ev) });
+        // Storing ends after load() resolves: wait until every miss has its outcome.
+        for (let i = 0; i < 100; i++) {
+          const misses = events.filter((ev) => ev.status === 'miss').length;
+          const settled = events.filter((ev) => ['stored', 'memory', 'warning'].includes(ev.status)).length;
+          if (settled >= misses) break;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        return events.map((ev) => ({ ...ev, file: ev.url.split('/').pop() }));
+      }, engine);
+    const first = await load();
+    const warning = first.find((e) => e.status === 'warning');
+    assert.ok(warning, `expected a quota warning: ${JSON.stringify(first)}`);
+    assert.match(warning.message, /[Qq]uota/);
     assert.match(warning.message, /kept in memory/);
-    const weightsAgain = r.again.find((e) => e.url.endsWith(WEIGHTS));
-    assert.deepEqual([weightsAgain?.status, weightsAgain?.store], ['hit', 'memory'], JSON.stringify(r));
+    // The file whose write was refused midway is fetched once more, then kept in memory;
+    // after that nothing is downloaded.
+    const second = await load();
+    const n = server.log.length;
+    const third = await load();
+    const downloads = server.log.slice(n).filter((e) => e.path.startsWith('/models/'));
+    const ctx = JSON.stringify({ first, second, third, downloads });
+    assert.deepEqual(downloads, [], ctx);
+    assert.ok(third.every((e) => e.status === 'hit'), ctx);
+    assert.equal(third.find((e) => e.file === WEIGHTS)?.store, 'memory', ctx);
+    await page.evaluate((e) => e.dispose(), engine);
   } finally {
     await cdp.send('Storage.overrideQuotaForOrigin', { origin });
   }
