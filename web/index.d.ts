@@ -1,0 +1,201 @@
+// Types of the webdiffusion package (index.js). The engine API follows src/wasm.rs; what
+// the package adds is marked "package".
+
+/** Every `code` a {@link WebDiffusionError} can carry. */
+export type ErrorCode =
+  | 'NO_WEBGPU'
+  | 'NO_ADAPTER'
+  | 'HTTP'
+  | 'NETWORK'
+  | 'TRUNCATED'
+  | 'BAD_MODEL'
+  | 'UNSUPPORTED_CONFIG'
+  | 'LIMIT'
+  | 'OUT_OF_MEMORY'
+  | 'ABORTED'
+  | 'BAD_OPTION'
+  | 'NOT_LOADED'
+  | 'DISPOSED'
+  | 'INTERNAL';
+
+export declare const ERROR_CODES: readonly ErrorCode[];
+
+/** What every promise of the engine rejects with: `name` is "WebDiffusionError", `message`
+ * says what is wrong and what to do. The same in a worker and on the main thread. */
+export declare class WebDiffusionError extends Error {
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown });
+  readonly name: 'WebDiffusionError';
+  readonly code: ErrorCode;
+}
+
+/** Where downloaded weights are kept (package). `none` disables the cache. */
+export type CacheStore = 'cache-api' | 'opfs' | 'memory' | 'none';
+
+export interface CreateOptions {
+  /** Where the per-step preview and the final image are drawn. A canvas element is handed to
+   * the worker with `transferControlToOffscreen()` (once, for good). */
+  canvas?: HTMLCanvasElement | OffscreenCanvas;
+  powerPreference?: 'low-power' | 'high-performance';
+  /** package: run the engine in a module Web Worker (default true) or on this thread. */
+  worker?: boolean;
+  /** package: the weight cache (default 'cache-api'). */
+  cache?: CacheStore;
+  /** package: the Cache API cache / OPFS folder name (default DEFAULT_CACHE_NAME). */
+  cacheName?: string;
+  /** package: where webdiffusion_bg.wasm is, if not next to the package's pkg/webdiffusion.js. */
+  wasmUrl?: string | URL;
+}
+
+export interface Capabilities {
+  webgpu: true;
+  adapter: { name: string; vendor: string; architecture: string; backend: string; isFallback: boolean };
+  features: { shaderF16: boolean; subgroups: boolean; timestampQuery: boolean };
+  limits: {
+    maxBufferSize: number;
+    maxStorageBufferBindingSize: number;
+    maxComputeWorkgroupStorageSize: number;
+    maxComputeInvocationsPerWorkgroup: number;
+    maxComputeWorkgroupsPerDimension: number;
+    maxStorageBuffersPerShaderStage: number;
+  };
+  /** The same as one line per fact, for logs. */
+  summary?: string;
+}
+
+export interface SolverInfo {
+  name: string;
+  description: string;
+  aliases: string[];
+}
+
+export interface LoadProgress {
+  /** The file being read (its URL or File name). */
+  file: string;
+  /** Bytes of that file read so far. */
+  loaded: number;
+  /** Its size in bytes (null when the server did not say). */
+  total: number | null;
+  tensorsReady: number;
+  tensorsTotal: number;
+}
+
+/** package: one per model file fetched through the weight cache. */
+export interface CacheEvent {
+  url: string;
+  /** hit: served from storage; miss: downloading; stored: now in storage; memory: kept in
+   * memory only; warning: storage refused (quota), later files are kept in memory. */
+  status: 'hit' | 'miss' | 'stored' | 'memory' | 'warning';
+  store: CacheStore;
+  bytes?: number;
+  message?: string;
+}
+
+export type FetchLike = (url: string, init?: RequestInit) => Promise<Response>;
+
+export interface LoadOptions {
+  onProgress?(p: LoadProgress): void;
+  /** Downloads the files (default globalThis.fetch). The weight cache sits in front of it;
+   * in worker mode it runs on the calling thread and the body is streamed to the worker. */
+  fetch?: FetchLike;
+  signal?: AbortSignal;
+  /** package: hears the weight cache (hits, misses, quota warnings). */
+  onCache?(e: CacheEvent): void;
+}
+
+/** A model folder URL, file URLs, or files the user picked (config.json, scheduler_config.json,
+ * *.safetensors / *.safetensors.index.json). */
+export type ModelSource = string | URL | Array<string | URL> | Array<File | Blob>;
+
+export interface ModelInfo {
+  className: string;
+  width: number;
+  height: number;
+  channels: number;
+  numClassEmbeds: number | null;
+  nullClass: number | null;
+  parameters: number;
+  weightBytes: number;
+  predictionType: string;
+  defaultSolver: string;
+  defaultGuidance: number;
+  /** Bytes fetched, all files. */
+  bytesRead: number;
+  loadMs: number;
+}
+
+export interface StepInfo {
+  /** 1-based step just finished. */
+  step: number;
+  total: number;
+  /** Wall time of that step in milliseconds. */
+  ms: number;
+}
+
+export interface GenerateOptions {
+  /** A name or alias from `solvers()`. */
+  solver?: string;
+  steps?: number;
+  /** A number up to 2^53 - 1, or a BigInt up to 2^64 - 1. */
+  seed?: number | bigint;
+  /** Guidance other than 1 needs a model whose null class the engine knows (`nullClass`). */
+  guidance?: number;
+  /** One label for the whole batch, or one per sample (default 0, 1, 2, … like the CLI). */
+  classLabel?: number | number[];
+  eta?: number;
+  batch?: number;
+  /** What the canvas shows after each step (default x0). */
+  preview?: 'x0' | 'xt' | 'none';
+  /** May return a promise: the engine holds the next step until it settles. */
+  onStep?(s: StepInfo): void | Promise<unknown>;
+}
+
+export interface GenerateResult {
+  width: number;
+  height: number;
+  /** RGBA, width * height * 4 bytes; a batch is laid out as a grid. */
+  pixels: Uint8ClampedArray;
+  timings: { totalMs: number; stepsMs: number[]; loadMs?: number };
+  seed: number;
+  /** The canonical name of the solver that ran. */
+  solver: string;
+  steps: number;
+}
+
+export declare class Engine {
+  private constructor();
+  /** Request an adapter and device; rejects with NO_WEBGPU / NO_ADAPTER and what to do. */
+  static create(options?: CreateOptions): Promise<Engine>;
+  /** package: async, because the wasm may have to be fetched first. */
+  static solvers(): Promise<SolverInfo[]>;
+  /** package: delete this origin's cached weights. Resolves true when something was deleted. */
+  static purgeCache(cacheName?: string): Promise<boolean>;
+  /** package: whether this engine runs in a Web Worker. */
+  readonly inWorker: boolean;
+  capabilities(): Capabilities;
+  /** package: the solver menu, synchronously, from a created engine. */
+  solvers(): SolverInfo[];
+  setCanvas(canvas: HTMLCanvasElement | OffscreenCanvas | null): void;
+  load(source: ModelSource, options?: LoadOptions): Promise<ModelInfo>;
+  generate(options?: GenerateOptions): Promise<GenerateResult>;
+  /** The running load or generate rejects with code ABORTED; the engine stays usable. */
+  abort(): void;
+  /** Free GPU memory (and stop the worker); later calls reject with DISPOSED. */
+  dispose(): void;
+  /** package: forget cached weights (this engine's in-memory copies and stored files). */
+  purgeCache(): Promise<boolean>;
+}
+
+export default Engine;
+
+/** package: delete this origin's cached weights (same as Engine.purgeCache). */
+export declare function purgeCache(cacheName?: string): Promise<boolean>;
+
+export declare const DEFAULT_CACHE_NAME: string;
+
+/** package: the caching fetch the engine uses, for callers that drive the wasm directly. */
+export declare function createCachingFetch(options?: {
+  store?: CacheStore;
+  cacheName?: string;
+  fetch?: FetchLike;
+  onEvent?(e: CacheEvent): void;
+}): FetchLike & { using(base: FetchLike): FetchLike; clearMemory(): void };
