@@ -7,6 +7,7 @@
 mod canvas;
 mod js;
 mod load;
+mod research;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -19,13 +20,16 @@ use wasm_bindgen::JsCast;
 use crate::exec::Exec;
 use crate::gpu::{GpuContext, GpuOptions};
 use crate::models::{ModelConfig, UNet};
+use crate::ops::SolverUpdate;
 use crate::sampling::solvers::{
-    initial_noise, schedule_class_for, solver_from_name, Denoiser, Noise, SolverOptions,
+    initial_noise, sample_adaptive_observed, schedule_class_for, solver_from_name, AdaptiveOptions,
+    AnalyticDpm, AnalyticVariant, Denoiser, Gms, MomentChannels, Noise, Solver, SolverOptions,
     StepContext, StepInfo, ALIASES, SOLVERS,
 };
-use crate::sampling::{FiniteWatch, Guided, SchedulerConfig};
+use crate::sampling::{FiniteWatch, Guided, Schedule, SchedulerClass, SchedulerConfig};
 use canvas::CanvasTarget;
 use js::{Code, WdError, WdResult};
+use research::Kind;
 
 /// The bundled digit model's config: a model loaded with this exact architecture gets the
 /// bundled model's defaults (its "no class" label, guidance 2, the SDE solver), as the CLI
@@ -46,6 +50,8 @@ struct Model {
     /// `(file, text)` of scheduler_config.json, parsed per run for the chosen solver's class.
     scheduler: Option<(String, String)>,
     bundled: bool,
+    /// The model folder's URL (with a trailing `/`) when it was loaded from one.
+    base: Option<String>,
     load_ms: f64,
 }
 
@@ -284,16 +290,21 @@ impl Engine {
         Ok(o.into())
     }
 
-    /// Every solver name `generate` accepts, with its diffusers class and aliases.
+    /// Every solver name `generate` accepts, with its diffusers class (or what it is and
+    /// needs, for the adaptive and research solvers) and aliases.
     pub fn solvers() -> Array {
         SOLVERS
             .iter()
+            .chain(research::EXTRA_SOLVERS)
             .map(|(name, class)| {
                 let o = Object::new();
                 js::set(&o, "name", *name);
                 js::set(&o, "description", *class);
+                let adaptive = matches!(research::kind_of(name), Kind::Adaptive(_));
+                js::set(&o, "adaptive", adaptive);
                 let aliases: Array = ALIASES
                     .iter()
+                    .chain(research::EXTRA_ALIASES)
                     .filter(|(_, target)| target == name)
                     .map(|(alias, _)| JsValue::from_str(alias))
                     .collect();
@@ -337,7 +348,7 @@ impl Engine {
     }
 
     /// `generate({ solver?, steps?, seed?, guidance?, classLabel?, eta?, batch?, preview?,
-    /// onStep? })` → `{ width, height, pixels, timings, seed }`.
+    /// onStep?, rtol?, atol?, momentData?, momentSamples? })` → `{ width, height, pixels, timings, seed }`.
     pub async fn generate(&self, options: Option<JsValue>) -> Result<JsValue, JsValue> {
         let options = options.unwrap_or(JsValue::UNDEFINED);
         let inner = self.inner.clone();
@@ -539,6 +550,9 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
         config,
         scheduler: texts.scheduler,
         bundled,
+        base: source
+            .as_string()
+            .map(|u| if u.ends_with('/') { u } else { format!("{u}/") }),
         load_ms: 0.0,
     };
     js::set(
@@ -605,6 +619,10 @@ struct RunOptions {
     batch: usize,
     preview: Preview,
     on_step: Option<Function>,
+    rtol: f64,
+    atol: f64,
+    moment_data: JsValue,
+    moment_samples: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -689,6 +707,36 @@ fn run_options(model: &Model, options: &JsValue) -> WdResult<RunOptions> {
             )))
         }
     };
+    let kind = research::kind_of(&solver);
+    let adaptive = matches!(kind, Kind::Adaptive(_));
+    let defaults = AdaptiveOptions::default();
+    let tol = |key: &str, default: f64| -> WdResult<f64> {
+        match js::opt_f64(options, key)? {
+            Some(_) if !adaptive => Err(WdError::bad_option(format!(
+                "option `{key}` only applies to the adaptive solvers (dpm_adaptive_12, dpm_adaptive_23), not {solver}"
+            ))),
+            Some(v) if v <= 0.0 => Err(WdError::bad_option(format!(
+                "option `{key}` must be positive, got {v}"
+            ))),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        }
+    };
+    let rtol = tol("rtol", defaults.rtol)?;
+    let atol = tol("atol", defaults.atol)?;
+    let moment_data = js::get(options, "momentData");
+    let analytic = matches!(kind, Kind::Analytic(_));
+    if !analytic && !js::is_absent(&moment_data) {
+        return Err(WdError::bad_option(format!(
+            "option `momentData` is only used by the solvers analytic_dpm and analytic_ddim, not {solver}"
+        )));
+    }
+    let moment_samples = js::opt_uint(options, "momentSamples", 100_000.0)?.unwrap_or(100) as usize;
+    if moment_samples == 0 {
+        return Err(WdError::bad_option(
+            "option `momentSamples` must be at least 1",
+        ));
+    }
     Ok(RunOptions {
         solver,
         steps,
@@ -699,6 +747,10 @@ fn run_options(model: &Model, options: &JsValue) -> WdResult<RunOptions> {
         batch,
         preview,
         on_step: js::opt_function(options, "onStep")?,
+        rtol,
+        atol,
+        moment_data,
+        moment_samples,
     })
 }
 
@@ -769,7 +821,14 @@ async fn run(
     let model = slot
         .as_ref()
         .ok_or_else(|| WdError::new(Code::NotLoaded, "generate(): no model is loaded"))?;
-    let class = schedule_class_for(&opts.solver);
+    let kind = research::kind_of(&opts.solver);
+    // As the CLI: the research solvers read the config as DDPM's, the adaptive ones only
+    // need its ᾱ table and prediction type.
+    let class = match kind {
+        Kind::Fixed => schedule_class_for(&opts.solver),
+        Kind::Adaptive(_) => None,
+        Kind::Analytic(_) | Kind::Gms => Some(SchedulerClass::Ddpm),
+    };
     let scheduler = match &model.scheduler {
         Some((file, text)) => SchedulerConfig::from_json_str(text, file, class)?,
         None => {
@@ -779,18 +838,62 @@ async fn run(
             ))
         }
     };
-    let mut solver = solver_from_name(
-        &opts.solver,
-        &scheduler,
-        opts.steps,
-        SolverOptions { eta: opts.eta },
-    )?;
     let (h, w) = model.config.sample_size().unwrap_or((0, 0));
-    let shape = [opts.batch, model.unet.arch().in_channels, h, w];
+    let arch = model.unet.arch();
+    let shape = [opts.batch, arch.in_channels, h, w];
+    let moments = arch.out_channels == 3 * arch.in_channels;
+    let guided = opts.guidance != 1.0;
+    let mut plan = match kind {
+        Kind::Fixed => Plan::Solver(solver_from_name(
+            &opts.solver,
+            &scheduler,
+            opts.steps,
+            SolverOptions { eta: opts.eta },
+        )?),
+        Kind::Adaptive(order) => Plan::Adaptive {
+            opts: AdaptiveOptions {
+                order,
+                rtol: opts.rtol,
+                atol: opts.atol,
+                ..Default::default()
+            },
+            scheduler: scheduler.clone(),
+        },
+        Kind::Analytic(variant) => {
+            let base = if model.bundled {
+                model.base.as_deref()
+            } else {
+                None
+            };
+            let data =
+                research::moment_data(&opts.moment_data, [shape[1], h, w], base, &opts.solver)
+                    .await?;
+            inner.check_running("generate")?;
+            Plan::Analytic {
+                variant,
+                data,
+                scheduler: scheduler.clone(),
+                half_range: model.bundled.then_some(1.0),
+            }
+        }
+        Kind::Gms => {
+            if !moments {
+                return Err(WdError::bad_option(format!(
+                    "solver gms needs a model that predicts E[ε²] and E[ε³] as well as ε: a UNet whose out_channels is 3 × in_channels (channels 0..C = ε, C..2C = E[ε²], 2C..3C = E[ε³]). This model has in_channels {} and out_channels {}, so it predicts only its output; use another solver (e.g. analytic_dpm)",
+                    arch.in_channels, arch.out_channels
+                )));
+            }
+            if guided {
+                return Err(WdError::bad_option(
+                    "solver gms: classifier-free guidance combines the model's ε, not its higher moments, so GMS cannot run guided; pass guidance: 1",
+                ));
+            }
+            Plan::Solver(Box::new(Gms::new(&scheduler, opts.steps)?))
+        }
+    };
 
     // The same conditioning as `webdiffusion sample`: with guidance w ≠ 1 the model runs on
     // the doubled batch [unconditional, conditional] (what `Guided::for_unet` sets up).
-    let guided = opts.guidance != 1.0;
     let null_class = model.null_class();
     let uncond = match (&opts.labels, guided) {
         (Some(l), true) => match null_class {
@@ -809,6 +912,7 @@ async fn run(
         config,
         scheduler: sched_text,
         bundled,
+        base,
         load_ms,
     } = slot
         .take()
@@ -818,47 +922,28 @@ async fn run(
             let c = opts.labels.clone().unwrap_or_default();
             unet.set_class_labels(Some([u, c].concat()));
             let mut g = Guided::new(unet, opts.guidance)?;
-            let r = sample_loop(
-                inner,
-                ctx,
-                exec,
-                solver.as_mut(),
-                &mut g,
-                &shape,
-                opts,
-                t_start,
-            )
-            .await;
+            let r = sample_loop(inner, ctx, exec, &mut plan, &mut g, &shape, opts, t_start).await;
             unet = g.into_inner();
             r
         }
         (true, None) => {
             let mut g = Guided::new(unet, opts.guidance)?;
-            let r = sample_loop(
-                inner,
-                ctx,
-                exec,
-                solver.as_mut(),
-                &mut g,
-                &shape,
-                opts,
-                t_start,
-            )
-            .await;
+            let r = sample_loop(inner, ctx, exec, &mut plan, &mut g, &shape, opts, t_start).await;
             unet = g.into_inner();
+            r
+        }
+        (false, _) if moments => {
+            // A moment model's ε block is what every solver reads; GMS also its moments.
+            unet.set_class_labels(opts.labels.clone());
+            let mut m = MomentChannels::new(unet, shape[1])?;
+            let r = sample_loop(inner, ctx, exec, &mut plan, &mut m, &shape, opts, t_start).await;
+            unet = m.into_inner();
             r
         }
         (false, _) => {
             unet.set_class_labels(opts.labels.clone());
             sample_loop(
-                inner,
-                ctx,
-                exec,
-                solver.as_mut(),
-                &mut unet,
-                &shape,
-                opts,
-                t_start,
+                inner, ctx, exec, &mut plan, &mut unet, &shape, opts, t_start,
             )
             .await
         }
@@ -875,9 +960,26 @@ async fn run(
         config,
         scheduler: sched_text,
         bundled,
+        base,
         load_ms,
     });
     r
+}
+
+/// How a run samples: a fixed-step solver, or one whose steps or coefficients are decided
+/// with the model at hand.
+enum Plan {
+    Solver(Box<dyn Solver>),
+    Adaptive {
+        opts: AdaptiveOptions,
+        scheduler: SchedulerConfig,
+    },
+    Analytic {
+        variant: AnalyticVariant,
+        data: research::MomentData,
+        scheduler: SchedulerConfig,
+        half_range: Option<f64>,
+    },
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -885,12 +987,47 @@ async fn sample_loop(
     inner: &Inner,
     ctx: &Arc<GpuContext>,
     exec: &mut Exec,
-    solver: &mut dyn crate::sampling::solvers::Solver,
+    plan: &mut Plan,
     model: &mut dyn Denoiser,
     shape: &[usize; 4],
     opts: &RunOptions,
     t_start: f64,
 ) -> WdResult<JsValue> {
+    let mut built: Box<dyn Solver>;
+    let solver: &mut dyn Solver = match plan {
+        Plan::Solver(s) => s.as_mut(),
+        Plan::Adaptive { opts: a, scheduler } => {
+            return adaptive_loop(inner, ctx, exec, *a, scheduler, model, shape, opts, t_start)
+                .await
+        }
+        Plan::Analytic {
+            variant,
+            data,
+            scheduler,
+            half_range,
+        } => {
+            let ts = AnalyticDpm::timesteps_for(scheduler, opts.steps)?;
+            let run = research::GammaRun {
+                shape: *shape,
+                labels: opts.labels.as_deref(),
+                fixed_batch: opts.labels.is_some(),
+                samples: opts.moment_samples,
+                // The CLI's seed for the estimate's noise.
+                seed: opts.seed ^ 0x5bd1_e995,
+            };
+            let gamma =
+                research::estimate_gamma_for_run(exec, model, scheduler, &ts, data, &run).await?;
+            inner.check_running("generate")?;
+            built = Box::new(AnalyticDpm::new(
+                scheduler,
+                opts.steps,
+                *variant,
+                gamma,
+                *half_range,
+            )?);
+            built.as_mut()
+        }
+    };
     let x_t = initial_noise(exec, solver, shape, opts.seed)?;
     let mut noise = Noise::Philox { seed: opts.seed };
     let mut watch = FiniteWatch::new();
@@ -961,7 +1098,28 @@ async fn sample_loop(
     }
     let data = exec.read(&x).await?;
     watch.check(exec).await?;
-    let (width, height, pixels) = to_rgba_grid(shape, &data);
+    Ok(result(
+        shape,
+        &data,
+        t_start,
+        &steps_ms,
+        opts,
+        solver.name(),
+        total,
+    ))
+}
+
+/// `{ width, height, pixels, timings, seed, solver, steps }` of a finished run.
+fn result(
+    shape: &[usize; 4],
+    data: &[f32],
+    t_start: f64,
+    steps_ms: &[f64],
+    opts: &RunOptions,
+    solver: &str,
+    steps: usize,
+) -> JsValue {
+    let (width, height, pixels) = to_rgba_grid(shape, data);
     let out = Object::new();
     js::set(&out, "width", width as f64);
     js::set(&out, "height", height as f64);
@@ -974,9 +1132,109 @@ async fn sample_loop(
     js::set(&timings, "stepsMs", sms);
     js::set(&out, "timings", timings);
     js::set(&out, "seed", opts.seed as f64);
-    js::set(&out, "solver", solver.name());
-    js::set(&out, "steps", total as f64);
-    Ok(out.into())
+    js::set(&out, "solver", solver);
+    js::set(&out, "steps", steps as f64);
+    out.into()
+}
+
+/// The adaptive DPM-Solvers: from the last training timestep to 0 with error-controlled
+/// steps. Every attempted step awaits a small readback of its error norm (so the page gets
+/// its turns); `onStep` gets `total: null` (the count is not known ahead) and the preview
+/// shows x_t (the solver forms no x̂₀).
+#[allow(clippy::too_many_arguments)]
+async fn adaptive_loop(
+    inner: &Inner,
+    ctx: &Arc<GpuContext>,
+    exec: &mut Exec,
+    a: AdaptiveOptions,
+    scheduler: &SchedulerConfig,
+    model: &mut dyn Denoiser,
+    shape: &[usize; 4],
+    opts: &RunOptions,
+    t_start: f64,
+) -> WdResult<JsValue> {
+    let schedule = Schedule::new(scheduler)?;
+    // The same x_T as `webdiffusion sample --solver dpm_adaptive_*` draws for this seed.
+    let x_t = exec.run(
+        &SolverUpdate::noise(shape, 1.0, opts.seed, u32::MAX, 0),
+        &[],
+    )?;
+    let mut steps_ms: Vec<f64> = Vec::new();
+    let mut stopped: Option<WdError> = None;
+    let mut t0 = js::now_ms();
+    let res = sample_adaptive_observed(
+        exec,
+        model,
+        &schedule.alphas_cumprod,
+        scheduler.prediction_type,
+        &x_t,
+        a,
+        &mut |_, st| {
+            if let Err(e) = inner.check_running("generate") {
+                stopped = Some(e);
+                return Err(crate::Error::Readback("generate stopped".into()));
+            }
+            let now = js::now_ms();
+            let ms = now - t0;
+            t0 = now;
+            if st.accepted {
+                steps_ms.push(ms);
+            }
+            if opts.preview != Preview::None {
+                if let Some(c) = inner.canvas.borrow_mut().as_mut() {
+                    if let Err(e) = c.draw(ctx, &[st.x]) {
+                        stopped = Some(e);
+                        return Err(crate::Error::Readback("preview failed".into()));
+                    }
+                }
+            }
+            if let Some(f) = &opts.on_step {
+                let s = Object::new();
+                js::set(&s, "step", st.accepted_steps as f64);
+                js::set(&s, "total", JsValue::NULL);
+                js::set(&s, "ms", ms);
+                js::set(&s, "accepted", st.accepted);
+                js::set(&s, "rejected", st.rejected as f64);
+                js::set(&s, "timestep", st.t);
+                if let Err(e) = f.call1(&JsValue::NULL, &s) {
+                    web_sys::console::warn_1(
+                        &format!("onStep threw: {}", js::js_message(&e)).into(),
+                    );
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+    if let Some(e) = stopped {
+        return Err(e);
+    }
+    let res = res?;
+    inner.check_running("generate")?;
+    if let Some(c) = inner.canvas.borrow_mut().as_mut() {
+        c.draw(ctx, &[&res.sample])?;
+    }
+    let data = exec.read(&res.sample).await?;
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        return Err(crate::Error::invalid(
+            "sample",
+            format!("the sample contains non-finite values (first at element {i}): the solver diverged; try tighter tolerances or another solver"),
+        )
+        .into());
+    }
+    let name = match a.order {
+        crate::sampling::solvers::AdaptiveOrder::O12 => "dpm_adaptive_12",
+        crate::sampling::solvers::AdaptiveOrder::O23 => "dpm_adaptive_23",
+    };
+    Ok(result(
+        shape,
+        &data,
+        t_start,
+        &steps_ms,
+        opts,
+        name,
+        res.timesteps.len(),
+    ))
 }
 
 /// The sample as RGBA bytes, a batch tiled as the CLI's `--grid` does (⌈√N⌉ columns, 2 px

@@ -6,7 +6,7 @@
 // the native release binary was built.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -234,7 +234,10 @@ test('capabilities() is an object with the adapter, features and limits; solvers
     assert.ok(caps.limits[k] > 0, `limits.${k} = ${caps.limits[k]}`);
   }
   const names = solvers.map((s) => s.name);
-  for (const n of ['ddim', 'dpmpp_2m', 'dpmpp_2m_sde', 'euler', 'unipc', 'heun']) assert.ok(names.includes(n), n);
+  for (const n of ['ddim', 'dpmpp_2m', 'dpmpp_2m_sde', 'euler', 'unipc', 'heun',
+    'dpm_adaptive_12', 'dpm_adaptive_23', 'analytic_dpm', 'analytic_ddim', 'gms']) assert.ok(names.includes(n), n);
+  assert.deepEqual(solvers.filter((s) => s.adaptive).map((s) => s.name), ['dpm_adaptive_12', 'dpm_adaptive_23']);
+  assert.deepEqual(solvers.find((s) => s.name === 'analytic_dpm').aliases, ['analytic_ddpm']);
   assert.ok(solvers.every((s) => Array.isArray(s.aliases) && typeof s.description === 'string'));
 });
 
@@ -430,6 +433,104 @@ test('a batch is returned as the CLI\'s --grid image, equal to the native one', 
   assert.ok(mad <= 1, `mean absolute difference ${mad}/255 exceeds 1/255`);
   // The gap between tiles is black in both.
   assert.equal(pixels[(10 * 66 + 32) * 4], 0);
+});
+
+/** `webdiffusion sample ARGS --out X.npy` → { data, stderr }. */
+function nativeSample(args) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'webdiffusion-native-'));
+  const npy = path.join(dir, 'native.npy');
+  try {
+    const r = spawnSync(NATIVE, ['sample', ...args, '--out', npy, '--force'], { encoding: 'utf8', timeout: RUN_MS });
+    assert.equal(r.status, 0, `native sample ${args.join(' ')} failed: ${r.stderr}`);
+    const n = readNpy(fs.readFileSync(npy));
+    return { data: n.data, shape: n.shape, stderr: r.stderr };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Mean |diff| (in 1/255 units) between a native sample and the browser's grey pixels. */
+function meanDiff(native, pixels) {
+  let sum = 0;
+  for (let i = 0; i < 32 * 32; i++) sum += Math.abs(toU8(native[i]) - pixels[i * 4]);
+  return sum / (32 * 32);
+}
+
+// Loose tolerances and no guidance keep the adaptive run to a few model calls on SwiftShader.
+const ADAPTIVE = { solver: 'dpm_adaptive_23', rtol: 0.5, atol: 0.5, guidance: 1, seed: 7, classLabel: 3 };
+
+test('dpm_adaptive_23 generates the native CLI\'s digit; onStep gets total null', { timeout: RUN_MS }, async (t) => {
+  assert.ok(fs.existsSync(NATIVE), `native binary ${NATIVE} not found`);
+  const r = await inPage(async (opts) => {
+    const steps = [];
+    const g = await window.engine.generate({ ...opts, onStep: (s) => { steps.push(s); } });
+    return { steps, pixels: Array.from(g.pixels), n: g.steps, solver: g.solver, stepsMs: g.timings.stepsMs, totalMs: g.timings.totalMs };
+  }, ADAPTIVE);
+  assert.ok(r.value, `generate failed: ${JSON.stringify(r.error)}${context()}`);
+  const { steps, pixels, n, solver, stepsMs, totalMs } = r.value;
+  t.diagnostic(`browser: ${n} accepted steps, ${steps.length} attempted, ${totalMs.toFixed(0)} ms`);
+  assert.equal(solver, 'dpm_adaptive_23');
+  assert.ok(steps.length >= n && n >= 2, JSON.stringify(steps));
+  assert.ok(steps.every((s) => s.total === null && s.ms >= 0 && typeof s.accepted === 'boolean'), JSON.stringify(steps));
+  assert.equal(steps.at(-1).step, n);
+  assert.equal(steps.at(-1).timestep, 0);
+  assert.equal(stepsMs.length, n);
+
+  const args = ['--solver', 'dpm_adaptive_23', '--rtol', String(ADAPTIVE.rtol), '--atol', String(ADAPTIVE.atol),
+    '--guidance', '1', '--class-labels', String(ADAPTIVE.classLabel)];
+  const native = nativeSample([...args, '--seed', String(ADAPTIVE.seed)]);
+  const m = native.stderr.match(/adaptive: (\d+) accepted steps, (\d+) rejected/);
+  assert.ok(m, native.stderr);
+  // Same decisions: the error norm is far from 1 at these tolerances unless the two runs
+  // diverge, so the accepted/rejected counts must agree exactly.
+  assert.deepEqual([Number(m[1]), Number(m[2])], [n, steps.length - n], `native: ${m[0]}`);
+  const mad = meanDiff(native.data, pixels);
+  t.diagnostic(`parity with the native CLI: mean |diff| ${mad.toFixed(4)}/255 (native: ${m[0]})`);
+  assert.ok(mad <= 1, `mean absolute difference ${mad}/255 exceeds 1/255`);
+  const other = nativeSample([...args, '--seed', String(ADAPTIVE.seed + 1)]);
+  const control = meanDiff(other.data, pixels);
+  t.diagnostic(`control (native seed ${ADAPTIVE.seed + 1}): mean |diff| ${control.toFixed(2)}/255`);
+  assert.ok(control > 5, 'another seed gives the same image: the parity check cannot fail');
+  const st = stats({ width: 32, height: 32, rgba: Uint8Array.from(pixels) });
+  assert.ok(st.std > 30, `the result is (nearly) uniform: ${JSON.stringify(st)}`);
+});
+
+test('analytic_ddim runs on the bundled model with its held-out digits, as the native CLI', { timeout: RUN_MS }, async (t) => {
+  const opts = { solver: 'analytic_ddim', steps: 3, momentSamples: 2, guidance: 1, seed: 5, classLabel: 2 };
+  const r = await inPage(async (opts) => {
+    const g = await window.engine.generate({ ...opts, preview: 'none' });
+    return { pixels: Array.from(g.pixels), solver: g.solver, steps: g.steps, ms: g.timings.totalMs };
+  }, opts);
+  assert.ok(r.value, `generate failed: ${JSON.stringify(r.error)}${context()}`);
+  t.diagnostic(`browser: ${r.value.steps} steps (Γ from 2 held-out digits) in ${r.value.ms.toFixed(0)} ms`);
+  assert.equal(r.value.steps, 3);
+  const native = nativeSample(['--solver', 'analytic_ddim', '--steps', '3', '--moment-samples', '2', '--guidance', '1',
+    '--class-labels', '2', '--seed', '5']);
+  const mad = meanDiff(native.data, r.value.pixels);
+  t.diagnostic(`parity with the native CLI: mean |diff| ${mad.toFixed(4)}/255`);
+  assert.ok(mad <= 1, `mean absolute difference ${mad}/255 exceeds 1/255`);
+  const st = stats({ width: 32, height: 32, rgba: Uint8Array.from(r.value.pixels) });
+  assert.ok(st.std > 30, `the result is (nearly) uniform: ${JSON.stringify(st)}`);
+});
+
+test('gms on a model without moment outputs, and options for other solvers, are BAD_OPTION', async () => {
+  const r = await inPage(async () => {
+    const codes = {};
+    const tryIt = async (k, f) => { try { await f(); codes[k] = 'none'; } catch (e) { codes[k] = `${e.code}: ${e.message}`; } };
+    await tryIt('gms', () => window.engine.generate({ solver: 'gms', steps: 2 }));
+    await tryIt('rtol', () => window.engine.generate({ solver: 'ddim', steps: 1, rtol: 0.1 }));
+    await tryIt('atol', () => window.engine.generate({ solver: 'dpm_adaptive_12', atol: -1 }));
+    await tryIt('momentData', () => window.engine.generate({ solver: 'ddim', steps: 1, momentData: new Float32Array(1024) }));
+    await tryIt('momentShape', () => window.engine.generate({ solver: 'analytic_dpm', steps: 1, momentData: new Float32Array(1000) }));
+    return codes;
+  });
+  assert.ok(r.value, JSON.stringify(r.error));
+  const c = r.value;
+  assert.match(c.gms, /^BAD_OPTION: solver gms needs a model that predicts E\[ε²\].*out_channels 1/);
+  assert.match(c.rtol, /^BAD_OPTION: .*rtol.*adaptive/);
+  assert.match(c.atol, /^BAD_OPTION: .*atol.*positive/);
+  assert.match(c.momentData, /^BAD_OPTION: .*momentData.*analytic/);
+  assert.match(c.momentShape, /^BAD_OPTION: .*momentData.*1000 values/);
 });
 
 test('a list of file URLs loads; an unreachable server is a NETWORK error naming the URL', { timeout: RUN_MS }, async () => {

@@ -115,6 +115,18 @@ impl Continuous<'_> {
     }
 }
 
+/// One attempted step, as [`sample_adaptive_observed`] reports it.
+pub struct AdaptiveStep<'a> {
+    /// Steps accepted so far (this one included when `accepted`).
+    pub accepted_steps: usize,
+    pub rejected: usize,
+    pub accepted: bool,
+    /// Model time the sample has reached.
+    pub t: f64,
+    /// The current sample (after this step when accepted).
+    pub x: &'a Tensor,
+}
+
 /// Runs the adaptive solver from `x_t` (at the last training timestep) to t = 0.
 pub async fn sample_adaptive(
     exec: &mut Exec,
@@ -123,6 +135,29 @@ pub async fn sample_adaptive(
     prediction: PredictionType,
     x_t: &Tensor,
     opts: AdaptiveOptions,
+) -> Result<AdaptiveResult> {
+    sample_adaptive_observed(
+        exec,
+        model,
+        alphas_cumprod,
+        prediction,
+        x_t,
+        opts,
+        &mut |_, _| Ok(()),
+    )
+    .await
+}
+
+/// [`sample_adaptive`], calling `observe` after every attempted step (a page's progress
+/// and preview, its abort check: an error from `observe` ends the run with that error).
+pub async fn sample_adaptive_observed(
+    exec: &mut Exec,
+    model: &mut dyn Denoiser,
+    alphas_cumprod: &[f32],
+    prediction: PredictionType,
+    x_t: &Tensor,
+    opts: AdaptiveOptions,
+    observe: &mut dyn FnMut(&mut Exec, &AdaptiveStep<'_>) -> Result<()>,
 ) -> Result<AdaptiveResult> {
     if alphas_cumprod.len() < 2 {
         return Err(Error::invalid(OP, "the ᾱ table needs at least two entries"));
@@ -245,13 +280,24 @@ pub async fn sample_adaptive(
                 format!("the sample became non-finite at model time {t:.3}"),
             ));
         }
-        if err <= 1.0 {
+        let ok = err <= 1.0;
+        if ok {
             x = x_high;
             s = t;
             accepted.push(t);
         } else {
             rejected += 1;
         }
+        observe(
+            exec,
+            &AdaptiveStep {
+                accepted_steps: accepted.len(),
+                rejected,
+                accepted: ok,
+                t: s,
+                x: &x,
+            },
+        )?;
         let remaining = lambda_end - sched.lambda(s)?;
         h = (opts.theta * h * err.max(1e-10).powf(-1.0 / order)).min(remaining);
         exec.submit()?;

@@ -185,6 +185,10 @@ impl<D: Denoiser> MomentChannels<D> {
         &mut self.inner
     }
 
+    pub fn into_inner(self) -> D {
+        self.inner
+    }
+
     /// The model output split into its three (N, C, H, W) blocks; `blocks` of them.
     fn split(
         &mut self,

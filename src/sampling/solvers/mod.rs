@@ -48,7 +48,10 @@ pub mod lms;
 pub mod pndm;
 pub mod unipc;
 
-pub use adaptive::{sample_adaptive, AdaptiveOptions, AdaptiveOrder, AdaptiveResult};
+pub use adaptive::{
+    sample_adaptive, sample_adaptive_observed, AdaptiveOptions, AdaptiveOrder, AdaptiveResult,
+    AdaptiveStep,
+};
 pub use analytic_dpm::{estimate_gamma, AnalyticDpm, AnalyticVariant};
 pub use consistency::ConsistencyMultistep;
 pub use ddim::Ddim;
