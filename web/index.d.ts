@@ -66,6 +66,9 @@ export interface SolverInfo {
   name: string;
   description: string;
   aliases: string[];
+  /** Error-controlled step size (dpm_adaptive_12/23): `steps` does not apply, `rtol` and
+   * `atol` do, and onStep's `total` is null. */
+  adaptive: boolean;
 }
 
 export interface LoadProgress {
@@ -124,11 +127,17 @@ export interface ModelInfo {
 }
 
 export interface StepInfo {
-  /** 1-based step just finished. */
+  /** 1-based step just finished (adaptive solvers: steps accepted so far). */
   step: number;
-  total: number;
+  /** null for the adaptive solvers: their step count is decided while they run. */
+  total: number | null;
   /** Wall time of that step in milliseconds. */
   ms: number;
+  /** Adaptive solvers only: whether this attempted step was accepted, the rejections so far
+   * and the model time reached. An adaptive run does not wait for a promise onStep returns. */
+  accepted?: boolean;
+  rejected?: number;
+  timestep?: number;
 }
 
 export interface GenerateOptions {
@@ -147,6 +156,17 @@ export interface GenerateOptions {
   preview?: 'x0' | 'xt' | 'none';
   /** May return a promise: the engine holds the next step until it settles. */
   onStep?(s: StepInfo): void | Promise<unknown>;
+  /** Adaptive solvers (dpm_adaptive_12/23): relative and absolute error tolerance
+   * (default 0.05 and 0.0078, the paper's); a BAD_OPTION for other solvers. */
+  rtol?: number;
+  atol?: number;
+  /** analytic_dpm / analytic_ddim: data samples Γ is estimated from, K·C·H·W values in the
+   * model's range, or the URL of a .safetensors file (the held-out digit layout, or one
+   * float32 (K, C, H, W) tensor). Default for the bundled model: its folder's
+   * eval/heldout.safetensors, fetched on demand. */
+  momentData?: Float32Array | string | URL;
+  /** How many data samples the Γ estimate averages over (default 100, as the CLI). */
+  momentSamples?: number;
 }
 
 export interface GenerateResult {

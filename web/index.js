@@ -222,6 +222,8 @@ class WorkerBackend {
 
   async generate(options) {
     const { onStep, ...rest } = options;
+    // A URL object does not cross postMessage; its text does (a Float32Array is copied).
+    if (rest.momentData instanceof URL) rest.momentData = rest.momentData.href;
     return this.call('generate', { ...rest, onStep: !!onStep }, [], { onStep });
   }
 

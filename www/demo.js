@@ -85,6 +85,8 @@ function fillSolvers(solvers, preferred) {
 function describeSolver() {
   const s = demo.solvers.find((x) => x.name === $('solver').value);
   $('solver-description').textContent = s?.description ?? '';
+  // The adaptive solvers choose their own steps.
+  $('steps').disabled = !!s?.adaptive;
 }
 
 function fillClasses(info) {
@@ -223,7 +225,7 @@ async function generate() {
   try {
     options = {
       solver: $('solver').value,
-      steps: numberOf('steps', { integer: true }),
+      steps: $('steps').disabled ? undefined : numberOf('steps', { integer: true }),
       seed: numberOf('seed', { integer: true }),
       eta: numberOf('eta'),
       preview: $('preview').value,
@@ -242,14 +244,15 @@ async function generate() {
   demo.error = demo.errorCode = null;
   const bars = $('timeline');
   bars.replaceChildren();
-  setStatus('generating', `Sampling with ${options.solver}, ${options.steps} steps…`);
+  setStatus('generating', `Sampling with ${options.solver}, ${options.steps ?? 'adaptive'} steps…`);
   startFps();
   try {
     const result = await engine.generate({
       ...options,
       onStep(s) {
         demo.steps.push(s);
-        $('step-text').textContent = `step ${s.step}/${s.total} · ${s.ms.toFixed(0)} ms`;
+        // Adaptive solvers decide their step count while they run: total is null.
+        $('step-text').textContent = `step ${s.step}/${s.total ?? '?'} · ${s.ms.toFixed(0)} ms`;
         const bar = document.createElement('span');
         bar.dataset.ms = String(s.ms);
         bar.title = `step ${s.step}: ${s.ms.toFixed(1)} ms`;
