@@ -37,13 +37,14 @@ const RUN_MS = Number(process.env.WEBDIFFUSION_BROWSER_TIMEOUT_MS ?? 300_000);
 const PARITY = { seed: 7, steps: 4, solver: 'dpmpp_2m_sde', classLabel: 3 };
 const MODEL_FILE = 'diffusion_pytorch_model.safetensors';
 const CUT_AT = 0.6;
+const BIGRES = 7400;
 
 let server, browser, page, profile;
 const log = [];
 
 /** The bundled model served with broken parts under /broken/<kind>/. */
 async function handle(req, res, root) {
-  const m = (req.url ?? '').match(/^\/broken\/(cut|dropped|badconfig|slow|huge|sharded)\/(.*)$/);
+  const m = (req.url ?? '').match(/^\/broken\/(cut|dropped|badconfig|bigres|slow|huge|sharded)\/(.*)$/);
   if (!m) return false;
   const [, kind, name] = m;
   if (kind === 'sharded' && (name === MODEL_FILE || name.startsWith('shard-') || name.endsWith('.index.json'))) {
@@ -75,6 +76,13 @@ async function handle(req, res, root) {
   if (kind === 'badconfig' && name === 'config.json') {
     const cfg = JSON.parse(body.toString());
     cfg.act_fn = 'no_such_activation';
+    body = Buffer.from(JSON.stringify(cfg));
+  }
+  if (kind === 'bigres' && name === 'config.json') {
+    // The bundled weights at 7400×7400: conv_in's output alone is 16 × 7400² × 4 B = 3.5 GB,
+    // more than an adapter gives one buffer, yet below 2^32 (no wasm32 size overflow).
+    const cfg = JSON.parse(body.toString());
+    cfg.sample_size = BIGRES;
     body = Buffer.from(JSON.stringify(cfg));
   }
   if (name === MODEL_FILE && kind === 'cut') {
@@ -531,6 +539,36 @@ test('gms on a model without moment outputs, and options for other solvers, are 
   assert.match(c.atol, /^BAD_OPTION: .*atol.*positive/);
   assert.match(c.momentData, /^BAD_OPTION: .*momentData.*analytic/);
   assert.match(c.momentShape, /^BAD_OPTION: .*momentData.*1000 values/);
+});
+
+test('a run needing more GPU memory than the adapter gives is LIMIT or OUT_OF_MEMORY; the engine generates afterwards', { timeout: RUN_MS }, async (t) => {
+  const r = await inPage(async (base) => {
+    const e = window.engine;
+    const limits = e.capabilities().limits;
+    const info = await e.load(`${base}/broken/bigres/`);
+    let err;
+    const t0 = performance.now();
+    try {
+      await e.generate({ steps: 1, solver: 'ddim', seed: 1, classLabel: 0, preview: 'none' });
+      err = { code: 'none' };
+    } catch (x) {
+      err = { name: x.name, code: x.code, message: x.message };
+    }
+    const failMs = performance.now() - t0;
+    await e.load(`${base}/models/mnist/`);
+    const g = await e.generate({ steps: 2, solver: 'ddim', seed: 4, classLabel: 4, guidance: 1, preview: 'none' });
+    return { limits, size: [info.width, info.height], err, failMs, after: { width: g.width, pixels: Array.from(g.pixels) } };
+  }, server.url);
+  assert.ok(r.value, `${JSON.stringify(r.error)}${context()}`);
+  const { limits, size, err, failMs, after } = r.value;
+  t.diagnostic(`maxBufferSize ${limits.maxBufferSize}, maxStorageBufferBindingSize ${limits.maxStorageBufferBindingSize}; ${size.join('×')} model: ${err.code} after ${failMs.toFixed(0)} ms: ${err.message}`);
+  assert.deepEqual(size, [BIGRES, BIGRES]);
+  assert.equal(err.name, 'WebDiffusionError', JSON.stringify(err));
+  assert.ok(['LIMIT', 'OUT_OF_MEMORY'].includes(err.code), JSON.stringify(err));
+  // The engine is usable: the bundled model loads again and samples a digit.
+  assert.equal(after.width, 32);
+  const st = stats({ width: 32, height: 32, rgba: Uint8Array.from(after.pixels) });
+  assert.ok(st.std > 30, `the run after the failure is (nearly) uniform: ${JSON.stringify(st)}`);
 });
 
 test('a list of file URLs loads; an unreachable server is a NETWORK error naming the URL', { timeout: RUN_MS }, async () => {
