@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::gpu::{BufferPool, GpuContext, PoolStats, Recorder};
 use crate::ops::{GpuArg, Op, PairOp};
-use crate::tensor::{numel, Data, Tensor};
+use crate::tensor::{numel, numel_u64, Data, Tensor};
 
 pub enum Backend {
     /// The plain-Rust reference: the test oracle and a slow fallback.
@@ -157,7 +157,7 @@ impl Exec {
                         buffer: buffer.buffer(),
                     });
                 }
-                let bytes = (numel(&out_shape) as u64 * 4).max(4);
+                let bytes = (numel_u64(&out_shape).saturating_mul(4)).max(4);
                 if bytes > ctx.caps.max_buffer() {
                     return Err(Error::Limit {
                         op: name,
@@ -233,7 +233,7 @@ impl Exec {
                         buffer: buffer.buffer(),
                     });
                 }
-                let bytes = (numel(&out_shape) as u64 * 4).max(4);
+                let bytes = (numel_u64(&out_shape).saturating_mul(4)).max(4);
                 if bytes > ctx.caps.max_buffer() {
                     return Err(Error::Limit {
                         op: name,
@@ -271,6 +271,13 @@ impl Exec {
                 ))
             }
         }
+    }
+
+    /// Drops what is recorded and not yet submitted: after a failed run (a size refused or
+    /// an allocation failed mid-step), so its half-recorded step, which may bind invalid
+    /// buffers, does not go out with the next submit.
+    pub fn discard_pending(&mut self) {
+        self.rec = Recorder::new();
     }
 
     /// Submit everything recorded (one submit).

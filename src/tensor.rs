@@ -29,6 +29,12 @@ pub fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
 
+/// The element count in 64 bits, saturating: on wasm32 `usize` is 32 bits, and a shape of
+/// 2^32 elements or more must be refused by the size checks, not wrap to a small buffer.
+pub fn numel_u64(shape: &[usize]) -> u64 {
+    shape.iter().fold(1u64, |n, &d| n.saturating_mul(d as u64))
+}
+
 impl Tensor {
     /// A CPU tensor; `data.len()` must equal the product of `shape`.
     pub fn from_vec(shape: &[usize], data: Vec<f32>) -> Result<Self> {
@@ -66,7 +72,7 @@ impl Tensor {
 
     /// Bytes of f32 data.
     pub fn byte_len(&self) -> u64 {
-        self.numel() as u64 * 4
+        numel_u64(&self.shape).saturating_mul(4)
     }
 
     pub fn is_gpu(&self) -> bool {

@@ -782,9 +782,21 @@ async fn generate(inner: &Inner, options: &JsValue) -> WdResult<JsValue> {
     let mut slot = Some(model);
     let r = match parsed {
         Ok(opts) => {
+            // Validation errors of this run (a bind group over a buffer whose allocation
+            // failed) are caught here too, so they are reported by this call and not by the
+            // next load or run, whose errors are read from the uncaptured-error queue.
+            let vscope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
             let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
             let r = run(inner, &ctx, &mut exec, &mut slot, &opts, t_start).await;
             let oom = scope.pop().await;
+            let invalid = vscope.pop().await;
+            let r = match (invalid, r) {
+                (Some(e), Ok(_)) => Err(WdError::from(crate::Error::Gpu {
+                    context: "sampling".into(),
+                    message: e.to_string(),
+                })),
+                (_, r) => r,
+            };
             match (oom, r) {
                 (Some(e), _) => {
                     Err(WdError::new(
@@ -800,11 +812,20 @@ async fn generate(inner: &Inner, options: &JsValue) -> WdResult<JsValue> {
         }
         Err(e) => Err(e),
     };
+    // GPU errors outside the out-of-memory scope (a bind group over a buffer whose allocation
+    // failed) belong to this run: report them here rather than from the next load or run.
+    let r = match (r, ctx.take_error("sampling")) {
+        (Ok(_), Err(e)) => Err(e.into()),
+        (r, _) => r,
+    };
     if !inner.disposed.get() {
         *inner.model.borrow_mut() = slot;
         *inner.exec.borrow_mut() = Some(exec);
     }
     if r.is_err() {
+        if let Some(exec) = inner.exec.borrow_mut().as_mut() {
+            exec.discard_pending();
+        }
         ctx.pool.trim();
     }
     r

@@ -38,13 +38,14 @@ const PARITY = { seed: 7, steps: 4, solver: 'dpmpp_2m_sde', classLabel: 3 };
 const MODEL_FILE = 'diffusion_pytorch_model.safetensors';
 const CUT_AT = 0.6;
 const BIGRES = 7400;
+const WRAPRES = 16384;
 
 let server, browser, page, profile;
 const log = [];
 
 /** The bundled model served with broken parts under /broken/<kind>/. */
 async function handle(req, res, root) {
-  const m = (req.url ?? '').match(/^\/broken\/(cut|dropped|badconfig|bigres|slow|huge|sharded)\/(.*)$/);
+  const m = (req.url ?? '').match(/^\/broken\/(cut|dropped|badconfig|bigres|wrapres|slow|huge|sharded)\/(.*)$/);
   if (!m) return false;
   const [, kind, name] = m;
   if (kind === 'sharded' && (name === MODEL_FILE || name.startsWith('shard-') || name.endsWith('.index.json'))) {
@@ -78,11 +79,14 @@ async function handle(req, res, root) {
     cfg.act_fn = 'no_such_activation';
     body = Buffer.from(JSON.stringify(cfg));
   }
-  if (kind === 'bigres' && name === 'config.json') {
+  if ((kind === 'bigres' || kind === 'wrapres') && name === 'config.json') {
     // The bundled weights at 7400×7400: conv_in's output alone is 16 × 7400² × 4 B = 3.5 GB,
-    // more than an adapter gives one buffer, yet below 2^32 (no wasm32 size overflow).
+    // more than an adapter gives one buffer (LIMIT, checked before any allocation). At
+    // 16384×16384 the input is 1 GiB, within SwiftShader's maxBufferSize but more than it
+    // allocates (OUT_OF_MEMORY), and conv_in's output 16 × 16384² = 2^32 elements, a count
+    // that wraps to 0 in wasm32's 32-bit usize and must still be refused.
     const cfg = JSON.parse(body.toString());
-    cfg.sample_size = BIGRES;
+    cfg.sample_size = kind === 'bigres' ? BIGRES : WRAPRES;
     body = Buffer.from(JSON.stringify(cfg));
   }
   if (name === MODEL_FILE && kind === 'cut') {
@@ -541,30 +545,38 @@ test('gms on a model without moment outputs, and options for other solvers, are 
   assert.match(c.momentShape, /^BAD_OPTION: .*momentData.*1000 values/);
 });
 
-test('a run needing more GPU memory than the adapter gives is LIMIT or OUT_OF_MEMORY; the engine generates afterwards', { timeout: RUN_MS }, async (t) => {
+test('runs needing more GPU memory than the adapter gives are LIMIT or OUT_OF_MEMORY; the engine generates afterwards', { timeout: RUN_MS }, async (t) => {
   const r = await inPage(async (base) => {
     const e = window.engine;
     const limits = e.capabilities().limits;
     const info = await e.load(`${base}/broken/bigres/`);
-    let err;
+    const fails = async () => {
+      try {
+        await e.generate({ steps: 1, solver: 'ddim', seed: 1, classLabel: 0, preview: 'none' });
+        return { code: 'none' };
+      } catch (x) {
+        return { name: x.name, code: x.code, message: x.message };
+      }
+    };
     const t0 = performance.now();
-    try {
-      await e.generate({ steps: 1, solver: 'ddim', seed: 1, classLabel: 0, preview: 'none' });
-      err = { code: 'none' };
-    } catch (x) {
-      err = { name: x.name, code: x.code, message: x.message };
-    }
+    const err = await fails();
     const failMs = performance.now() - t0;
+    await e.load(`${base}/broken/wrapres/`);
+    const wrapped = await fails();
     await e.load(`${base}/models/mnist/`);
     const g = await e.generate({ steps: 2, solver: 'ddim', seed: 4, classLabel: 4, guidance: 1, preview: 'none' });
-    return { limits, size: [info.width, info.height], err, failMs, after: { width: g.width, pixels: Array.from(g.pixels) } };
+    return { limits, size: [info.width, info.height], err, failMs, wrapped, after: { width: g.width, pixels: Array.from(g.pixels) } };
   }, server.url);
   assert.ok(r.value, `${JSON.stringify(r.error)}${context()}`);
-  const { limits, size, err, failMs, after } = r.value;
+  const { limits, size, err, failMs, wrapped, after } = r.value;
   t.diagnostic(`maxBufferSize ${limits.maxBufferSize}, maxStorageBufferBindingSize ${limits.maxStorageBufferBindingSize}; ${size.join('×')} model: ${err.code} after ${failMs.toFixed(0)} ms: ${err.message}`);
   assert.deepEqual(size, [BIGRES, BIGRES]);
   assert.equal(err.name, 'WebDiffusionError', JSON.stringify(err));
   assert.ok(['LIMIT', 'OUT_OF_MEMORY'].includes(err.code), JSON.stringify(err));
+  t.diagnostic(`${WRAPRES}² model: ${wrapped.code}: ${wrapped.message}`);
+  assert.equal(wrapped.name, 'WebDiffusionError', JSON.stringify(wrapped));
+  assert.ok(['LIMIT', 'OUT_OF_MEMORY'].includes(wrapped.code), JSON.stringify(wrapped));
+  assert.match(wrapped.message, /17179869184|out of memory/i);
   // The engine is usable: the bundled model loads again and samples a digit.
   assert.equal(after.width, 32);
   const st = stats({ width: 32, height: 32, rgba: Uint8Array.from(after.pixels) });
