@@ -149,6 +149,27 @@ test('demo: abort stops a run between steps and the next run completes', { timeo
   await page.close();
 });
 
+test('demo: an adaptive solver from the menu disables Steps and runs with total null', { timeout: READY_MS + LOAD_MS + RUN_MS }, async (t) => {
+  const page = await openDemo();
+  await loadDefault(page);
+  await page.selectOption('#solver', 'dpm_adaptive_12');
+  assert.equal(await page.locator('#steps').isDisabled(), true);
+  assert.match(await page.locator('#solver-description').innerText(), /adaptive step size/);
+  await page.fill('#seed', '2');
+  await page.selectOption('#class-label', '7');
+  await page.click('#generate');
+  assert.equal(await waitState(page, ['done', 'error'], RUN_MS), 'done', await context(page)());
+  const r = await page.evaluate(() => ({ steps: window.demo.steps, solver: window.demo.result.solver, stepsMs: window.demo.result.timings.stepsMs }));
+  t.diagnostic(`dpm_adaptive_12: ${r.stepsMs.length} accepted steps, ${r.steps.length} attempted`);
+  assert.equal(r.solver, 'dpm_adaptive_12');
+  assert.ok(r.steps.length >= r.stepsMs.length && r.stepsMs.length >= 2, JSON.stringify(r));
+  assert.ok(r.steps.every((s) => s.total === null), JSON.stringify(r.steps));
+  assert.match(await page.locator('#step-text').innerText(), new RegExp(`${r.stepsMs.length} steps in \\d+ ms`));
+  await page.selectOption('#solver', 'ddim');
+  assert.equal(await page.locator('#steps').isDisabled(), false);
+  await page.close();
+});
+
 test('demo: the second visit loads the model from the cache (no download in the server log)', { timeout: 2 * (READY_MS + LOAD_MS) }, async (t) => {
   const first = await openDemo();
   await first.evaluate(() => caches.delete('webdiffusion-weights-v1'));
