@@ -525,6 +525,24 @@ test('analytic_ddim runs on the bundled model with its held-out digits, as the n
   assert.ok(st.std > 30, `the result is (nearly) uniform: ${JSON.stringify(st)}`);
 });
 
+test('analytic_dpm takes momentData as a URL (the default file gives the default image) or a Float32Array', { timeout: RUN_MS }, async (t) => {
+  const r = await inPage(async (url) => {
+    const base = { solver: 'analytic_dpm', steps: 5, momentSamples: 2, guidance: 1, seed: 9, classLabel: 1, preview: 'none' };
+    const px = async (o) => Array.from((await window.engine.generate({ ...base, ...o })).pixels);
+    const byDefault = await px({});
+    const byUrl = await px({ momentData: new URL(url) });
+    // Two all-white images: far from the digits, a different Γ, so a different image.
+    const blank = await px({ momentData: new Float32Array(2 * 32 * 32).fill(1) });
+    return { byDefault, byUrl, blank };
+  }, `${server.url}/models/mnist/eval/heldout.safetensors`);
+  assert.ok(r.value, `generate failed: ${JSON.stringify(r.error)}${context()}`);
+  const { byDefault, byUrl, blank } = r.value;
+  assert.deepEqual(byUrl, byDefault);
+  const d = byDefault.reduce((n, v, i) => n + Math.abs(v - blank[i]), 0) / byDefault.length;
+  t.diagnostic(`held-out digits vs all-white momentData: mean |diff| ${d.toFixed(2)}/255`);
+  assert.ok(d > 0, 'momentData does not change the image');
+});
+
 test('gms on a model without moment outputs, and options for other solvers, are BAD_OPTION', async () => {
   const r = await inPage(async () => {
     const codes = {};
