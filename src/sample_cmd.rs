@@ -53,8 +53,8 @@ pub struct SampleArgs {
     #[arg(long)]
     pub scheduler_config: Option<PathBuf>,
     /// Solver name (diffusers class names and k-diffusion names work too). Default:
-    /// dpmpp_2m, or dpmpp_2m_sde for the bundled model (whose short training leaves the
-    /// deterministic ODE samplers with grainy digits: see models/mnist/README.md).
+    /// dpmpp_2m, or dpmpp_2m_sde for the bundled model (its best measured quality at few
+    /// steps: see BENCHMARKS.md).
     #[arg(long)]
     pub solver: Option<String>,
     /// Number of sampling steps.
