@@ -130,44 +130,14 @@ impl Exec {
         self.ops += 1;
         match &self.backend {
             Backend::Cpu => {
-                let mut data = Vec::with_capacity(inputs.len());
-                for (i, t) in inputs.iter().enumerate() {
-                    data.push(t.cpu_data().ok_or(Error::Backend {
-                        op: name,
-                        index: i,
-                        expected: "cpu",
-                        got: "gpu",
-                    })?);
-                }
+                let data = cpu_inputs(name, inputs)?;
                 let mut out = vec![0f32; numel(&out_shape)];
                 op.cpu(&shapes, &data, &mut out);
                 Tensor::from_vec(&out_shape, out)
             }
             Backend::Gpu(ctx) => {
-                let mut args = Vec::with_capacity(inputs.len());
-                for (i, t) in inputs.iter().enumerate() {
-                    let buffer = t.gpu_buffer().ok_or(Error::Backend {
-                        op: name,
-                        index: i,
-                        expected: "gpu",
-                        got: "cpu",
-                    })?;
-                    args.push(GpuArg {
-                        shape: t.shape(),
-                        buffer: buffer.buffer(),
-                    });
-                }
-                let bytes = (numel_u64(&out_shape).saturating_mul(4)).max(4);
-                if bytes > ctx.caps.max_buffer() {
-                    return Err(Error::Limit {
-                        op: name,
-                        what: format!("the output of shape {out_shape:?}"),
-                        limit: "maxBufferSize",
-                        value: ctx.caps.max_buffer(),
-                        needed: bytes,
-                        hint: "use a smaller batch or resolution",
-                    });
-                }
+                let args = gpu_inputs(name, inputs)?;
+                let bytes = output_bytes(ctx, name, "the output", &out_shape)?;
                 let pool = self
                     .pool
                     .get_or_insert_with(|| BufferPool::new(ctx.device.clone()));
@@ -202,15 +172,7 @@ impl Exec {
         self.ops += 1;
         match &self.backend {
             Backend::Cpu => {
-                let mut data = Vec::with_capacity(inputs.len());
-                for (i, t) in inputs.iter().enumerate() {
-                    data.push(t.cpu_data().ok_or(Error::Backend {
-                        op: name,
-                        index: i,
-                        expected: "cpu",
-                        got: "gpu",
-                    })?);
-                }
+                let data = cpu_inputs(name, inputs)?;
                 let mut out = vec![0f32; numel(&out_shape)];
                 let mut out2 = vec![0f32; numel(&out_shape)];
                 op.cpu(&shapes, &data, &mut out, &mut out2);
@@ -220,30 +182,8 @@ impl Exec {
                 ))
             }
             Backend::Gpu(ctx) => {
-                let mut args = Vec::with_capacity(inputs.len());
-                for (i, t) in inputs.iter().enumerate() {
-                    let buffer = t.gpu_buffer().ok_or(Error::Backend {
-                        op: name,
-                        index: i,
-                        expected: "gpu",
-                        got: "cpu",
-                    })?;
-                    args.push(GpuArg {
-                        shape: t.shape(),
-                        buffer: buffer.buffer(),
-                    });
-                }
-                let bytes = (numel_u64(&out_shape).saturating_mul(4)).max(4);
-                if bytes > ctx.caps.max_buffer() {
-                    return Err(Error::Limit {
-                        op: name,
-                        what: format!("the outputs of shape {out_shape:?}"),
-                        limit: "maxBufferSize",
-                        value: ctx.caps.max_buffer(),
-                        needed: bytes,
-                        hint: "use a smaller batch or resolution",
-                    });
-                }
+                let args = gpu_inputs(name, inputs)?;
+                let bytes = output_bytes(ctx, name, "the outputs", &out_shape)?;
                 let pool = self
                     .pool
                     .get_or_insert_with(|| BufferPool::new(ctx.device.clone()));
@@ -356,4 +296,57 @@ impl Exec {
             })
             .collect())
     }
+}
+
+/// The inputs' host data; a GPU tensor on the CPU executor is `Error::Backend`.
+fn cpu_inputs<'a>(name: &'static str, inputs: &[&'a Tensor]) -> Result<Vec<&'a [f32]>> {
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.cpu_data().ok_or(Error::Backend {
+                op: name,
+                index: i,
+                expected: "cpu",
+                got: "gpu",
+            })
+        })
+        .collect()
+}
+
+/// The inputs' GPU buffers; a host tensor on the GPU executor is `Error::Backend`.
+fn gpu_inputs<'a>(name: &'static str, inputs: &[&'a Tensor]) -> Result<Vec<GpuArg<'a>>> {
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let buffer = t.gpu_buffer().ok_or(Error::Backend {
+                op: name,
+                index: i,
+                expected: "gpu",
+                got: "cpu",
+            })?;
+            Ok(GpuArg {
+                shape: t.shape(),
+                buffer: buffer.buffer(),
+            })
+        })
+        .collect()
+}
+
+/// Bytes of one f32 output of `shape` (at least 4), checked against `maxBufferSize` in 64
+/// bits so a wasm32 `usize` cannot wrap.
+fn output_bytes(ctx: &GpuContext, name: &'static str, what: &str, shape: &[usize]) -> Result<u64> {
+    let bytes = (numel_u64(shape).saturating_mul(4)).max(4);
+    if bytes > ctx.caps.max_buffer() {
+        return Err(Error::Limit {
+            op: name,
+            what: format!("{what} of shape {shape:?}"),
+            limit: "maxBufferSize",
+            value: ctx.caps.max_buffer(),
+            needed: bytes,
+            hint: "use a smaller batch or resolution",
+        });
+    }
+    Ok(bytes)
 }
