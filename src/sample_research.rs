@@ -9,8 +9,9 @@ use anyhow::{bail, Context, Result};
 use webdiffusion::platform::block_on;
 use webdiffusion::sampling::analytic::{AnalyticDenoiser, MixtureFile};
 use webdiffusion::sampling::solvers::{
-    estimate_gamma, AnalyticDpm, AnalyticVariant, Denoiser, Gms, Solver,
+    self, AnalyticDpm, AnalyticVariant, Denoiser, GammaRun, Gms, Solver,
 };
+pub use webdiffusion::sampling::solvers::MomentData;
 use webdiffusion::sampling::{PredictionType, Schedule, SchedulerClass, SchedulerConfig};
 use webdiffusion::{Exec, Tensor};
 
@@ -80,13 +81,6 @@ pub fn gmm_model(
         ),
         mf.sample_shape,
     ))
-}
-
-/// Data for Γ: (K, C, H, W) in the model's range, and labels when the file has them.
-pub struct MomentData {
-    pub data: Tensor,
-    pub labels: Option<Vec<usize>>,
-    pub source: String,
 }
 
 /// The bundled model's held-out digits, compiled into the binary like its weights.
@@ -199,9 +193,8 @@ pub struct GammaSetup<'a> {
     pub data_half_range: Option<f64>,
 }
 
-/// Γ_t at each of `timesteps` (Analytic-DPM's eq. 8): Monte Carlo over `samples` rows of
-/// the data, evaluated in batches the model takes. Rows are matched to the run's class
-/// labels when both are known, so a class-conditional model sees data of its class.
+/// Γ_t at each of `timesteps` for the CLI run ([`solvers::estimate_gamma_for_run`], with the
+/// CLI's option names in its errors), reported on stderr with the time it took.
 pub fn estimate_gamma_for_run(
     exec: &mut Exec,
     model: &mut dyn Denoiser,
@@ -210,93 +203,22 @@ pub fn estimate_gamma_for_run(
     data: &MomentData,
     setup: &GammaSetup<'_>,
 ) -> Result<Vec<f64>> {
-    let ds = data.data.shape();
-    let [n, c, h, w] = setup.shape;
-    if ds.len() != 4 || ds[1..] != [c, h, w] {
-        bail!(
-            "--moment-data {}: shape {:?}; this model's samples are ({c}, {h}, {w}), so the \
-             data must be (K, {c}, {h}, {w})",
-            data.source,
-            ds
-        );
-    }
-    if setup.samples == 0 {
-        bail!("--moment-samples must be at least 1");
-    }
-    let rows = ds[0];
-    let item = c * h * w;
-    let host = data
-        .data
-        .cpu_data()
-        .ok_or_else(|| anyhow::anyhow!("moment data must be on the host"))?;
-    let batch = if setup.fixed_batch {
-        n
-    } else {
-        setup.samples.min(64)
+    let run = GammaRun {
+        shape: setup.shape,
+        labels: setup.labels,
+        fixed_batch: setup.fixed_batch,
+        samples: setup.samples,
+        seed: setup.seed,
+        data_option: "--moment-data",
+        samples_option: "--moment-samples",
     };
-    let chunks = setup.samples.div_ceil(batch);
-    // A fixed-batch model evaluates whole batches (K rounded up); otherwise exactly K rows.
-    let total = if setup.fixed_batch {
-        chunks * batch
-    } else {
-        setup.samples
-    };
-    // Row order: per label queue when the run is class-conditional and the data labelled.
-    let mut by_label: Vec<Vec<usize>> = Vec::new();
-    if let (Some(run), Some(dl)) = (setup.labels, &data.labels) {
-        let classes = run.iter().max().map_or(0, |m| m + 1);
-        by_label = vec![Vec::new(); classes];
-        for (r, &l) in dl.iter().enumerate() {
-            if l < classes {
-                by_label[l].push(r);
-            }
-        }
-        if let Some(l) = run.iter().find(|&&l| by_label[l].is_empty()) {
-            bail!(
-                "--moment-data {}: no sample of class {l}, which this run draws",
-                data.source
-            );
-        }
-    }
-    let schedule = Schedule::new(scheduler)?;
     let t0 = Instant::now();
-    let mut sum = vec![0.0; timesteps.len()];
-    let mut next = 0usize;
-    for chunk in 0..chunks {
-        let size = batch.min(total - chunk * batch);
-        let mut v = Vec::with_capacity(size * item);
-        for slot in 0..size {
-            let r = match setup.labels {
-                Some(run) if !by_label.is_empty() => {
-                    let q = &by_label[run[slot % run.len()]];
-                    q[chunk % q.len()]
-                }
-                _ => {
-                    let r = next % rows;
-                    next += 1;
-                    r
-                }
-            };
-            v.extend_from_slice(&host[r * item..(r + 1) * item]);
-        }
-        let x = Tensor::from_vec(&[size, c, h, w], v)?;
-        let g = block_on(estimate_gamma(
-            exec,
-            model,
-            timesteps,
-            &schedule.alphas_cumprod,
-            scheduler.prediction_type,
-            &x,
-            setup.seed.wrapping_add(chunk as u64),
-        ))?;
-        for (s, g) in sum.iter_mut().zip(g) {
-            *s += g * size as f64;
-        }
-    }
-    let gamma: Vec<f64> = sum.iter().map(|s| s / total as f64).collect();
+    let gamma = block_on(solvers::estimate_gamma_for_run(
+        exec, model, scheduler, timesteps, data, &run,
+    ))?;
     eprintln!(
         "Γ estimated from {} data samples ({}) in {:.2} s: {}",
-        total,
+        setup.samples,
         data.source,
         t0.elapsed().as_secs_f64(),
         gamma

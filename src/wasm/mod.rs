@@ -22,9 +22,10 @@ use crate::gpu::{GpuContext, GpuOptions};
 use crate::models::{ModelConfig, UNet};
 use crate::ops::SolverUpdate;
 use crate::sampling::solvers::{
-    initial_noise, sample_adaptive_observed, schedule_class_for, solver_from_name, AdaptiveOptions,
-    AnalyticDpm, AnalyticVariant, Denoiser, Gms, MomentChannels, Noise, Solver, SolverOptions,
-    StepContext, StepInfo, ALIASES, SOLVERS,
+    estimate_gamma_for_run, initial_noise, sample_adaptive_observed, schedule_class_for,
+    solver_from_name, AdaptiveOptions, AnalyticDpm, AnalyticVariant, Denoiser, GammaRun, Gms,
+    MomentChannels, MomentData, Noise, Solver, SolverOptions, StepContext, StepInfo, ALIASES,
+    SOLVERS,
 };
 use crate::sampling::{FiniteWatch, Guided, Schedule, SchedulerClass, SchedulerConfig};
 use canvas::CanvasTarget;
@@ -997,7 +998,7 @@ enum Plan {
     },
     Analytic {
         variant: AnalyticVariant,
-        data: research::MomentData,
+        data: MomentData,
         scheduler: SchedulerConfig,
         half_range: Option<f64>,
     },
@@ -1028,16 +1029,17 @@ async fn sample_loop(
             half_range,
         } => {
             let ts = AnalyticDpm::timesteps_for(scheduler, opts.steps)?;
-            let run = research::GammaRun {
+            let run = GammaRun {
                 shape: *shape,
                 labels: opts.labels.as_deref(),
                 fixed_batch: opts.labels.is_some(),
                 samples: opts.moment_samples,
                 // The CLI's seed for the estimate's noise.
                 seed: opts.seed ^ 0x5bd1_e995,
+                data_option: "momentData",
+                samples_option: "option `momentSamples`",
             };
-            let gamma =
-                research::estimate_gamma_for_run(exec, model, scheduler, &ts, data, &run).await?;
+            let gamma = estimate_gamma_for_run(exec, model, scheduler, &ts, data, &run).await?;
             inner.check_running("generate")?;
             built = Box::new(AnalyticDpm::new(
                 scheduler,

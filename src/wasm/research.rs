@@ -9,9 +9,8 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
 use super::js::{self, Code, WdError, WdResult};
-use crate::exec::Exec;
-use crate::sampling::solvers::{estimate_gamma, AdaptiveOrder, AnalyticVariant, Denoiser};
-use crate::sampling::{Schedule, SchedulerConfig};
+use crate::sampling::solvers::{AdaptiveOrder, AnalyticVariant};
+pub use crate::sampling::solvers::MomentData;
 use crate::tensor::Tensor;
 
 /// Name, description. Listed by `Engine.solvers()` after the diffusers classes.
@@ -63,13 +62,6 @@ pub fn kind_of(name: &str) -> Kind {
         "gms" => Kind::Gms,
         _ => Kind::Fixed,
     }
-}
-
-/// Data for Γ: (K, C, H, W) in the model's range, with labels when known.
-pub struct MomentData {
-    pub data: Tensor,
-    pub labels: Option<Vec<usize>>,
-    pub source: String,
 }
 
 /// The held-out digits next to the bundled model (`eval/heldout.safetensors`).
@@ -189,109 +181,4 @@ async fn fetch_bytes(url: &str) -> WdResult<Vec<u8>> {
         .await
         .map_err(|e| http(js::js_message(&e)))?;
     Ok(js_sys::Uint8Array::new(&buf).to_vec())
-}
-
-/// What the Γ estimate needs to know about the run (the CLI's `GammaSetup`).
-pub struct GammaRun<'a> {
-    pub shape: [usize; 4],
-    pub labels: Option<&'a [usize]>,
-    /// The model takes batches of exactly N (it is conditioned per sample).
-    pub fixed_batch: bool,
-    pub samples: usize,
-    pub seed: u64,
-}
-
-/// Γ_t at each of `timesteps` (Analytic-DPM's eq. 8), averaged over `run.samples` data rows
-/// in batches the model takes, rows matched to the run's class labels when both are known:
-/// the CLI's estimate, with every readback awaited.
-pub async fn estimate_gamma_for_run(
-    exec: &mut Exec,
-    model: &mut dyn Denoiser,
-    scheduler: &SchedulerConfig,
-    timesteps: &[f64],
-    data: &MomentData,
-    run: &GammaRun<'_>,
-) -> WdResult<Vec<f64>> {
-    let ds = data.data.shape();
-    let [n, c, h, w] = run.shape;
-    if ds.len() != 4 || ds[1..] != [c, h, w] {
-        return Err(WdError::bad_option(format!(
-            "momentData {}: shape {ds:?}; this model's samples are ({c}, {h}, {w})",
-            data.source
-        )));
-    }
-    if run.samples == 0 {
-        return Err(WdError::bad_option(
-            "option `momentSamples` must be at least 1",
-        ));
-    }
-    let rows = ds[0];
-    let item = c * h * w;
-    let host = data
-        .data
-        .cpu_data()
-        .ok_or_else(|| WdError::new(Code::Internal, "moment data must be on the host"))?;
-    let batch = if run.fixed_batch {
-        n
-    } else {
-        run.samples.min(64)
-    };
-    let chunks = run.samples.div_ceil(batch);
-    let total = if run.fixed_batch {
-        chunks * batch
-    } else {
-        run.samples
-    };
-    let mut by_label: Vec<Vec<usize>> = Vec::new();
-    if let (Some(labels), Some(dl)) = (run.labels, &data.labels) {
-        let classes = labels.iter().max().map_or(0, |m| m + 1);
-        by_label = vec![Vec::new(); classes];
-        for (r, &l) in dl.iter().enumerate() {
-            if l < classes {
-                by_label[l].push(r);
-            }
-        }
-        if let Some(l) = labels.iter().find(|&&l| by_label[l].is_empty()) {
-            return Err(WdError::bad_option(format!(
-                "momentData {}: no sample of class {l}, which this run draws",
-                data.source
-            )));
-        }
-    }
-    let schedule = Schedule::new(scheduler)?;
-    let mut sum = vec![0.0; timesteps.len()];
-    let mut next = 0usize;
-    for chunk in 0..chunks {
-        let size = batch.min(total - chunk * batch);
-        let mut v = Vec::with_capacity(size * item);
-        for slot in 0..size {
-            let r = match run.labels {
-                Some(l) if !by_label.is_empty() => {
-                    let q = &by_label[l[slot % l.len()]];
-                    q[chunk % q.len()]
-                }
-                _ => {
-                    let r = next % rows;
-                    next += 1;
-                    r
-                }
-            };
-            v.extend_from_slice(&host[r * item..(r + 1) * item]);
-        }
-        let x = Tensor::from_vec(&[size, c, h, w], v)?;
-        let g = estimate_gamma(
-            exec,
-            model,
-            timesteps,
-            &schedule.alphas_cumprod,
-            scheduler.prediction_type,
-            &x,
-            run.seed.wrapping_add(chunk as u64),
-        )
-        .await?;
-        for (s, g) in sum.iter_mut().zip(g) {
-            *s += g * size as f64;
-        }
-    }
-    Ok(sum.iter().map(|s| s / total as f64).collect())
 }

@@ -258,3 +258,135 @@ pub async fn estimate_gamma(
     }
     Ok(gamma)
 }
+
+/// Data for Γ: (K, C, H, W) in the model's range, with labels when the source has them.
+pub struct MomentData {
+    pub data: Tensor,
+    pub labels: Option<Vec<usize>>,
+    /// Where the data came from, for messages (a path, a URL, "the bundled held-out digits").
+    pub source: String,
+}
+
+/// What the Γ estimate needs to know about the run being sampled.
+pub struct GammaRun<'a> {
+    /// (N, C, H, W) of the run.
+    pub shape: [usize; 4],
+    /// The class labels the model is conditioned on, one per sample of the run.
+    pub labels: Option<&'a [usize]>,
+    /// The model only takes batches of exactly N (it is conditioned per sample).
+    pub fixed_batch: bool,
+    /// K, the number of data rows averaged over.
+    pub samples: usize,
+    pub seed: u64,
+    /// How the front end spells the data and sample-count options (`--moment-data` in the
+    /// CLI, `momentData` in JS), so errors name what the user typed.
+    pub data_option: &'static str,
+    pub samples_option: &'static str,
+}
+
+/// Γ_t at each of `timesteps` (Analytic-DPM's eq. 8) for a run: the Monte Carlo average of
+/// [`estimate_gamma`] over `run.samples` data rows, evaluated in batches the model takes
+/// (exactly N rows when the model is conditioned per sample, K rounded up to whole
+/// batches; otherwise up to 64 rows at a time, exactly K in all). When the run is
+/// class-conditional and the data labelled, each slot of a batch takes a row of the class
+/// that slot is sampled with, so a class-conditional model sees data of its class.
+pub async fn estimate_gamma_for_run(
+    exec: &mut Exec,
+    model: &mut dyn Denoiser,
+    scheduler: &SchedulerConfig,
+    timesteps: &[f64],
+    data: &MomentData,
+    run: &GammaRun<'_>,
+) -> Result<Vec<f64>> {
+    const OP: &str = "analytic_dpm";
+    let ds = data.data.shape();
+    let [n, c, h, w] = run.shape;
+    if ds.len() != 4 || ds[1..] != [c, h, w] {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "{} {}: shape {ds:?}; this model's samples are ({c}, {h}, {w}), so the data \
+                 must be (K, {c}, {h}, {w})",
+                run.data_option, data.source
+            ),
+        ));
+    }
+    if run.samples == 0 {
+        return Err(Error::invalid(
+            OP,
+            format!("{} must be at least 1", run.samples_option),
+        ));
+    }
+    let rows = ds[0];
+    let item = c * h * w;
+    let host = data
+        .data
+        .cpu_data()
+        .ok_or_else(|| Error::invalid(OP, "the moment data must be on the host"))?;
+    let batch = if run.fixed_batch {
+        n
+    } else {
+        run.samples.min(64)
+    };
+    let chunks = run.samples.div_ceil(batch);
+    let total = if run.fixed_batch {
+        chunks * batch
+    } else {
+        run.samples
+    };
+    let mut by_label: Vec<Vec<usize>> = Vec::new();
+    if let (Some(labels), Some(dl)) = (run.labels, &data.labels) {
+        let classes = labels.iter().max().map_or(0, |m| m + 1);
+        by_label = vec![Vec::new(); classes];
+        for (r, &l) in dl.iter().enumerate() {
+            if l < classes {
+                by_label[l].push(r);
+            }
+        }
+        if let Some(l) = labels.iter().find(|&&l| by_label[l].is_empty()) {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "{} {}: no sample of class {l}, which this run draws",
+                    run.data_option, data.source
+                ),
+            ));
+        }
+    }
+    let schedule = Schedule::new(scheduler)?;
+    let mut sum = vec![0.0; timesteps.len()];
+    let mut next = 0usize;
+    for chunk in 0..chunks {
+        let size = batch.min(total - chunk * batch);
+        let mut v = Vec::with_capacity(size * item);
+        for slot in 0..size {
+            let r = match run.labels {
+                Some(l) if !by_label.is_empty() => {
+                    let q = &by_label[l[slot % l.len()]];
+                    q[chunk % q.len()]
+                }
+                _ => {
+                    let r = next % rows;
+                    next += 1;
+                    r
+                }
+            };
+            v.extend_from_slice(&host[r * item..(r + 1) * item]);
+        }
+        let x = Tensor::from_vec(&[size, c, h, w], v)?;
+        let g = estimate_gamma(
+            exec,
+            model,
+            timesteps,
+            &schedule.alphas_cumprod,
+            scheduler.prediction_type,
+            &x,
+            run.seed.wrapping_add(chunk as u64),
+        )
+        .await?;
+        for (s, g) in sum.iter_mut().zip(g) {
+            *s += g * size as f64;
+        }
+    }
+    Ok(sum.iter().map(|s| s / total as f64).collect())
+}

@@ -52,7 +52,9 @@ pub use adaptive::{
     sample_adaptive, sample_adaptive_observed, AdaptiveOptions, AdaptiveOrder, AdaptiveResult,
     AdaptiveStep,
 };
-pub use analytic_dpm::{estimate_gamma, AnalyticDpm, AnalyticVariant};
+pub use analytic_dpm::{
+    estimate_gamma, estimate_gamma_for_run, AnalyticDpm, AnalyticVariant, GammaRun, MomentData,
+};
 pub use consistency::ConsistencyMultistep;
 pub use ddim::Ddim;
 pub use ddim_inverse::DdimInverse;
