@@ -8,10 +8,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use webdiffusion::platform::block_on;
 use webdiffusion::sampling::analytic::{AnalyticDenoiser, MixtureFile};
+pub use webdiffusion::sampling::solvers::MomentData;
 use webdiffusion::sampling::solvers::{
     self, AnalyticDpm, AnalyticVariant, Denoiser, GammaRun, Gms, Solver,
 };
-pub use webdiffusion::sampling::solvers::MomentData;
 use webdiffusion::sampling::{PredictionType, Schedule, SchedulerClass, SchedulerConfig};
 use webdiffusion::{Exec, Tensor};
 

@@ -9,8 +9,8 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
 use super::js::{self, Code, WdError, WdResult};
-use crate::sampling::solvers::{AdaptiveOrder, AnalyticVariant};
 pub use crate::sampling::solvers::MomentData;
+use crate::sampling::solvers::{AdaptiveOrder, AnalyticVariant};
 use crate::tensor::Tensor;
 
 /// Name, description. Listed by `Engine.solvers()` after the diffusers classes.
