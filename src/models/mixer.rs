@@ -182,6 +182,9 @@ impl MixerConfig {
         c.num_train_timesteps = TRAIN_STEPS;
         c.trained_betas = Some(betas);
         c.timestep_spacing = TimestepSpacing::Linspace;
+        // DDIM/DDPM default to clipping x̂₀ to [−1, 1]; this data space spans ≈ [0, 10].
+        c.other
+            .insert("clip_sample".into(), serde_json::Value::Bool(false));
         c
     }
 
