@@ -68,7 +68,8 @@ fn inputs(size: usize) -> Vec<f32> {
                 let k = b * n + i * size + j;
                 let base = 4.0
                     * (1.0
-                        + (tau * i as f64 / size as f64).sin() * (tau * j as f64 / size as f64).cos());
+                        + (tau * i as f64 / size as f64).sin()
+                            * (tau * j as f64 / size as f64).cos());
                 x[k] = (a * base + s * 3f64.sqrt() * u[k] as f64) as f32;
             }
         }
@@ -88,7 +89,9 @@ fn ours(exec: &mut Exec, model: &MixerScoreNet, size: usize, sub: usize) -> Vec<
     let n = size * size;
     let mut out = Vec::new();
     for (b, &t) in TIMES.iter().enumerate() {
-        let xb = exec.tensor(&[1, 1, size, size], &x[b * n..(b + 1) * n]).unwrap();
+        let xb = exec
+            .tensor(&[1, 1, size, size], &x[b * n..(b + 1) * n])
+            .unwrap();
         let y = model.score(exec, &xb, t).expect("forward");
         let v = block_on(exec.read(&y)).expect("read");
         for i in (0..size).step_by(sub) {
@@ -117,7 +120,10 @@ fn parity(exec: &mut Exec, name: &str, size: usize, sub: usize, what: &str) {
             .map(|(a, b)| (*a as f64 - *b as f64).abs())
             .fold(0.0, f64::max);
         let scale = w.iter().map(|v| v.abs() as f64).fold(0.0, f64::max);
-        eprintln!("{what} {name} t={t}: max |ours − numpy| / max |numpy| = {:.2e}", err / scale);
+        eprintln!(
+            "{what} {name} t={t}: max |ours − numpy| / max |numpy| = {:.2e}",
+            err / scale
+        );
         assert!(
             err / scale <= TOL,
             "{what} {name}: t = {t}: relative error {:.3e} > {TOL}",
@@ -162,7 +168,9 @@ fn correlation(a: &[f32], b: &[f32]) -> f64 {
 /// wrong kernel orientation or patch order drops the correlation to ≈ 0.
 #[test]
 fn score_of_noise_is_minus_x_over_sigma() {
-    let Some(dir) = galaxy_dir("hsc64") else { return };
+    let Some(dir) = galaxy_dir("hsc64") else {
+        return;
+    };
     let Some(ctx) = common::gpu() else { return };
     let mut exec = Exec::gpu(ctx);
     let model = MixerScoreNet::load_dir(&mut exec, &dir).expect("load");
@@ -195,7 +203,9 @@ fn score_of_noise_is_minus_x_over_sigma() {
 /// transform (x = e^(0.1·y) − 1 ≥ −1 means y is bounded below), and not at the noise.
 #[test]
 fn solvers_agree_on_hsc32() {
-    let Some(dir) = galaxy_dir("hsc32") else { return };
+    let Some(dir) = galaxy_dir("hsc32") else {
+        return;
+    };
     let Some(ctx) = common::gpu() else { return };
     let mut exec = Exec::gpu(ctx);
     let mut model = MixerScoreNet::load_dir(&mut exec, &dir).expect("load");
@@ -219,13 +229,21 @@ fn solvers_agree_on_hsc32() {
         assert!(v.iter().all(|a| a.is_finite()), "{name}: non-finite sample");
         let noise = block_on(exec.read(&x)).unwrap();
         let c = correlation(&v, &noise);
-        eprintln!("{name}: corr(sample, initial noise) {c:.3}, y range {:?}", v.iter().fold((f32::MAX, f32::MIN), |(a, b), &y| (a.min(y), b.max(y))));
+        eprintln!(
+            "{name}: corr(sample, initial noise) {c:.3}, y range {:?}",
+            v.iter()
+                .fold((f32::MAX, f32::MIN), |(a, b), &y| (a.min(y), b.max(y)))
+        );
         results.push((name, v));
     }
     let (_, reference) = &results[0];
     let spread = {
         let m = reference.iter().map(|&a| a as f64).sum::<f64>() / reference.len() as f64;
-        (reference.iter().map(|&a| (a as f64 - m).powi(2)).sum::<f64>() / reference.len() as f64)
+        (reference
+            .iter()
+            .map(|&a| (a as f64 - m).powi(2))
+            .sum::<f64>()
+            / reference.len() as f64)
             .sqrt()
     };
     for (name, v) in &results[1..] {
@@ -238,7 +256,10 @@ fn solvers_agree_on_hsc32() {
             .sqrt();
         let allowed = if *name == "ddim" { 0.5 } else { 0.2 };
         eprintln!("{name} vs dpmpp_2m: rms {rms:.4} (sample std {spread:.4})");
-        assert!(rms < allowed * spread, "{name} vs dpmpp_2m: rms {rms} vs std {spread}");
+        assert!(
+            rms < allowed * spread,
+            "{name} vs dpmpp_2m: rms {rms} vs std {spread}"
+        );
     }
     let min = reference.iter().cloned().fold(f32::INFINITY, f32::min);
     let to_flux = |y: f32| model.config.to_flux(y);
@@ -247,7 +268,9 @@ fn solvers_agree_on_hsc32() {
 
 #[test]
 fn bad_inputs_are_clear_errors() {
-    let Some(dir) = galaxy_dir("hsc32") else { return };
+    let Some(dir) = galaxy_dir("hsc32") else {
+        return;
+    };
     let mut exec = Exec::cpu();
     let model = MixerScoreNet::load_dir(&mut exec, &dir).expect("load");
     let x = Tensor::from_vec(&[1, 1, 16, 16], vec![0.0; 256]).unwrap();
@@ -262,7 +285,10 @@ fn bad_inputs_are_clear_errors() {
     std::fs::copy(dir.join("config.json"), tmp.join("config.json")).unwrap();
     if let Some(d64) = galaxy_dir("hsc64") {
         std::fs::copy(d64.join("model.safetensors"), tmp.join("model.safetensors")).unwrap();
-        let err = MixerScoreNet::load_dir(&mut exec, &tmp).err().expect("mismatch").to_string();
+        let err = MixerScoreNet::load_dir(&mut exec, &tmp)
+            .err()
+            .expect("mismatch")
+            .to_string();
         assert!(err.contains("blocks.0"), "{err}");
     }
     let _ = std::fs::remove_dir_all(&tmp);
@@ -285,7 +311,10 @@ fn setup_refuses_a_wheel_with_another_hash() {
     .unwrap();
     let venv = root().join(".cache/galaxy-venv");
     if !venv.join("bin/python").is_file() {
-        eprintln!("skipping: no {} (run scripts/setup-galaxy.sh)", venv.display());
+        eprintln!(
+            "skipping: no {} (run scripts/setup-galaxy.sh)",
+            venv.display()
+        );
         let _ = std::fs::remove_dir_all(&tmp);
         return;
     }
@@ -297,5 +326,8 @@ fn setup_refuses_a_wheel_with_another_hash() {
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     let _ = std::fs::remove_dir_all(&tmp);
     assert!(!out.status.success(), "accepted a fake wheel: {err}");
-    assert!(err.contains("sha256") && err.contains("not the published"), "{err}");
+    assert!(
+        err.contains("sha256") && err.contains("not the published"),
+        "{err}"
+    );
 }

@@ -31,9 +31,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::exec::Exec;
 use crate::nn::{Conv2d, Linear};
-use crate::ops::{
-    Concat, ConvTranspose2d, LayerNorm, SolverUpdate, Transpose, Unary, UnaryOp,
-};
+use crate::ops::{Concat, ConvTranspose2d, LayerNorm, SolverUpdate, Transpose, Unary, UnaryOp};
 use crate::sampling::continuous::VpSde;
 use crate::sampling::solvers::Denoiser;
 use crate::sampling::{SchedulerClass, SchedulerConfig, TimestepSpacing};
@@ -233,7 +231,13 @@ impl SlabNorm {
 struct Mlp(Linear, Linear);
 
 impl Mlp {
-    fn load(exec: &mut Exec, w: &mut Weights, prefix: &str, io: usize, width: usize) -> Result<Self> {
+    fn load(
+        exec: &mut Exec,
+        w: &mut Weights,
+        prefix: &str,
+        io: usize,
+        width: usize,
+    ) -> Result<Self> {
         Ok(Self(
             Linear::load(exec, w, &format!("{prefix}.layers.0"), io, width, true)?,
             Linear::load(exec, w, &format!("{prefix}.layers.1"), width, io, true)?,
@@ -350,7 +354,10 @@ impl MixerScoreNet {
         let n = s[0];
         let (c, p) = (cfg.hidden_size, cfg.num_patches());
         let side = size / cfg.patch_size;
-        let plane = exec.tensor(&[n, 1, size, size], &vec![(t / cfg.t1) as f32; n * size * size])?;
+        let plane = exec.tensor(
+            &[n, 1, size, size],
+            &vec![(t / cfg.t1) as f32; n * size * size],
+        )?;
         let h = exec.run(&Concat::channels(), &[y, &plane])?;
         let mut h = self.conv_in.forward(exec, &h)?.reshape(&[n, c, p])?;
         for b in &self.blocks {
@@ -446,10 +453,14 @@ mod tests {
         let bad = r#"{"_class_name": "GalaxyScoreNet", "in_channels": 1, "sample_size": 30,
             "patch_size": 4, "hidden_size": 64, "mix_patch_size": 512, "mix_hidden_size": 512,
             "num_blocks": 4, "norm_eps": 1e-5, "t1": 10.0, "beta": 1.0, "transform_scale": 0.1}"#;
-        let e = MixerConfig::from_json("c.json", bad).unwrap_err().to_string();
+        let e = MixerConfig::from_json("c.json", bad)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sample_size"), "{e}");
         let other = bad.replace("GalaxyScoreNet", "GuidedUNetModel");
-        let e = MixerConfig::from_json("c.json", &other).unwrap_err().to_string();
+        let e = MixerConfig::from_json("c.json", &other)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("_class_name"), "{e}");
     }
 }
