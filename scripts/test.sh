@@ -20,6 +20,14 @@ if [ "${WEBDIFFUSION_SKIP_TERRAIN:-}" = 1 ]; then
 else
   scripts/setup-terrain.sh
 fi
+# The galaxy parity test (tests/galaxy.rs) likewise needs galaxygrad's converted networks
+# (scripts/setup-galaxy.sh); WEBDIFFUSION_SKIP_GALAXY=1 leaves the download out (the test then
+# skips unless WEBDIFFUSION_REQUIRE_GALAXY=1, which CI sets).
+if [ "${WEBDIFFUSION_SKIP_GALAXY:-}" = 1 ]; then
+  echo "test: WEBDIFFUSION_SKIP_GALAXY=1, not fetching the galaxy models"
+else
+  scripts/setup-galaxy.sh
+fi
 cargo test --all-targets "$@"
 if [ "${WEBDIFFUSION_SKIP_BROWSER:-}" = 1 ]; then
   echo "test: WEBDIFFUSION_SKIP_BROWSER=1, skipping the browser test (scripts/browser-test.sh)"

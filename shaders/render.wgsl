@@ -28,11 +28,13 @@ struct RenderParams {
     scaled_h: u32,
     // RGBA bytes 0..=255.
     background: vec4<u32>,
-    // 0: the image itself (grey or RGB); 1: channel 0 as a heightmap in shaded relief.
+    // 0: the image itself (grey or RGB); 1: channel 0 as a heightmap in shaded relief;
+    // 2: channel 0 as a galaxy in log data space, asinh-stretched (render.rs AsinhStretch).
     mode: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // Mode 2: s of y = ln(1 + x)/s, the softening a, the flux shown white.
+    stretch_scale: f32,
+    stretch_soft: f32,
+    stretch_max: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: RenderParams;
@@ -133,6 +135,17 @@ fn relief(panel: u32, base: u32, x: u32, y: u32) -> vec3<f32> {
     return round(clamp(c * light, vec3<f32>(0.0), vec3<f32>(1.0)) * 255.0);
 }
 
+// The flux x = e^(s·y) − 1 of data-space y, then asinh(x/a)/asinh(x_max/a) in [0, 1] as a
+// byte; the same f32 steps as `AsinhStretch::grey` (NaN shows as 0).
+fn asinh_byte(y: f32) -> f32 {
+    if !(y == y) {
+        return 0.0;
+    }
+    let x = exp(p.stretch_scale * y) - 1.0;
+    let v = asinh(x / p.stretch_soft) / asinh(p.stretch_max / p.stretch_soft);
+    return round(clamp(v, 0.0, 1.0) * 255.0);
+}
+
 @fragment
 fn render_fs(@builtin(position) pos: vec4<f32>) -> @location(0) vec4<f32> {
     let bg = encode(vec3<f32>(p.background.xyz), f32(p.background.w) / 255.0);
@@ -176,6 +189,8 @@ fn render_fs(@builtin(position) pos: vec4<f32>) -> @location(0) vec4<f32> {
     var rgb: vec3<f32>;
     if p.mode == 1u {
         rgb = relief(panel, item * p.c * plane, sx, sy);
+    } else if p.mode == 2u {
+        rgb = vec3<f32>(asinh_byte(fetch(panel, base)));
     } else if p.c >= 3u {
         rgb = vec3<f32>(
             to_byte(fetch(panel, base)),

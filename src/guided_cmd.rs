@@ -46,6 +46,7 @@ fn reject_unsupported(args: &SampleArgs) -> Result<()> {
         ),
         (args.guidance.is_some(), "--guidance"),
         (args.scheduler_config.is_some(), "--scheduler-config"),
+        (args.render == Some(RenderArg::Asinh), "--render asinh"),
     ];
     if let Some((_, flag)) = given.iter().find(|(on, _)| *on) {
         bail!(
@@ -172,6 +173,7 @@ pub fn run(args: &SampleArgs, dir: &Path, seed: u64, out: &Path) -> Result<()> {
         let mode = match args.render {
             Some(RenderArg::Image) => RenderMode::Image,
             Some(RenderArg::Relief) => RenderMode::Relief,
+            Some(RenderArg::Asinh) => RenderMode::Image,
             None if cfg.render.as_deref() == Some("relief") => RenderMode::Relief,
             None => RenderMode::Image,
         };

@@ -13,6 +13,8 @@ mod bench_cmd;
 #[cfg(not(target_arch = "wasm32"))]
 mod cli_denoise;
 #[cfg(not(target_arch = "wasm32"))]
+mod galaxy_cmd;
+#[cfg(not(target_arch = "wasm32"))]
 mod guided_cmd;
 #[cfg(not(target_arch = "wasm32"))]
 mod sample_cmd;

@@ -85,9 +85,11 @@ pub struct RenderParams {
     pub scaled_w: u32,
     pub scaled_h: u32,
     pub background: [u32; 4],
-    /// [`RenderMode`] as a number (0 image, 1 relief).
+    /// [`RenderMode`] as a number (0 image, 1 relief, 2 asinh).
     pub mode: u32,
-    pub _pad: [u32; 3],
+    /// [`AsinhStretch`] (s, a, x_max) as f32 bits in asinh mode (the shader reads f32;
+    /// bits keep this struct `Eq`), else zeros.
+    pub stretch: [u32; 3],
 }
 
 /// How a tensor element becomes a colour.
@@ -100,6 +102,45 @@ pub enum RenderMode {
     /// lowlands, tan slopes, white tops) times a hillshade lit from the upper left at 45°,
     /// with slopes from central differences inside each tile (one-sided at its edges).
     Relief,
+    /// Channel 0 as a galaxy image in the log data space of galaxygrad's score networks:
+    /// the transform inverted, then an asinh stretch (see [`AsinhStretch`]); grey.
+    Asinh(AsinhStretch),
+}
+
+/// Display of galaxygrad samples: the data transform y = ln(1 + x)/s is inverted to the
+/// flux x = e^(s·y) − 1, then shown with the asinh stretch of Lupton, Blanton et al. (2004,
+/// PASP 116, 133: linear below the softening a, logarithmic above), scaled so that x_max is
+/// white: grey = asinh(x/a)/asinh(x_max/a), clamped to [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AsinhStretch {
+    /// s of y = ln(1 + x)/s (0.1 for galaxygrad's HSC and ZTF networks).
+    pub transform_scale: f32,
+    /// The softening a (flux units): where the stretch turns from linear to logarithmic.
+    pub soft: f32,
+    /// The flux shown white.
+    pub max: f32,
+}
+
+// The fields are finite constants, never NaN: equality is reflexive.
+impl Eq for AsinhStretch {}
+
+impl AsinhStretch {
+    /// galaxygrad's HSC/ZTF networks: s = 0.1; a and x_max chosen on their samples (fluxes
+    /// mostly in [0, 1], cores up to ≈ 10).
+    pub const GALAXYGRAD: AsinhStretch = AsinhStretch {
+        transform_scale: 0.1,
+        soft: 0.05,
+        max: 5.0,
+    };
+
+    /// The grey level in [0, 1] of data-space value `y` (NaN: 0), in the shader's f32 steps.
+    pub fn grey(&self, y: f32) -> f32 {
+        if y.is_nan() {
+            return 0.0;
+        }
+        let x = (self.transform_scale * y).exp() - 1.0;
+        ((x / self.soft).asinh() / (self.max / self.soft).asinh()).clamp(0.0, 1.0)
+    }
 }
 
 /// Vertical exaggeration of the relief: height units per tile height (a heightmap's
@@ -290,8 +331,12 @@ impl Layout {
             mode: match mode {
                 RenderMode::Image => 0,
                 RenderMode::Relief => 1,
+                RenderMode::Asinh(_) => 2,
             },
-            _pad: [0; 3],
+            stretch: match mode {
+                RenderMode::Asinh(a) => [a.transform_scale, a.soft, a.max].map(f32::to_bits),
+                _ => [0; 3],
+            },
         })
     }
 }
@@ -366,6 +411,16 @@ fn pixel_cpu(p: &RenderParams, panels: &[&[f32]], px: u32, py: u32) -> Option<[u
     if p.mode == 1 {
         let [r, g, b] = relief_rgb(d, item as usize * p.c as usize * plane, p.h, p.w, sx, sy);
         return Some([r, g, b, 255]);
+    }
+    if p.mode == 2 {
+        let [s, soft, max] = p.stretch.map(f32::from_bits);
+        let a = AsinhStretch {
+            transform_scale: s,
+            soft,
+            max,
+        };
+        let g = (a.grey(d[base]) * 255.0).round_ties_even() as u8;
+        return Some([g, g, g, 255]);
     }
     Some(if p.c >= 3 {
         [

@@ -141,7 +141,8 @@ pub struct SampleArgs {
     #[arg(long, value_delimiter = ',')]
     pub sigmas: Vec<f64>,
     /// How a PNG shows a consistency model's sample: `relief` (shaded relief: hillshade
-    /// and elevation tint, the terrain model's default) or `image` (grey).
+    /// and elevation tint, the terrain model's default) or `image` (grey); a galaxy
+    /// model's: `asinh` (its default: flux x = e^(0.1·y) − 1, asinh stretch) or `image`.
     #[arg(long, value_enum)]
     pub render: Option<RenderArg>,
 }
@@ -151,6 +152,8 @@ pub struct SampleArgs {
 pub enum RenderArg {
     Image,
     Relief,
+    /// A galaxy model's default: the data transform inverted, asinh stretch.
+    Asinh,
 }
 
 impl SampleArgs {
@@ -804,6 +807,19 @@ pub fn run(mut args: SampleArgs) -> Result<()> {
             .unwrap_or_else(|| crate::guided_cmd::default_out(seed));
         crate::guided_cmd::check_out(&out, args.force)?;
         return crate::guided_cmd::run(&args, &dir, seed, &out);
+    }
+    if let Some(dir) = args
+        .model
+        .clone()
+        .filter(|d| crate::galaxy_cmd::is_galaxy(d))
+    {
+        let seed = args.seed.unwrap_or_else(random_seed);
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| crate::galaxy_cmd::default_out(seed));
+        crate::guided_cmd::check_out(&out, args.force)?;
+        return crate::galaxy_cmd::run(&args, &dir, seed, &out);
     }
     if !args.difficulty.is_empty() || !args.sigmas.is_empty() || args.render.is_some() {
         bail!(

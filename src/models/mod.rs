@@ -3,10 +3,12 @@
 pub mod config;
 pub mod guided;
 pub mod info;
+pub mod mixer;
 pub mod unet2d;
 pub mod unet2d_condition;
 
 pub use config::ModelConfig;
 pub use guided::{GuidedConfig, GuidedUNet};
+pub use mixer::{MixerConfig, MixerScoreNet};
 pub use unet2d::{Conditioning, UNet, UNet2DModel};
 pub use unet2d_condition::UNet2DConditionModel;
