@@ -261,3 +261,40 @@ pub fn plan_inputs_for_dir(dir: &Path) -> Result<PlanInputs> {
         Err(e) => Err(e),
     }
 }
+
+/// Image-to-image with `strength` s over an `steps`-step schedule starts at step
+/// `steps − min(⌊steps·s⌋, steps)` and runs the rest (diffusers' `get_timesteps`): s = 1 is
+/// text-to-image from pure noise, s → 0 keeps the image. Returns (first step, steps run).
+pub fn img2img_steps(steps: usize, strength: f64) -> Result<(usize, usize)> {
+    if !(0.0..=1.0).contains(&strength) || !strength.is_finite() {
+        return Err(Error::invalid(
+            "img2img",
+            format!("strength must be between 0 and 1, got {strength}"),
+        ));
+    }
+    let init = ((steps as f64 * strength) as usize).min(steps);
+    if init == 0 {
+        return Err(Error::invalid(
+            "img2img",
+            format!(
+                "strength {strength} with {steps} steps runs no step (⌊steps·strength⌋ = 0); raise --strength or --steps"
+            ),
+        ));
+    }
+    Ok((steps - init, init))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn img2img_steps_follow_get_timesteps() {
+        // The img2img golden: 5 steps at strength 0.6 run the last 3.
+        assert_eq!(img2img_steps(5, 0.6).unwrap(), (2, 3));
+        assert_eq!(img2img_steps(50, 1.0).unwrap(), (0, 50));
+        assert_eq!(img2img_steps(4, 0.3).unwrap(), (3, 1));
+        assert!(img2img_steps(4, 0.1).is_err());
+        assert!(img2img_steps(4, 1.5).is_err());
+    }
+}
