@@ -231,7 +231,10 @@ pub fn print_sd_plan(
     ));
     let (limits, name) = match &ctx {
         Ok(ctx) => (PlanLimits::from_caps(&ctx.caps), "this adapter's limits"),
-        Err(_) => (PlanLimits::WEBGPU_DEFAULT, "WebGPU's default limits (no adapter)"),
+        Err(_) => (
+            PlanLimits::WEBGPU_DEFAULT,
+            "WebGPU's default limits (no adapter)",
+        ),
     };
     match plan.check(&limits, false) {
         Ok(()) => println!("fits {name}"),
