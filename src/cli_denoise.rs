@@ -206,3 +206,39 @@ pub fn print_model_info(
     );
     Ok(())
 }
+
+/// `webdiffusion info <repo> --width W --height H`: the Stable Diffusion memory plan, checked
+/// against this adapter's limits when there is one.
+pub fn print_sd_plan(
+    dir: &Path,
+    width: usize,
+    height: usize,
+    batch: usize,
+    low_power: bool,
+) -> Result<()> {
+    use webdiffusion::pipeline::plan::PlanLimits;
+    let inputs = webdiffusion::pipeline::sd::plan_inputs_for_dir(dir)?;
+    println!("stable diffusion repository: {}", dir.display());
+    let plan = inputs.plan(width, height, batch, true, false)?;
+    for line in plan.report() {
+        println!("{line}");
+    }
+    let ctx = webdiffusion::platform::block_on(webdiffusion::GpuContext::new(
+        &webdiffusion::GpuOptions {
+            high_performance: !low_power,
+            ..Default::default()
+        },
+    ));
+    let (limits, name) = match &ctx {
+        Ok(ctx) => (PlanLimits::from_caps(&ctx.caps), "this adapter's limits"),
+        Err(_) => (
+            PlanLimits::WEBGPU_DEFAULT,
+            "WebGPU's default limits (no adapter)",
+        ),
+    };
+    match plan.check(&limits, false) {
+        Ok(()) => println!("fits {name}"),
+        Err(e) => println!("does not fit {name}: {e}"),
+    }
+    Ok(())
+}

@@ -13,6 +13,7 @@ pub mod models;
 pub mod nn;
 pub mod npy;
 pub mod ops;
+pub mod pipeline;
 pub mod platform;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod preview;

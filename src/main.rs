@@ -57,6 +57,15 @@ mod cli {
             /// Batch size for the activation estimate.
             #[arg(long, default_value_t = 1)]
             batch: usize,
+            /// A Stable Diffusion repository (model_index.json): print the peak GPU memory
+            /// its pipeline needs at --width × --height and check it against this adapter.
+            repo: Option<std::path::PathBuf>,
+            /// Image width for the Stable Diffusion memory plan.
+            #[arg(long, default_value_t = 512)]
+            width: usize,
+            /// Image height for the Stable Diffusion memory plan.
+            #[arg(long, default_value_t = 512)]
+            height: usize,
         },
         /// Run a diffusers UNet once on a .npy input and write its output as .npy.
         Denoise(crate::cli_denoise::DenoiseArgs),
@@ -82,7 +91,18 @@ mod cli {
                 model,
                 resolution,
                 batch,
+                repo,
+                width,
+                height,
             } => {
+                let sd_dir = repo.clone().or_else(|| {
+                    model
+                        .clone()
+                        .filter(|d| d.join("model_index.json").is_file())
+                });
+                if let Some(dir) = &sd_dir {
+                    return crate::cli_denoise::print_sd_plan(dir, width, height, batch, low_power);
+                }
                 if let Some(dir) = &model {
                     let res = resolution.map(|r| (r[0], r[1]));
                     crate::cli_denoise::print_model_info(dir, res, batch)?;
