@@ -32,7 +32,7 @@ pub mod threshold;
 pub mod timestep;
 pub mod transpose;
 
-pub use attention::{Attention, AttentionKernel, QkvLayout};
+pub use attention::{Attention, QkvLayout};
 pub use cfg_update::{CfgUpdate, PairOp};
 pub use concat::Concat;
 pub use conv2d::Conv2d;
