@@ -433,8 +433,15 @@ impl DpmSolverSinglestep {
             coefs.push(*c);
             inputs.push(&self.history[n - k]);
         }
-        let (prev_sample, m) =
-            ctx.guided_update(pair, scale, self.conversion(i), &inputs, &coefs, 0.0, c_m[0])?;
+        let (prev_sample, m) = ctx.guided_update(
+            pair,
+            scale,
+            self.conversion(i),
+            &inputs,
+            &coefs,
+            0.0,
+            c_m[0],
+        )?;
         let x0 = if self.algorithm == SinglestepAlgorithm::DpmSolver {
             // x̂₀ = (x − σ·ε̂)/α.
             let (alpha, sigma) = self.alpha_sigma(self.sigmas[i]);

@@ -72,13 +72,13 @@ impl Solver for Heun {
         let (s0, s1) = (self.s.sigmas[i], self.s.sigmas[i + 1]);
         let dt = s1 - s0;
         let fusable = self.processing == X0Processing::None;
-        let out1 = match SigmaSteps::model_output_at(ctx, model, s0, self.s.timesteps[i], x, fusable)?
-        {
-            ModelOutput::Output(out) => out,
-            ModelOutput::GuidedPair { pair, scale } => {
-                return self.guided_step(ctx, model, i, x, &pair, scale);
-            }
-        };
+        let out1 =
+            match SigmaSteps::model_output_at(ctx, model, s0, self.s.timesteps[i], x, fusable)? {
+                ModelOutput::Output(out) => out,
+                ModelOutput::GuidedPair { pair, scale } => {
+                    return self.guided_step(ctx, model, i, x, &pair, scale);
+                }
+            };
         let (a0, b0) = sigma_x0_coefficients(self.s.prediction, s0);
         // x̃ = x + dt·((1 − a₀)·x − b₀·o₁)/σ₀
         let k0 = dt / s0;
@@ -157,7 +157,8 @@ impl Heun {
             // A model that fused the first call fuses the second; this is for completeness.
             ModelOutput::Output(out2) => {
                 let x0 = ctx.combine(&[a1, b1], &[&x_mid, &out2])?;
-                let prev = ctx.combine(&[c[0], c[1], c[2], -h * b1 / s1], &[&x_mid, x, &x01, &out2])?;
+                let prev =
+                    ctx.combine(&[c[0], c[1], c[2], -h * b1 / s1], &[&x_mid, x, &x01, &out2])?;
                 (prev, x0)
             }
         };

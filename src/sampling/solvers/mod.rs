@@ -209,7 +209,10 @@ impl StepContext<'_> {
         history: &VecDeque<Tensor>,
     ) -> Result<(Tensor, Tensor)> {
         let Some((&c_new, older)) = c_m.split_first() else {
-            return Err(Error::invalid("sample", "a multistep update with no model term"));
+            return Err(Error::invalid(
+                "sample",
+                "a multistep update with no model term",
+            ));
         };
         if older.len() > history.len() {
             return Err(Error::invalid(

@@ -31,8 +31,8 @@ use super::{
     as_class, check_order, check_step, opt_bool, opt_choice, opt_int, x0_processing, Denoiser,
     ModelOutput, Solver, StepContext, StepOutput, X0Processing,
 };
-use crate::ops::cfg_update::MAX_INPUTS;
 use crate::error::{Error, Result};
+use crate::ops::cfg_update::MAX_INPUTS;
 use crate::sampling::{
     FinalSigmas, PredictionType, Schedule, SchedulerClass, SchedulerConfig, SigmaSchedule,
 };
