@@ -284,6 +284,9 @@ fn fused_guidance_equals_the_separate_combine_with_fewer_commands() {
             true,
             1,
         ),
+        // Scaled input, and x̂₀ = x − σ·d for the preview.
+        ("lms", json!({}), true, 2),
+        ("dpm_singlestep", json!({}), true, 0),
         // Stochastic, and rescaled guidance: the unfused path either way.
         ("dpmpp_2m_sde", json!({}), false, 0),
     ];

@@ -203,15 +203,9 @@ impl Deis {
     ) -> Result<StepOutput> {
         let order = self.step_order(i, self.lower_order_nums);
         let (c_x, c_m) = self.update(i, order);
-        let mut coefs = vec![c_x];
-        let mut inputs = vec![x];
-        for (k, c) in c_m.iter().enumerate().skip(1) {
-            coefs.push(*c);
-            inputs.push(&self.history[self.history.len() - k]);
-        }
         let (eps_c, _) = self.conversion(i);
         let (prev_sample, eps) =
-            ctx.guided_update(pair, scale, eps_c, &inputs, &coefs, 0.0, c_m[0])?;
+            ctx.guided_multistep(pair, scale, eps_c, x, c_x, &c_m, &self.history)?;
         let (alpha, sigma) = self.alpha_sigma(i);
         let x0 = ctx.combine(&[1.0 / alpha, -sigma / alpha], &[x, &eps])?;
         self.history.push_back(eps);

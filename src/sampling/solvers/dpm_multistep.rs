@@ -386,20 +386,14 @@ impl DpmSolverMultistep {
         let order = self.step_order(i, self.lower_order_nums);
         let u = self.update(i, order);
         // The newest output m_0 is the fused one; m_1, m_2 are the history so far.
-        let mut coefs = vec![u.c_x];
-        let mut inputs = vec![x];
-        for (k, c) in u.c_m.iter().enumerate().skip(1) {
-            coefs.push(*c);
-            inputs.push(&self.history[self.history.len() - k]);
-        }
-        let (prev_sample, m) = ctx.guided_update(
+        let (prev_sample, m) = ctx.guided_multistep(
             pair,
             scale,
             self.conversion(i),
-            &inputs,
-            &coefs,
-            0.0,
-            u.c_m[0],
+            x,
+            u.c_x,
+            &u.c_m,
+            &self.history,
         )?;
         let x0 = if self.algorithm.data_prediction() {
             m.clone()

@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 
 use super::{
     as_class, check_order, check_step, opt_bool, opt_choice, opt_int, x0_processing, Denoiser,
-    Solver, StepContext, StepOutput, X0Processing,
+    ModelOutput, Solver, StepContext, StepOutput, X0Processing,
 };
 use crate::error::{Error, Result};
 use crate::sampling::{
@@ -348,7 +348,14 @@ impl Solver for DpmSolverSinglestep {
             self.next_step = 0;
         }
         check_order(OP, i, self.next_step)?;
-        let out = model.denoise(ctx.exec, x, self.timesteps[i])?;
+        let fusable = self.processing == X0Processing::None
+            && self.algorithm != SinglestepAlgorithm::SdeDpmSolverPP;
+        let out = match ctx.model_output(model, x, self.timesteps[i], fusable)? {
+            ModelOutput::Output(out) => out,
+            ModelOutput::GuidedPair { pair, scale } => {
+                return self.guided_step(ctx, i, x, &pair, scale);
+            }
+        };
         let (m, x0) = if self.processing != X0Processing::None {
             // Thresholded x̂₀; the noise-prediction form turns it back into
             // ε̂ = (x − α_t·x̂₀)/σ_t.
@@ -395,6 +402,57 @@ impl Solver for DpmSolverSinglestep {
         } else {
             ctx.combine(&coefs, &inputs)?
         };
+        self.next_step += 1;
+        Ok(StepOutput { prev_sample, x0 })
+    }
+}
+
+impl DpmSolverSinglestep {
+    /// A deterministic step with the guidance combine and the conversion m₀ = a·x + b·g in
+    /// the update's dispatch: x' = c_x·anchor + c₀·m₀ + Σ_k c_k·m_k (x bound first, with a
+    /// zero weight, for m₀'s a·x term).
+    fn guided_step(
+        &mut self,
+        ctx: &mut StepContext<'_>,
+        i: usize,
+        x: &Tensor,
+        pair: &Tensor,
+        scale: f64,
+    ) -> Result<StepOutput> {
+        // The history holds m₀ after the push: order = min(order_list[i], len + 1).
+        let order = self.order_list[i].min(self.history.len() + 1);
+        if order == 1 {
+            self.anchor = Some(x.clone());
+        }
+        let anchor = self.anchor.clone().unwrap_or_else(|| x.clone());
+        let (c_x, c_m, _) = self.update(i, order);
+        let mut coefs = vec![0.0, c_x];
+        let mut inputs = vec![x, &anchor];
+        let n = self.history.len();
+        for (k, c) in c_m.iter().enumerate().skip(1) {
+            coefs.push(*c);
+            inputs.push(&self.history[n - k]);
+        }
+        let (prev_sample, m) = ctx.guided_update(
+            pair,
+            scale,
+            self.conversion(i),
+            &inputs,
+            &coefs,
+            0.0,
+            c_m[0],
+        )?;
+        let x0 = if self.algorithm == SinglestepAlgorithm::DpmSolver {
+            // x̂₀ = (x − σ·ε̂)/α.
+            let (alpha, sigma) = self.alpha_sigma(self.sigmas[i]);
+            ctx.combine(&[1.0 / alpha, -sigma / alpha], &[x, &m])?
+        } else {
+            m.clone()
+        };
+        self.history.push_back(m);
+        while self.history.len() > self.order {
+            self.history.pop_front();
+        }
         self.next_step += 1;
         Ok(StepOutput { prev_sample, x0 })
     }

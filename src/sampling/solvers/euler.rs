@@ -71,6 +71,20 @@ impl SigmaSteps {
     }
 
     /// `scale_model_input` then the model.
+    /// The model output at (x, σ, model time `t`) with the input scaled by 1/√(σ² + 1), as
+    /// [`StepContext::model_output`] hands it back (the guided pair when `fusable`).
+    pub fn model_output_at(
+        ctx: &mut StepContext<'_>,
+        model: &mut dyn Denoiser,
+        sigma: f64,
+        t: f64,
+        x: &Tensor,
+        fusable: bool,
+    ) -> Result<ModelOutput> {
+        let scaled = ctx.combine(&[1.0 / (sigma * sigma + 1.0).sqrt()], &[x])?;
+        ctx.model_output(model, &scaled, t, fusable)
+    }
+
     pub fn denoise(
         &self,
         ctx: &mut StepContext<'_>,

@@ -19,7 +19,8 @@
 
 use super::euler::{sigma_x0_coefficients, SigmaSteps};
 use super::{
-    check_step, x0_processing_for, Denoiser, Solver, StepContext, StepOutput, X0Processing,
+    check_step, x0_processing_for, Denoiser, ModelOutput, Solver, StepContext, StepOutput,
+    X0Processing,
 };
 use crate::error::Result;
 use crate::sampling::{FinalSigmas, InterpolationType, SchedulerConfig, TimestepType};
@@ -70,7 +71,14 @@ impl Solver for Heun {
         check_step(OP, i, self.s.timesteps.len())?;
         let (s0, s1) = (self.s.sigmas[i], self.s.sigmas[i + 1]);
         let dt = s1 - s0;
-        let out1 = self.s.denoise(ctx, model, i, x)?;
+        let fusable = self.processing == X0Processing::None;
+        let out1 =
+            match SigmaSteps::model_output_at(ctx, model, s0, self.s.timesteps[i], x, fusable)? {
+                ModelOutput::Output(out) => out,
+                ModelOutput::GuidedPair { pair, scale } => {
+                    return self.guided_step(ctx, model, i, x, &pair, scale);
+                }
+            };
         let (a0, b0) = sigma_x0_coefficients(self.s.prediction, s0);
         // x̃ = x + dt·((1 − a₀)·x − b₀·o₁)/σ₀
         let k0 = dt / s0;
@@ -103,6 +111,60 @@ impl Solver for Heun {
 }
 
 impl Heun {
+    /// The step with the guidance combine folded into each stage's update (one
+    /// [`CfgUpdate`](crate::ops::CfgUpdate) per model call). Stage 1 writes x̃ and x̂₀₁; the
+    /// corrector, rewritten in x̂₀₁ instead of output₁ (b₀·output₁ = x̂₀₁ − a₀·x), is
+    /// x_{i+1} = (1 + h/σ₀)·x − (h/σ₀)·x̂₀₁ + h·((1 − a₁)·x̃ − b₁·g₂)/σ₁ with h = dt/2,
+    /// and writes x̂₀₂ with it.
+    fn guided_step(
+        &mut self,
+        ctx: &mut StepContext<'_>,
+        model: &mut dyn Denoiser,
+        i: usize,
+        x: &Tensor,
+        pair: &Tensor,
+        scale: f64,
+    ) -> Result<StepOutput> {
+        let (s0, s1) = (self.s.sigmas[i], self.s.sigmas[i + 1]);
+        let dt = s1 - s0;
+        let (a0, b0) = sigma_x0_coefficients(self.s.prediction, s0);
+        let k0 = dt / s0;
+        let (x_mid, x01) = ctx.guided_update(
+            pair,
+            scale,
+            (a0, b0),
+            &[x],
+            &[1.0 + (1.0 - a0) * k0],
+            -b0 * k0,
+            0.0,
+        )?;
+        if i + 1 == self.s.timesteps.len() {
+            return Ok(StepOutput {
+                prev_sample: x_mid,
+                x0: x01,
+            });
+        }
+        let t1 = self.s.timesteps[i + 1];
+        let (a1, b1) = sigma_x0_coefficients(self.s.prediction, s1);
+        let h = dt / 2.0;
+        let c = [h * (1.0 - a1) / s1, 1.0 + h / s0, -h / s0];
+        let inputs = [&x_mid, x, &x01];
+        let (prev_sample, x0) = match SigmaSteps::model_output_at(ctx, model, s1, t1, &x_mid, true)?
+        {
+            ModelOutput::GuidedPair { pair, scale } => {
+                ctx.guided_update(&pair, scale, (a1, b1), &inputs, &c, -h * b1 / s1, 0.0)?
+            }
+            // A model that fused the first call fuses the second; this is for completeness.
+            ModelOutput::Output(out2) => {
+                let x0 = ctx.combine(&[a1, b1], &[&x_mid, &out2])?;
+                let prev =
+                    ctx.combine(&[c[0], c[1], c[2], -h * b1 / s1], &[&x_mid, x, &x01, &out2])?;
+                (prev, x0)
+            }
+        };
+        Ok(StepOutput { prev_sample, x0 })
+    }
+
     /// The step with x̂₀ clipped: both derivatives are formed from the clipped x̂₀, so the
     /// stages combine (x_i, x̂₀₁) and (x̃, x̂₀₂) instead of the raw model outputs.
     fn step_processed(

@@ -17,7 +17,7 @@
 //! like diffusers' `_sigma_to_t` on tensors. x̂₀ for previews is the second stage's.
 
 use super::euler::{sigma_x0_coefficients, SigmaSteps};
-use super::{check_step, Denoiser, Solver, StepContext, StepOutput};
+use super::{check_step, Denoiser, ModelOutput, Solver, StepContext, StepOutput};
 use crate::error::{Error, Result};
 use crate::sampling::mirror::{exp_f32, ln_f32, sqrt_f32};
 use crate::sampling::{
@@ -155,23 +155,70 @@ impl Solver for Kdpm2 {
     ) -> Result<StepOutput> {
         check_step(self.op, i, self.s.timesteps.len())?;
         let s0 = self.s.sigmas[i];
-        let (s_mid, t_mid, up, down) = self.mid[i];
-        let out1 = self.s.denoise(ctx, model, i, x)?;
+        let s_mid = self.mid[i].0;
         let (a0, b0) = sigma_x0_coefficients(self.s.prediction, s0);
         // x̃ = x + (σ_mid − σ_i)·((1 − a₀)·x − b₀·o₁)/σ_i
         let k0 = (s_mid - s0) / s0;
         let stage1 = [1.0 + (1.0 - a0) * k0, -b0 * k0];
+        let t0 = self.s.timesteps[i];
+        let out1 = match SigmaSteps::model_output_at(ctx, model, s0, t0, x, true)? {
+            ModelOutput::Output(out) => out,
+            ModelOutput::GuidedPair { pair, scale } => {
+                // Stage 1 with the guidance combine in one dispatch: x̃ and x̂₀₁ together.
+                let (x_mid, x01) =
+                    ctx.guided_update(&pair, scale, (a0, b0), &[x], &stage1[..1], stage1[1], 0.0)?;
+                if s_mid == 0.0 {
+                    return Ok(StepOutput {
+                        prev_sample: x_mid,
+                        x0: x01,
+                    });
+                }
+                return self.stage2(ctx, model, i, x, x_mid);
+            }
+        };
         if s_mid == 0.0 {
             let x0 = ctx.combine(&[a0, b0], &[x, &out1])?;
             let prev_sample = ctx.combine(&stage1, &[x, &out1])?;
             return Ok(StepOutput { prev_sample, x0 });
         }
         let x_mid = ctx.combine(&stage1, &[x, &out1])?;
-        let scaled = ctx.combine(&[1.0 / (s_mid * s_mid + 1.0).sqrt()], &[&x_mid])?;
-        let out2 = model.denoise(ctx.exec, &scaled, t_mid)?;
+        self.stage2(ctx, model, i, x, x_mid)
+    }
+}
+
+impl Kdpm2 {
+    /// The model at (x̃, σ_mid) and x_{i+1} = x + (σ_down − σ_i)·d̃ (+ σ_up·z), with the
+    /// guidance combine in the update when the model hands back its pair and the step is
+    /// deterministic.
+    fn stage2(
+        &mut self,
+        ctx: &mut StepContext<'_>,
+        model: &mut dyn Denoiser,
+        i: usize,
+        x: &Tensor,
+        x_mid: Tensor,
+    ) -> Result<StepOutput> {
+        let s0 = self.s.sigmas[i];
+        let (s_mid, t_mid, up, down) = self.mid[i];
         let (a1, b1) = sigma_x0_coefficients(self.s.prediction, s_mid);
-        let x0 = ctx.combine(&[a1, b1], &[&x_mid, &out2])?;
         let k1 = (down - s0) / s_mid;
+        let fusable = !self.ancestral;
+        let out2 = match SigmaSteps::model_output_at(ctx, model, s_mid, t_mid, &x_mid, fusable)? {
+            ModelOutput::Output(out) => out,
+            ModelOutput::GuidedPair { pair, scale } => {
+                let (prev_sample, x0) = ctx.guided_update(
+                    &pair,
+                    scale,
+                    (a1, b1),
+                    &[&x_mid, x],
+                    &[(1.0 - a1) * k1, 1.0],
+                    -b1 * k1,
+                    0.0,
+                )?;
+                return Ok(StepOutput { prev_sample, x0 });
+            }
+        };
+        let x0 = ctx.combine(&[a1, b1], &[&x_mid, &out2])?;
         let coefs = [1.0, (1.0 - a1) * k1, -b1 * k1];
         let inputs = [x, &x_mid, &out2];
         let prev_sample = if self.ancestral {

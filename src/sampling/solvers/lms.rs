@@ -20,7 +20,9 @@
 use std::collections::VecDeque;
 
 use super::euler::{sigma_x0_coefficients, SigmaSteps};
-use super::{check_order, check_step, opt_int, Denoiser, Solver, StepContext, StepOutput};
+use super::{
+    check_order, check_step, opt_int, Denoiser, ModelOutput, Solver, StepContext, StepOutput,
+};
 use crate::error::{Error, Result};
 use crate::sampling::{FinalSigmas, InterpolationType, SchedulerConfig, TimestepType};
 use crate::tensor::Tensor;
@@ -120,9 +122,26 @@ impl Solver for Lms {
             self.next_step = 0;
         }
         check_order(OP, i, self.next_step)?;
-        let out = self.s.denoise(ctx, model, i, x)?;
         let sigma = self.s.sigmas[i];
         let (a, b) = sigma_x0_coefficients(self.s.prediction, sigma);
+        let t = self.s.timesteps[i];
+        let out = match SigmaSteps::model_output_at(ctx, model, sigma, t, x, true)? {
+            ModelOutput::Output(out) => out,
+            ModelOutput::GuidedPair { pair, scale } => {
+                // The guidance combine, d_i and the update in one dispatch; x̂₀ = x − σ·d_i.
+                let d_conv = ((1.0 - a) / sigma, -b / sigma);
+                let c = self.coefficients(i);
+                let (prev_sample, d) =
+                    ctx.guided_multistep(&pair, scale, d_conv, x, 1.0, &c, &self.derivatives)?;
+                let x0 = ctx.combine(&[1.0, -sigma], &[x, &d])?;
+                self.derivatives.push_back(d);
+                while self.derivatives.len() > self.order {
+                    self.derivatives.pop_front();
+                }
+                self.next_step += 1;
+                return Ok(StepOutput { prev_sample, x0 });
+            }
+        };
         let x0 = ctx.combine(&[a, b], &[x, &out])?;
         let d = ctx.combine(&[(1.0 - a) / sigma, -b / sigma], &[x, &out])?;
         self.derivatives.push_back(d);

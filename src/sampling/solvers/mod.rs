@@ -195,6 +195,46 @@ impl StepContext<'_> {
         self.exec.run_pair(&op, &all)
     }
 
+    /// [`StepContext::guided_update`] for a multistep update whose newest history entry is
+    /// the converted guided output m₀ = conv.0·x + conv.1·g:
+    /// x' = c_x·x + Σ_k c_m[k]·m_k, with m₁, m₂, … the newest entries of `history` (which
+    /// does not hold m₀ yet). Returns (x', m₀).
+    #[allow(clippy::too_many_arguments)]
+    pub fn guided_multistep(
+        &mut self,
+        pair: &Tensor,
+        scale: f64,
+        conv: (f64, f64),
+        x: &Tensor,
+        c_x: f64,
+        c_m: &[f64],
+        history: &VecDeque<Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let Some((&c_new, older)) = c_m.split_first() else {
+            return Err(Error::invalid(
+                "sample",
+                "a multistep update with no model term",
+            ));
+        };
+        if older.len() > history.len() {
+            return Err(Error::invalid(
+                "sample",
+                format!(
+                    "a multistep update over {} past outputs with {} stored",
+                    older.len(),
+                    history.len()
+                ),
+            ));
+        }
+        let mut coefs = vec![c_x];
+        let mut inputs = vec![x];
+        for (k, c) in older.iter().enumerate() {
+            coefs.push(*c);
+            inputs.push(&history[history.len() - 1 - k]);
+        }
+        self.guided_update(pair, scale, conv, &inputs, &coefs, 0.0, c_new)
+    }
+
     /// `Σ cᵢ·inᵢ` in one dispatch.
     pub fn combine(&mut self, coefs: &[f64], inputs: &[&Tensor]) -> Result<Tensor> {
         self.exec.run(&SolverUpdate::linear(coefs), inputs)

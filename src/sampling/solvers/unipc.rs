@@ -29,9 +29,10 @@ use serde_json::Value;
 
 use super::{
     as_class, check_order, check_step, opt_bool, opt_choice, opt_int, x0_processing, Denoiser,
-    Solver, StepContext, StepOutput, X0Processing,
+    ModelOutput, Solver, StepContext, StepOutput, X0Processing,
 };
 use crate::error::{Error, Result};
+use crate::ops::cfg_update::MAX_INPUTS;
 use crate::sampling::{
     FinalSigmas, PredictionType, Schedule, SchedulerClass, SchedulerConfig, SigmaSchedule,
 };
@@ -351,7 +352,13 @@ impl Solver for UniPc {
             self.next_step = 0;
         }
         check_order(OP, i, self.next_step)?;
-        let out = model.denoise(ctx.exec, x, self.timesteps[i])?;
+        let fusable = self.processing == X0Processing::None;
+        let out = match ctx.model_output(model, x, self.timesteps[i], fusable)? {
+            ModelOutput::Output(out) => out,
+            ModelOutput::GuidedPair { pair, scale } => {
+                return self.guided_step(ctx, i, x, &pair, scale);
+            }
+        };
         let (a, b) = self.conversion(i);
         let m = ctx.combine(&[a, b], &[x, &out])?;
         let m = ctx.process_x0(self.processing, m)?;
@@ -380,13 +387,7 @@ impl Solver for UniPc {
         while self.history.len() > self.order {
             self.history.pop_front();
         }
-        let n = self.timesteps.len();
-        let p = if self.lower_order_final {
-            self.order.min(n - i)
-        } else {
-            self.order
-        };
-        self.this_order = p.min(self.lower_order_nums + 1);
+        self.set_order(i);
         let u = self.predictor(i, self.this_order);
         let mut coefs = vec![u.c_x];
         let mut inputs = vec![&sample];
@@ -395,11 +396,111 @@ impl Solver for UniPc {
             inputs.push(&self.history[self.history.len() - 1 - k]);
         }
         let prev_sample = ctx.combine(&coefs, &inputs)?;
+        self.finish_step(sample);
+        Ok(StepOutput { prev_sample, x0 })
+    }
+}
+
+impl UniPc {
+    /// The predictor's order at step `i` (diffusers' `this_order`).
+    fn set_order(&mut self, i: usize) {
+        let n = self.timesteps.len();
+        let p = if self.lower_order_final {
+            self.order.min(n - i)
+        } else {
+            self.order
+        };
+        self.this_order = p.min(self.lower_order_nums + 1);
+    }
+
+    fn finish_step(&mut self, sample: Tensor) {
         self.last_sample = Some(sample);
         if self.lower_order_nums < self.order {
             self.lower_order_nums += 1;
         }
         self.next_step += 1;
+    }
+
+    fn push_history(&mut self, m: Tensor) {
+        self.history.push_back(m);
+        while self.history.len() > self.order {
+            self.history.pop_front();
+        }
+    }
+
+    /// The step with the guidance combine and the conversion m = a·x + b·g folded into the
+    /// first update that takes m: the corrector (UniC) when it runs, else the predictor.
+    /// A corrector over more inputs than [`CfgUpdate`](crate::ops::CfgUpdate) binds
+    /// (order 3) gets m from the fused dispatch alone and runs as before.
+    fn guided_step(
+        &mut self,
+        ctx: &mut StepContext<'_>,
+        i: usize,
+        x: &Tensor,
+        pair: &Tensor,
+        scale: f64,
+    ) -> Result<StepOutput> {
+        let conv = self.conversion(i);
+        let corrector = match &self.last_sample {
+            Some(last) if !self.disable_corrector.contains(&(i as i64 - 1)) => {
+                Some((last.clone(), self.corrector(i, self.this_order)))
+            }
+            _ => None,
+        };
+        let (sample, m, prev_sample) = match corrector {
+            None => {
+                // No corrector: sample = x, and m enters the predictor directly.
+                self.set_order(i);
+                let u = self.predictor(i, self.this_order);
+                let (prev, m) =
+                    ctx.guided_multistep(pair, scale, conv, x, u.c_x, &u.c_m, &self.history)?;
+                self.push_history(m.clone());
+                (x.clone(), m, Some(prev))
+            }
+            Some((last, u)) => {
+                // UniC: sample = c_x·last + Σ c_m[k]·m_{k+1} + c_new·m (m_1 the newest
+                // history entry), with x bound first for m's a·x term.
+                let mut coefs = vec![0.0, u.c_x];
+                let mut inputs = vec![x, &last];
+                let n = self.history.len();
+                for (k, c) in u.c_m.iter().enumerate() {
+                    coefs.push(*c);
+                    inputs.push(&self.history[n - 1 - k]);
+                }
+                let (sample, m) = if inputs.len() <= MAX_INPUTS {
+                    ctx.guided_update(pair, scale, conv, &inputs, &coefs, 0.0, u.c_new)?
+                } else {
+                    let (m, _) = ctx.guided_update(pair, scale, conv, &[x], &[0.0], 0.0, 1.0)?;
+                    coefs.push(u.c_new);
+                    inputs.push(&m);
+                    (ctx.combine(&coefs[1..], &inputs[1..])?, m)
+                };
+                self.push_history(m.clone());
+                (sample, m, None)
+            }
+        };
+        let prev_sample = match prev_sample {
+            Some(prev) => prev,
+            None => {
+                self.set_order(i);
+                let u = self.predictor(i, self.this_order);
+                let mut coefs = vec![u.c_x];
+                let mut inputs = vec![&sample];
+                for (k, c) in u.c_m.iter().enumerate() {
+                    coefs.push(*c);
+                    inputs.push(&self.history[self.history.len() - 1 - k]);
+                }
+                ctx.combine(&coefs, &inputs)?
+            }
+        };
+        let x0 = if self.predict_x0 {
+            m
+        } else {
+            // x̂₀ = (x − σ·ε̂)/α.
+            let (alpha, sigma) = self.alpha_sigma(self.sigmas[i]);
+            ctx.combine(&[1.0 / alpha, -sigma / alpha], &[x, &m])?
+        };
+        self.finish_step(sample);
         Ok(StepOutput { prev_sample, x0 })
     }
 }
