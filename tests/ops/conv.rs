@@ -698,3 +698,41 @@ fn conv2d_scale_applies_after_residual() {
         );
     }
 }
+
+/// Baseline (16×16 workgroup-memory) vs register-blocked throughput, same adapter, same run:
+/// `cargo test --test ops bench_kernels -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_kernels() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng::new(7);
+    let time = |op: &dyn Fn(&mut Exec) -> Tensor| {
+        let mut ex = Exec::gpu(ctx.clone());
+        let o = op(&mut ex);
+        webdiffusion::platform::block_on(ex.read(&o)).unwrap();
+        let t0 = std::time::Instant::now();
+        let o = op(&mut ex);
+        webdiffusion::platform::block_on(ex.read(&o)).unwrap();
+        t0.elapsed().as_secs_f64()
+    };
+    for &(xs, ws) in &[
+        ([1usize, 64, 32, 32], [64usize, 64, 3, 3]),
+        ([1, 128, 16, 16], [128, 128, 3, 3]),
+    ] {
+        let op = Conv2d::new(1, 1).with_bias();
+        let ins = conv_inputs(&mut rng, &op, &xs, &ws);
+        let mut ex = Exec::gpu(ctx.clone());
+        let g: Vec<Tensor> = ins.iter().map(|t| ex.upload(t).unwrap()).collect();
+        let flop = 2.0 * (xs[2] * xs[3] * ws[0] * ws[1] * 9) as f64;
+        let mut r = Vec::new();
+        for k in [Kernel::Baseline, Kernel::Tiles(64, 8)] {
+            let s = time(&|ex: &mut Exec| {
+                ex.run(&op.with_kernel(k), &g.iter().collect::<Vec<_>>())
+                    .unwrap()
+            });
+            r.push(flop / s / 1e9);
+            eprintln!("conv2d {xs:?}*{ws:?} {k:?}: {:.2} GFLOP/s", flop / s / 1e9);
+        }
+        eprintln!("ratio {:.2}", r[1] / r[0]);
+    }
+}
