@@ -1,6 +1,6 @@
 // 2-D convolution (PyTorch `F.conv2d`, groups = 1, zero padding), direct and register-blocked:
-//     out[s, co, oy, ox] = bias[co] + residual[s, co, oy, ox]
-//         + Σ_{ci, ky, kx} weight[co, ci, ky, kx] · x[s, ci, oy·sh + ky − ph, ox·sw + kx − pw]
+//     out[s, co, oy, ox] = scale · (bias[co] + residual[s, co, oy, ox]
+//         + Σ_{ci, ky, kx} weight[co, ci, ky, kx] · x[s, ci, oy·sh + ky − ph, ox·sw + kx − pw])
 // with Ho = (H + 2·ph − kh) / sh + 1 and Wo likewise.
 //
 // Each invocation computes a TC × 4 tile: TC consecutive output channels (4 or 8) times four
@@ -35,7 +35,7 @@ struct Conv2dParams {
     x_off: u32,   // element offset of this dispatch's first sample in `x`
     out_off: u32, // ... in `out`
     res_off: u32, // ... in `residual`
-    _pad0: u32,
+    scale: f32,   // multiplies bias + conv + residual (diffusers' 1 / output_scale_factor)
     _pad1: u32,
 }
 
@@ -116,7 +116,7 @@ fn store(c: u32, co0: u32, o: u32, cols: u32, v: vec4<f32>) {
         if (HAS_RESIDUAL) {
             r += residual[p.res_off + oc + i];
         }
-        out[p.out_off + oc + i] = r;
+        out[p.out_off + oc + i] = r * p.scale;
     }
 }
 
@@ -203,5 +203,65 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         store(5u, co0, o, cols, acc5);
         store(6u, co0, o, cols, acc6);
         store(7u, co0, o, cols, acc7);
+    }
+}
+
+// The textbook baseline, kept only as the yardstick of `webdiffusion bench --kernels`: the
+// convolution as an implicit GEMM, out (Cout × pixels) = weight (Cout × Cin·kh·kw) ·
+// im2col(x), with the im2col matrix built on the fly one 16×16 tile at a time in workgroup
+// memory, one output per invocation and two barriers per k-tile. Pixels run over all
+// samples (n·Ho·Wo); `tiles_x` counts 16-pixel tiles here.
+var<workgroup> tile_w: array<array<f32, 16>, 16>;
+var<workgroup> tile_x: array<array<f32, 16>, 16>;
+
+@compute @workgroup_size(16, 16)
+fn conv2d_tiled16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = wg.x + wg.y * nwg.x;
+    let tco = t / p.tiles_x;
+    // Uniform per workgroup, so the barriers below stay in uniform control flow.
+    if (tco * 16u >= p.cout) { return; }
+    let co = tco * 16u + lid.y;
+    let pixels = p.n * p.ho * p.wo;
+    let khw = p.kh * p.kw;
+    let kdim = p.cin * khw;
+    // This invocation loads the im2col element of pixel `lp` (its column in tile_x) ...
+    let lp = (t - tco * p.tiles_x) * 16u + lid.x;
+    let lpc = min(lp, pixels - 1u);
+    let ox = lpc % p.wo;
+    let oy = (lpc / p.wo) % p.ho;
+    let s = lpc / (p.wo * p.ho);
+    let iy0 = i32(oy * p.sh) - i32(p.ph);
+    let ix0 = i32(ox * p.sw) - i32(p.pw);
+    let xs = p.x_off + s * p.cin * p.h * p.w;
+    let wrow = min(co, p.cout - 1u) * kdim;
+    var acc = 0.0;
+    for (var k0 = 0u; k0 < kdim; k0 += 16u) {
+        let kw_ = k0 + lid.x;
+        tile_w[lid.y][lid.x] = select(0.0, weight[wrow + min(kw_, kdim - 1u)], kw_ < kdim);
+        // ... at reduction index k0 + lid.y.
+        let kx_ = min(k0 + lid.y, kdim - 1u);
+        let ci = kx_ / khw;
+        let kr = kx_ - ci * khw;
+        let ky = kr / p.kw;
+        let kx = kr - ky * p.kw;
+        let iy = iy0 + i32(ky);
+        let ix = ix0 + i32(kx);
+        let inside = k0 + lid.y < kdim && iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w);
+        let xi = xs + (ci * p.h + u32(clamp(iy, 0, i32(p.h) - 1))) * p.w
+            + u32(clamp(ix, 0, i32(p.w) - 1));
+        tile_x[lid.y][lid.x] = select(0.0, x[xi], inside);
+        workgroupBarrier();
+        for (var kk = 0u; kk < 16u; kk++) {
+            acc = fma(tile_w[lid.y][kk], tile_x[kk][lid.x], acc);
+        }
+        workgroupBarrier();
+    }
+    if (co < p.cout && lp < pixels) {
+        let o = (s * p.cout + co) * p.ho * p.wo + oy * p.wo + ox;
+        var v = acc;
+        if (HAS_BIAS) { v += bias[co]; }
+        if (HAS_RESIDUAL) { v += residual[p.res_off + o]; }
+        out[p.out_off + o] = v * p.scale;
     }
 }

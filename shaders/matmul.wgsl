@@ -97,3 +97,46 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     store(batch, rows.z, cols, acc2);
     store(batch, rows.w, cols, acc3);
 }
+
+// The textbook baseline, kept only as the yardstick of `webdiffusion bench --kernels`: one
+// output per invocation, 16×16 tiles of a and B staged in workgroup memory with two barriers
+// per k-tile. `tiles_n` / `tiles_m` count 16-wide tiles here.
+const BT: u32 = 16u;
+var<workgroup> tile_a: array<array<f32, 16>, 16>;
+var<workgroup> tile_b: array<array<f32, 16>, 16>;
+
+@compute @workgroup_size(16, 16)
+fn matmul_tiled16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = wg.x + wg.y * nwg.x;
+    let tiles = p.tiles_n * p.tiles_m;
+    // Uniform per workgroup, so the barriers below stay in uniform control flow.
+    let batch = t / tiles;
+    if (batch >= p.batches) { return; }
+    let r = t - batch * tiles;
+    let tm = r / p.tiles_n;
+    let tn = r - tm * p.tiles_n;
+    let row = tm * BT + lid.y;
+    let col = tn * BT + lid.x;
+    let a0 = p.a_off + batch * p.a_batch + min(row, p.m - 1u) * p.k;
+    let b0 = p.b_off + batch * p.b_batch + min(col, p.n - 1u) * p.b_stride_n;
+    var acc = 0.0;
+    for (var k0 = 0u; k0 < p.k; k0 += BT) {
+        let ka = k0 + lid.x;
+        let kb = k0 + lid.y;
+        tile_a[lid.y][lid.x] = select(0.0, a[a0 + min(ka, p.k - 1u)], ka < p.k);
+        tile_b[lid.y][lid.x] = select(0.0, b[b0 + min(kb, p.k - 1u) * p.b_stride_k], kb < p.k);
+        workgroupBarrier();
+        for (var kk = 0u; kk < BT; kk++) {
+            acc = fma(tile_a[lid.y][kk], tile_b[kk][lid.x], acc);
+        }
+        workgroupBarrier();
+    }
+    if (row < p.m && col < p.n) {
+        let o = (batch * p.m + row) * p.n + col;
+        var v = p.alpha * acc;
+        if (HAS_BIAS) { v += bias[p.bias_off + col]; }
+        if (HAS_RESIDUAL) { v += residual[p.res_off + o]; }
+        out[p.out_off + o] = v;
+    }
+}

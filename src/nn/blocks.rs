@@ -15,14 +15,6 @@ fn silu(exec: &mut Exec, x: &Tensor) -> Result<Tensor> {
     exec.run(&Unary::new(UnaryOp::Silu), &[x])
 }
 
-/// `x / factor`, skipped when the factor is 1 (diffusers divides unconditionally; x / 1 = x).
-fn divide(exec: &mut Exec, x: Tensor, factor: f64) -> Result<Tensor> {
-    if factor == 1.0 {
-        return Ok(x);
-    }
-    exec.run(&Unary::affine((1.0 / factor) as f32, 0.0), &[&x])
-}
-
 /// diffusers' `TimestepEmbedding` (the MLP after the sinusoidal projection):
 /// `linear_2(silu(linear_1(t)))`, (N, in) → (N, dim).
 pub struct TimeEmbedding {
@@ -178,8 +170,8 @@ impl ResnetBlock2D {
             Some(conv) => conv.forward(exec, x)?,
             None => x.clone(),
         };
-        let out = self.conv2.forward_residual(exec, &h, &skip)?;
-        divide(exec, out, self.output_scale_factor)
+        let scale = (1.0 / self.output_scale_factor) as f32;
+        self.conv2.forward_residual_scaled(exec, &h, &skip, scale)
     }
 }
 
@@ -282,8 +274,8 @@ impl AttentionBlock {
             &[&qkv],
         )?;
         let o = o.reshape(&[n, self.inner, hh, ww])?;
-        let out = self.out.forward_residual(exec, &o, x)?;
-        divide(exec, out, self.rescale_output_factor)
+        let scale = (1.0 / self.rescale_output_factor) as f32;
+        self.out.forward_residual_scaled(exec, &o, x, scale)
     }
 }
 

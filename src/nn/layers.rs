@@ -167,6 +167,21 @@ impl Conv2d {
             &[x, &self.weight, &self.bias, residual],
         )
     }
+
+    /// `(conv(x) + residual) · scale` in one pass: a resnet's or attention block's
+    /// `(h + skip) / output_scale_factor` without a separate scaling dispatch.
+    pub fn forward_residual_scaled(
+        &self,
+        exec: &mut Exec,
+        x: &Tensor,
+        residual: &Tensor,
+        scale: f32,
+    ) -> Result<Tensor> {
+        exec.run(
+            &self.op.with_residual().with_scale(scale),
+            &[x, &self.weight, &self.bias, residual],
+        )
+    }
 }
 
 /// `nn.GroupNorm(groups, channels, eps)` (affine), optionally fused with the SiLU after it.

@@ -12,7 +12,11 @@
 //! Inputs are passed in that order: `[x, weight]`, then `bias` if `has_bias`, then `residual`
 //! if `has_residual`.
 //!
-//! The GPU kernel is a direct, register-blocked convolution (see `shaders/conv2d.wgsl`). When
+//! The GPU kernel is a direct, register-blocked convolution (see `shaders/conv2d.wgsl`) whose
+//! workgroup size and channel block the autotuner picks per adapter and shape bucket
+//! (`tune`); a plain 16×16 workgroup-memory implicit GEMM is kept as `Kernel::Baseline` for
+//! comparison. The epilogue also multiplies by `scale` (diffusers' resnet
+//! `1 / output_scale_factor`), so a whole `(conv(h) + bias + skip) / factor` is one dispatch. When
 //! the input or output of the whole batch exceeds `maxStorageBufferBindingSize`, the batch is
 //! split into several dispatches over per-sample ranges (see `chunk`); if one sample alone
 //! does not fit, `record` returns `Error::Limit` naming that limit. The CPU reference (`cpu`) sums in f64
@@ -21,6 +25,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::chunk::{self, Operand};
+use super::tune::{self, Kernel};
 use super::{expect_inputs, expect_rank, GpuArg, Op};
 use crate::error::{Error, Result};
 use crate::gpu::{BindingLayout, GpuContext, PipelineKey, Recorder};
@@ -52,11 +57,15 @@ pub struct Conv2dParams {
     pub x_off: u32,
     pub out_off: u32,
     pub res_off: u32,
-    pub _pad: [u32; 2],
+    pub scale: f32,
+    pub _pad: u32,
 }
 
-/// `out = conv2d(x, weight) [+ bias] [+ residual]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Register-blocked candidates, (WG, TC), before the adapter's limits filter them.
+const CANDIDATES: [(u32, u32); 5] = [(64, 8), (64, 4), (32, 8), (128, 8), (128, 4)];
+
+/// `out = scale · (conv2d(x, weight) [+ bias] [+ residual])`.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Conv2d {
     /// (sh, sw).
     pub stride: [usize; 2],
@@ -66,6 +75,10 @@ pub struct Conv2d {
     pub has_bias: bool,
     /// A last input of the output's shape, added after the bias.
     pub has_residual: bool,
+    /// Multiplies the sum of convolution, bias and residual (1 in a plain convolution).
+    pub scale: f32,
+    /// Which kernel variant to record (`Kernel::Tuned` in normal use).
+    pub kernel: Kernel,
 }
 
 impl Conv2d {
@@ -76,7 +89,21 @@ impl Conv2d {
             padding: [padding; 2],
             has_bias: false,
             has_residual: false,
+            scale: 1.0,
+            kernel: Kernel::Tuned,
         }
+    }
+
+    /// Multiply the result (after bias and residual) by `scale`.
+    pub fn with_scale(mut self, scale: f32) -> Self {
+        self.scale = scale;
+        self
+    }
+
+    /// The same convolution recorded with a given kernel variant.
+    pub fn with_kernel(mut self, kernel: Kernel) -> Self {
+        self.kernel = kernel;
+        self
     }
 
     pub fn with_bias(mut self) -> Self {
@@ -290,7 +317,7 @@ impl Op for Conv2d {
                         let a = &acc[c * g.wo..(c + 1) * g.wo];
                         for (ox, &v) in a.iter().enumerate() {
                             let r = res.map_or(0.0, |r| r[o + ox] as f64);
-                            out[o + ox] = (v + b + r) as f32;
+                            out[o + ox] = ((v + b + r) * self.scale as f64) as f32;
                         }
                     }
                 }
@@ -305,28 +332,119 @@ impl Op for Conv2d {
         inputs: &[GpuArg<'_>],
         out: &GpuArg<'_>,
     ) -> Result<()> {
-        let op = self.name();
         let shapes: Vec<&[usize]> = inputs.iter().map(|a| a.shape).collect();
         let g = self.geom(&shapes)?;
-        let tc = tile_channels(g.cout);
+        let kernel = match self.kernel {
+            Kernel::Tuned => {
+                let (wg, tc) = self.tune(ctx, &g, inputs, out);
+                Kernel::Tiles(wg, tc)
+            }
+            k => k,
+        };
+        self.record_kernel(ctx, rec, inputs, out, g, kernel)
+    }
+}
+
+/// The default (WG, TC) when tuning is off.
+fn default_tiles(cout: usize) -> (u32, u32) {
+    (WG, tile_channels(cout) as u32)
+}
+
+impl Conv2d {
+    /// The autotuner's (WG, TC) for this convolution's shape bucket on this adapter.
+    fn tune(
+        &self,
+        ctx: &GpuContext,
+        g: &Geom,
+        inputs: &[GpuArg<'_>],
+        out: &GpuArg<'_>,
+    ) -> (u32, u32) {
+        let max_inv = ctx.caps.limits.max_compute_invocations_per_workgroup;
+        let max_x = ctx.caps.limits.max_compute_workgroup_size_x;
+        let cands: Vec<(u32, u32)> = CANDIDATES
+            .into_iter()
+            .filter(|&(wg, tc)| wg <= max_inv && wg <= max_x && (tc == 4 || g.cout > 4))
+            .collect();
+        let bucket = format!(
+            "cin{} cout{} k{}x{} s{}x{} px{}",
+            tune::bucket(g.cin),
+            tune::bucket(g.cout),
+            g.kh,
+            g.kw,
+            g.sh,
+            g.sw,
+            tune::bucket(g.n * g.ho * g.wo)
+        );
+        let key = tune::key(ctx, "conv2d", &bucket);
+        let mut scratch: Option<Vec<wgpu::Buffer>> = None;
+        tune::choose(key, &cands, default_tiles(g.cout), |(wg, tc)| {
+            let bufs = scratch.get_or_insert_with(|| {
+                inputs
+                    .iter()
+                    .chain([out])
+                    .map(|a| tune::scratch(ctx, a.buffer.size()))
+                    .collect()
+            });
+            let ins: Vec<GpuArg<'_>> = inputs
+                .iter()
+                .zip(bufs.iter())
+                .map(|(a, b)| GpuArg {
+                    shape: a.shape,
+                    buffer: b,
+                })
+                .collect();
+            let o = GpuArg {
+                shape: out.shape,
+                buffer: &bufs[bufs.len() - 1],
+            };
+            let mut r = Recorder::new();
+            self.record_kernel(ctx, &mut r, &ins, &o, *g, Kernel::Tiles(wg, tc))?;
+            tune::time_submit(ctx, r)
+        })
+    }
+
+    fn record_kernel(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder,
+        inputs: &[GpuArg<'_>],
+        out: &GpuArg<'_>,
+        g: Geom,
+        kernel: Kernel,
+    ) -> Result<()> {
+        let op = self.name();
+        let (wg, tc) = match kernel {
+            Kernel::Tiles(wg, tc) => (wg, tc as usize),
+            Kernel::Baseline => (256, 16),
+            Kernel::Tuned => {
+                let (wg, tc) = default_tiles(g.cout);
+                (wg, tc as usize)
+            }
+        };
+        let baseline = kernel == Kernel::Baseline;
         // A pointwise convolution (a GEMM) sees a 1 × (H·W) image: its pixel tiles then run
         // across rows, and no tile is partial except the last of each plane.
         let mut k = g;
-        let pointwise = [g.kh, g.kw, g.sh, g.sw] == [1; 4]
+        let pointwise = !baseline
+            && [g.kh, g.kw, g.sh, g.sw] == [1; 4]
             && g.ph == 0
             && g.pw == 0
             && g.h * g.w + 4 <= i32::MAX as usize;
         if pointwise {
             (k.h, k.w, k.ho, k.wo) = (1, g.h * g.w, 1, g.h * g.w);
         }
-        let pipeline = ctx.pipeline(
-            &PipelineKey::new(SHADER, "conv2d")
-                .with("WG", WG as f64)
+        let key = if baseline {
+            PipelineKey::new(SHADER, "conv2d_tiled16")
+        } else {
+            PipelineKey::new(SHADER, "conv2d")
+                .with("WG", wg as f64)
                 .with("TC", tc as f64)
-                .with("HAS_BIAS", self.has_bias as u32 as f64)
-                .with("HAS_RESIDUAL", self.has_residual as u32 as f64)
                 .with("UNIT_SW", (g.sw == 1) as u32 as f64)
-                .with("POINTWISE", pointwise as u32 as f64),
+                .with("POINTWISE", pointwise as u32 as f64)
+        };
+        let pipeline = ctx.pipeline(
+            &key.with("HAS_BIAS", self.has_bias as u32 as f64)
+                .with("HAS_RESIDUAL", self.has_residual as u32 as f64),
             // Always x, weight, bias, residual: unused slots are bound to another input.
             BindingLayout {
                 inputs: 4,
@@ -350,6 +468,7 @@ impl Op for Conv2d {
         let buffers: Vec<_> = inputs.iter().chain([out]).map(|a| a.buffer).collect();
         let (max_binding, align) = chunk::limits(ctx);
         let tiles_x = k.wo.div_ceil(TP);
+        let base_tiles = |count: usize| (count * g.ho * g.wo).div_ceil(16);
         for c in chunk::plan(op, g.n, 1, &operands, max_binding, align)? {
             let count = c.batches.len();
             let b = c.slices(&operands, &buffers, 1, align);
@@ -361,7 +480,16 @@ impl Op for Conv2d {
             } else {
                 (x.0, 0)
             };
-            let (pix_wgs, grid) = grid(ctx, op, count * k.ho * tiles_x, g.cout.div_ceil(tc))?;
+            // The baseline's grid: 16-pixel tiles × 16-channel tiles, one workgroup each.
+            let (tiles_x, (pix_wgs, grid)) = if baseline {
+                let t = base_tiles(count);
+                (t, grid_wg(ctx, op, t, g.cout.div_ceil(16), 1)?)
+            } else {
+                (
+                    tiles_x,
+                    grid_wg(ctx, op, count * k.ho * tiles_x, g.cout.div_ceil(tc), wg)?,
+                )
+            };
             let params = Conv2dParams {
                 n: count as u32,
                 cin: g.cin as u32,
@@ -381,7 +509,8 @@ impl Op for Conv2d {
                 x_off: x.1,
                 out_off: y.1,
                 res_off: res.1,
-                _pad: [0; 2],
+                scale: self.scale,
+                _pad: 0,
             };
             rec.dispatch(
                 ctx,
@@ -414,7 +543,18 @@ pub(crate) fn grid(
     tiles: usize,
     blocks: usize,
 ) -> Result<(u32, [u32; 3])> {
-    let pix_wgs = (tiles as u64).div_ceil(WG as u64);
+    grid_wg(ctx, op, tiles, blocks, WG)
+}
+
+/// `grid` for workgroups of `wg` invocations.
+fn grid_wg(
+    ctx: &GpuContext,
+    op: &'static str,
+    tiles: usize,
+    blocks: usize,
+    wg: u32,
+) -> Result<(u32, [u32; 3])> {
+    let pix_wgs = (tiles as u64).div_ceil(wg as u64);
     let total = pix_wgs * blocks as u64;
     let max = ctx.caps.max_workgroups() as u64;
     if total > (max * max).min(u32::MAX as u64) {

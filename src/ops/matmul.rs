@@ -11,7 +11,9 @@
 //!   layout (out_features, in_features); batched b (…, N, K) also works (q·kᵀ).
 //! - optional inputs after a and b, in this order: bias (N), residual (the output shape).
 //!
-//! The kernel is `shaders/matmul.wgsl` (register-blocked, no workgroup memory). Operands
+//! The kernel is `shaders/matmul.wgsl` (register-blocked, no workgroup memory), its
+//! workgroup shape chosen per adapter and shape bucket by the autotuner (`tune`); the plain
+//! 16×16 workgroup-memory kernel is kept as `Kernel::Baseline` for comparison. Operands
 //! larger than `maxStorageBufferBindingSize` are split over batch items, then over rows of
 //! a and out (see `chunk`); a single row of a or a single batch item of b that cannot be
 //! bound is an `Error::Limit`.
@@ -19,18 +21,23 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::chunk::{self, Chunk, Operand};
+use super::tune::{self, Kernel};
 use super::{expect_inputs, GpuArg, Op};
 use crate::error::{Error, Result};
 use crate::gpu::{fold_workgroups, BindingLayout, GpuContext, PipelineKey, Recorder};
 use crate::tensor::numel;
 
 pub const SHADER: &str = "matmul";
-/// Invocations per workgroup along N and M; each computes 4×4 outputs, so a workgroup
-/// covers a 64×64 output tile (measured at 2–4 GFLOP/s on lavapipe, see TESTING.md).
-const WG_X: u32 = 16;
-const WG_Y: u32 = 16;
-const TILE_N: usize = 4 * WG_X as usize;
-const TILE_M: usize = 4 * WG_Y as usize;
+/// The default workgroup (WG_X invocations along N, WG_Y along M); each invocation computes
+/// 4×4 outputs, so a workgroup covers a 64×64 output tile (measured at 2–4 GFLOP/s on
+/// lavapipe, see TESTING.md). Used when tuning is off.
+pub const DEFAULT_TILES: (u32, u32) = (16, 16);
+/// What the autotuner tries, (WG_X, WG_Y), before the adapter's limits filter them.
+const CANDIDATES: [(u32, u32); 5] = [(16, 16), (8, 8), (16, 8), (8, 16), (32, 4)];
+/// Outputs per invocation along each axis of the register-blocked kernel.
+const BLOCK: usize = 4;
+/// Tile edge of the baseline kernel.
+const BASE_TILE: usize = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
@@ -67,6 +74,8 @@ pub struct Matmul {
     /// Testing: plan chunks as if `maxStorageBufferBindingSize` were this many bytes, to
     /// exercise the multi-dispatch path on small tensors. `None` in normal use.
     pub binding_cap: Option<u64>,
+    /// Which kernel variant to record (`Kernel::Tuned` in normal use).
+    pub kernel: Kernel,
 }
 
 impl Default for Matmul {
@@ -96,7 +105,14 @@ impl Matmul {
             bias: false,
             residual: false,
             binding_cap: None,
+            kernel: Kernel::Tuned,
         }
+    }
+
+    /// The same product recorded with a given kernel variant.
+    pub fn with_kernel(mut self, kernel: Kernel) -> Self {
+        self.kernel = kernel;
+        self
     }
 
     /// `nn.Linear`: a (…, K) × W (N, K)ᵀ, plus a bias (N) input when `bias`.
@@ -329,15 +345,110 @@ impl Op for Matmul {
     ) -> Result<()> {
         let shapes: Vec<&[usize]> = inputs.iter().map(|a| a.shape).collect();
         let g = self.geometry(&shapes)?;
+        let kernel = match self.kernel {
+            Kernel::Tuned => {
+                let (wx, wy) = self.tune(ctx, &g, inputs, out);
+                Kernel::Tiles(wx, wy)
+            }
+            k => k,
+        };
+        self.record_kernel(ctx, rec, inputs, out, &g, kernel)
+    }
+}
+
+/// The register-blocked candidates this adapter can run.
+fn candidates(ctx: &GpuContext) -> Vec<(u32, u32)> {
+    let l = &ctx.caps.limits;
+    CANDIDATES
+        .into_iter()
+        .filter(|&(x, y)| {
+            x * y <= l.max_compute_invocations_per_workgroup
+                && x <= l.max_compute_workgroup_size_x
+                && y <= l.max_compute_workgroup_size_y
+        })
+        .collect()
+}
+
+impl Matmul {
+    /// The autotuner's workgroup for this product's shape bucket on this adapter.
+    fn tune(
+        &self,
+        ctx: &GpuContext,
+        g: &Geometry,
+        inputs: &[GpuArg<'_>],
+        out: &GpuArg<'_>,
+    ) -> (u32, u32) {
+        let cands = candidates(ctx);
+        let bucket = format!(
+            "m{} n{} k{} t{}",
+            tune::bucket(g.batches * g.m),
+            tune::bucket(g.n),
+            tune::bucket(g.k),
+            self.transpose_b as u8
+        );
+        let key = tune::key(ctx, "matmul", &bucket);
+        let mut scratch: Option<Vec<wgpu::Buffer>> = None;
+        tune::choose(key, &cands, DEFAULT_TILES, |(wx, wy)| {
+            let bufs = scratch.get_or_insert_with(|| {
+                inputs
+                    .iter()
+                    .chain([out])
+                    .map(|a| tune::scratch(ctx, a.buffer.size()))
+                    .collect()
+            });
+            let ins: Vec<GpuArg<'_>> = inputs
+                .iter()
+                .zip(bufs.iter())
+                .map(|(a, b)| GpuArg {
+                    shape: a.shape,
+                    buffer: b,
+                })
+                .collect();
+            let o = GpuArg {
+                shape: out.shape,
+                buffer: &bufs[bufs.len() - 1],
+            };
+            let mut r = Recorder::new();
+            self.record_kernel(ctx, &mut r, &ins, &o, g, Kernel::Tiles(wx, wy))?;
+            tune::time_submit(ctx, r)
+        })
+    }
+
+    fn record_kernel(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder,
+        inputs: &[GpuArg<'_>],
+        out: &GpuArg<'_>,
+        g: &Geometry,
+        kernel: Kernel,
+    ) -> Result<()> {
+        let shapes: Vec<&[usize]> = inputs.iter().map(|a| a.shape).collect();
+        let g = g.clone();
         let ops = self.operands(&g);
         let (max_binding, align) = chunk::limits(ctx);
         let limit = chunk::binding_limit(max_binding, self.binding_cap);
         let chunks = self.plan_chunks(&shapes, limit, align)?;
+        let (key, tile_n, tile_m) = match kernel {
+            Kernel::Baseline => (
+                PipelineKey::new(SHADER, "matmul_tiled16"),
+                BASE_TILE,
+                BASE_TILE,
+            ),
+            Kernel::Tiles(wx, wy) => (
+                PipelineKey::new(SHADER, "matmul")
+                    .with("WG_X", wx as f64)
+                    .with("WG_Y", wy as f64),
+                BLOCK * wx as usize,
+                BLOCK * wy as usize,
+            ),
+            Kernel::Tuned => {
+                let (wx, wy) = DEFAULT_TILES;
+                return self.record_kernel(ctx, rec, inputs, out, &g, Kernel::Tiles(wx, wy));
+            }
+        };
         let pipeline = ctx.pipeline(
-            &PipelineKey::new(SHADER, "matmul")
-                .with("WG_X", WG_X as f64)
-                .with("WG_Y", WG_Y as f64)
-                .with("HAS_BIAS", self.bias as u32 as f64)
+            &key.with("HAS_BIAS", self.bias as u32 as f64)
                 .with("HAS_RESIDUAL", self.residual as u32 as f64),
             BindingLayout {
                 inputs: 4,
@@ -368,8 +479,8 @@ impl Op for Matmul {
             let o = ops.len() - 1;
             let rows = c.rows.end - c.rows.start;
             let nb = c.batches.end - c.batches.start;
-            let tiles_n = g.n.div_ceil(TILE_N);
-            let tiles_m = rows.div_ceil(TILE_M);
+            let tiles_n = g.n.div_ceil(tile_n);
+            let tiles_m = rows.div_ceil(tile_m);
             let workgroups = tiles_n as u64 * tiles_m as u64 * nb as u64;
             let workgroups = u32::try_from(workgroups).map_err(|_| Error::Limit {
                 op: self.name(),

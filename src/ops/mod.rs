@@ -31,6 +31,7 @@ pub mod solver_update;
 pub mod threshold;
 pub mod timestep;
 pub mod transpose;
+pub mod tune;
 
 pub use attention::{Attention, QkvLayout};
 pub use cfg_update::{CfgUpdate, PairOp};

@@ -14,6 +14,11 @@ use webdiffusion::{Exec, GpuContext, GpuOptions, Tensor};
 pub fn gpu() -> Option<Arc<GpuContext>> {
     static CTX: OnceLock<Option<Arc<GpuContext>>> = OnceLock::new();
     CTX.get_or_init(|| {
+        // Tests use the kernels' fixed defaults (no timing of candidates) unless the run
+        // asks for tuning explicitly, e.g. `WEBDIFFUSION_TUNE=on`.
+        if std::env::var_os("WEBDIFFUSION_TUNE").is_none() {
+            std::env::set_var("WEBDIFFUSION_TUNE", "off");
+        }
         match webdiffusion::platform::block_on(GpuContext::new(&GpuOptions::default())) {
             Ok(ctx) => {
                 eprintln!("{}", ctx.caps.summary());

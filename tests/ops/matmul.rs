@@ -6,6 +6,7 @@
 //! about 1e-6 here (max errors observed are printed with `--nocapture`).
 
 use webdiffusion::ops::chunk::Chunk;
+use webdiffusion::ops::tune::Kernel;
 use webdiffusion::ops::{Matmul, Op};
 use webdiffusion::{Error, Exec, Tensor};
 
@@ -300,5 +301,41 @@ fn chunked_dispatches_match_cpu() {
         if gpu().is_some() {
             assert!(dispatches > 1, "{dispatches} dispatches");
         }
+    }
+}
+
+/// Every variant the autotuner can pick, and the baseline, on shapes that fill no tile: the
+/// tuner may choose any of them, so each must be right on its own.
+#[test]
+fn every_kernel_variant_matches_cpu() {
+    let mut rng = Rng::new(303);
+    let a = rng.tensor(&[2, 37, 53]);
+    let b = rng.tensor(&[2, 53, 71]);
+    let x = rng.tensor(&[3, 45, 19]);
+    let w = rng.tensor(&[29, 19]);
+    let bias = rng.tensor(&[29]);
+    let res = rng.tensor(&[3, 45, 29]);
+    let kernels = [
+        Kernel::Baseline,
+        Kernel::Tiles(16, 16),
+        Kernel::Tiles(8, 8),
+        Kernel::Tiles(16, 8),
+        Kernel::Tiles(8, 16),
+        Kernel::Tiles(32, 4),
+    ];
+    for k in kernels {
+        check(
+            &format!("batched matmul {k:?}"),
+            &Matmul::new().with_kernel(k),
+            &[&a, &b],
+        );
+        check(
+            &format!("0.5·linear + bias + residual {k:?}"),
+            &Matmul::linear(true)
+                .with_alpha(0.5)
+                .with_residual()
+                .with_kernel(k),
+            &[&x, &w, &bias, &res],
+        );
     }
 }
