@@ -129,3 +129,24 @@ fn tokenizer_rejects_files_that_disagree() {
         .with_pad_token("<no such token>")
         .is_err());
 }
+
+#[test]
+fn clip_text_config_parses_and_rejects_unsupported_variants() {
+    use webdiffusion::models::clip::{ClipActivation, ClipTextConfig};
+    let text = std::fs::read_to_string(fixture("tiny-clip-text/config.json")).unwrap();
+    let c = ClipTextConfig::from_json(&text).unwrap();
+    assert_eq!(
+        (c.vocab_size, c.hidden_size, c.intermediate_size),
+        (674, 32, 44)
+    );
+    assert_eq!((c.num_attention_heads, c.num_hidden_layers), (4, 3));
+    assert_eq!(c.hidden_act, ClipActivation::QuickGelu);
+    let bad = text.replace("quick_gelu", "swish");
+    let msg = ClipTextConfig::from_json(&bad).err().unwrap().to_string();
+    assert!(msg.contains("hidden_act") && msg.contains("swish"), "{msg}");
+    let bad = text.replace("clip_text_model", "t5");
+    let msg = ClipTextConfig::from_json(&bad).err().unwrap().to_string();
+    assert!(msg.contains("model_type"), "{msg}");
+    let bad = text.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5");
+    assert!(ClipTextConfig::from_json(&bad).is_err());
+}
