@@ -41,9 +41,9 @@ fn gelu_reference_values() {
     assert!((UnaryOp::GeluTanh.apply(-2.0) + 0.04540231).abs() < 1e-6);
     // transformers' QuickGELUActivation in float64 at -3, 1, 2.5.
     for (x, w) in [
-        (-3.0f32, -0.0180713097f32),
-        (1.0, 0.845795766),
-        (2.5, 2.46501383),
+        (-3.0f32, -0.018_071_31_f32),
+        (1.0, 0.845_795_8),
+        (2.5, 2.465_013_8),
     ] {
         let g = UnaryOp::QuickGelu.apply(x);
         assert!((g - w).abs() < 2e-7, "quick_gelu({x}) = {g}, want {w}");
