@@ -46,6 +46,10 @@ fn silu(x: f32) -> f32 {
     return x / (1.0 + exp(-x));
 }
 
+fn quick_gelu(x: f32) -> f32 {
+    return x / (1.0 + exp(-1.702 * x));
+}
+
 fn unary_fn(op: u32, x: f32) -> f32 {
     switch op {
         case 0u: { return x; }                 // identity (scale and shift only)
@@ -53,6 +57,7 @@ fn unary_fn(op: u32, x: f32) -> f32 {
         case 2u: { return max(x, 0.0); }       // relu
         case 3u: { return gelu_erf(x); }
         case 4u: { return gelu_tanh(x); }
+        case 5u: { return quick_gelu(x); }
         default: { return x; }
     }
 }

@@ -22,6 +22,7 @@ pub mod sampling;
 pub mod selfcheck;
 pub mod shaders;
 pub mod tensor;
+pub mod tokenizer;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
 //! UNet variants wired from diffusers `config.json` (the configs live in [`config`]).
 
+pub mod clip;
 pub mod config;
 pub mod guided;
 pub mod info;

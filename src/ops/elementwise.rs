@@ -32,6 +32,8 @@ pub enum UnaryOp {
     GeluErf = 3,
     /// GELU's tanh approximation (`approximate="tanh"`).
     GeluTanh = 4,
+    /// `x · sigmoid(1.702·x)`, OpenAI CLIP's activation (transformers' `quick_gelu`).
+    QuickGelu = 5,
 }
 
 impl UnaryOp {
@@ -45,6 +47,10 @@ impl UnaryOp {
                 let x64 = x as f64;
                 let u = (2.0f64 / std::f64::consts::PI).sqrt() * (x64 + 0.044715 * x64.powi(3));
                 (0.5 * x64 * (1.0 + u.tanh())) as f32
+            }
+            UnaryOp::QuickGelu => {
+                let x64 = x as f64;
+                (x64 / (1.0 + (-1.702 * x64).exp())) as f32
             }
         }
     }

@@ -17,6 +17,7 @@ fn unary_ops_match_cpu() {
         UnaryOp::Relu,
         UnaryOp::GeluErf,
         UnaryOp::GeluTanh,
+        UnaryOp::QuickGelu,
     ] {
         let u = Unary {
             op,
@@ -38,6 +39,15 @@ fn gelu_reference_values() {
     // approximate="tanh": gelu(1.0) = 0.8411920, gelu(-2.0) = -0.04540231
     assert!((UnaryOp::GeluTanh.apply(1.0) - 0.841192).abs() < 1e-6);
     assert!((UnaryOp::GeluTanh.apply(-2.0) + 0.04540231).abs() < 1e-6);
+    // transformers' QuickGELUActivation in float64 at -3, 1, 2.5.
+    for (x, w) in [
+        (-3.0f32, -0.018_071_31_f32),
+        (1.0, 0.845_795_8),
+        (2.5, 2.465_013_8),
+    ] {
+        let g = UnaryOp::QuickGelu.apply(x);
+        assert!((g - w).abs() < 2e-7, "quick_gelu({x}) = {g}, want {w}");
+    }
 }
 
 #[test]

@@ -1,0 +1,152 @@
+//! Stable Diffusion components vs transformers / diffusers: the CLIP tokenizer, the CLIP
+//! text encoder and the VAE. Fixtures (`tests/fixtures/tiny-*`) and goldens
+//! (`tests/goldens/sd/`) were written by `scripts/goldens/make_sd_component_goldens.py`
+//! (transformers 5.23.0, diffusers 0.42.1, torch 2.9.1, float32 CPU). Models are compared
+//! by max |ours − reference| / max |reference|.
+
+#[path = "ops/common.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use webdiffusion::tokenizer::{ClipTokenizer, MAX_LENGTH};
+use webdiffusion::Error;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn golden(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/goldens/sd")
+        .join(name)
+}
+
+fn tokenizer_files() -> (Vec<u8>, Vec<u8>) {
+    let dir = fixture("tiny-clip-tokenizer");
+    (
+        std::fs::read(dir.join("vocab.json")).unwrap(),
+        std::fs::read(dir.join("merges.txt")).unwrap(),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct TokenizerGolden {
+    prompts: Vec<String>,
+    ids: Vec<Vec<u32>>,
+    ids_pad_bang: Vec<Vec<u32>>,
+    truncated: Vec<bool>,
+}
+
+fn tokenizer_golden() -> TokenizerGolden {
+    serde_json::from_slice(&std::fs::read(golden("tokenizer.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn tokenizer_matches_transformers_on_tricky_prompts() {
+    let g = tokenizer_golden();
+    let tok = ClipTokenizer::load_dir(fixture("tiny-clip-tokenizer")).unwrap();
+    let mut failures = Vec::new();
+    for (i, p) in g.prompts.iter().enumerate() {
+        let e = tok.encode(p);
+        assert_eq!(e.ids.len(), MAX_LENGTH);
+        if e.ids != g.ids[i] || e.truncated != g.truncated[i] {
+            failures.push(format!(
+                "prompt {i} {p:?}:\n  ours {:?} (truncated {})\n  want {:?} (truncated {})",
+                e.ids, e.truncated, g.ids[i], g.truncated[i]
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The goldens exercise what they claim to: some prompts are cut, some padded.
+    assert!(g.truncated.iter().any(|&t| t) && g.truncated.iter().any(|&t| !t));
+}
+
+#[test]
+fn tokenizer_pads_with_the_configured_token() {
+    let g = tokenizer_golden();
+    let (v, m) = tokenizer_files();
+    let tok = ClipTokenizer::from_files(&v, &m)
+        .unwrap()
+        .with_pad_token("!")
+        .unwrap();
+    for (i, p) in g.prompts.iter().enumerate() {
+        assert_eq!(tok.encode(p).ids, g.ids_pad_bang[i], "prompt {i} {p:?}");
+    }
+    // SD 2's tokenizer folder names "!" in tokenizer_config.json.
+    let dir = std::env::temp_dir().join(format!("wd-tok-pad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("vocab.json"), &v).unwrap();
+    std::fs::write(dir.join("merges.txt"), &m).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"pad_token": {"content": "!", "lstrip": false}}"#,
+    )
+    .unwrap();
+    let from_dir = ClipTokenizer::load_dir(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(from_dir.pad_id(), tok.pad_id());
+    assert_ne!(from_dir.pad_id(), from_dir.eos_id());
+}
+
+#[test]
+fn tokenizer_rejects_files_that_disagree() {
+    let (v, m) = tokenizer_files();
+    let text = String::from_utf8(m.clone()).unwrap();
+    // A merge whose result is not in the vocabulary.
+    let bad = format!("{text}z q\n");
+    let err = ClipTokenizer::from_files(&v, bad.as_bytes())
+        .err()
+        .expect("a merge producing an unknown token must be rejected");
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Io { .. }), "{msg}");
+    assert!(msg.contains("`zq`") && msg.contains("vocab.json"), "{msg}");
+    // A merge with a symbol the vocabulary lacks.
+    let bad = format!("{text}\u{4e00}\u{4e01} a\n");
+    let msg = ClipTokenizer::from_files(&v, bad.as_bytes())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains('\u{4e00}'), "{msg}");
+    // A malformed merges line and a vocabulary without the special tokens.
+    let bad = format!("{text}abc\n");
+    let msg = ClipTokenizer::from_files(&v, bad.as_bytes())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("two symbols"), "{msg}");
+    let msg = ClipTokenizer::from_files(br#"{"a": 0}"#, b"")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("<|startoftext|>"), "{msg}");
+    assert!(ClipTokenizer::from_files(b"[1, 2]", &m).is_err());
+    let (v, m) = tokenizer_files();
+    assert!(ClipTokenizer::from_files(&v, &m)
+        .unwrap()
+        .with_pad_token("<no such token>")
+        .is_err());
+}
+
+#[test]
+fn clip_text_config_parses_and_rejects_unsupported_variants() {
+    use webdiffusion::models::clip::{ClipActivation, ClipTextConfig};
+    let text = std::fs::read_to_string(fixture("tiny-clip-text/config.json")).unwrap();
+    let c = ClipTextConfig::from_json(&text).unwrap();
+    assert_eq!(
+        (c.vocab_size, c.hidden_size, c.intermediate_size),
+        (674, 32, 44)
+    );
+    assert_eq!((c.num_attention_heads, c.num_hidden_layers), (4, 3));
+    assert_eq!(c.hidden_act, ClipActivation::QuickGelu);
+    let bad = text.replace("quick_gelu", "swish");
+    let msg = ClipTextConfig::from_json(&bad).err().unwrap().to_string();
+    assert!(msg.contains("hidden_act") && msg.contains("swish"), "{msg}");
+    let bad = text.replace("clip_text_model", "t5");
+    let msg = ClipTextConfig::from_json(&bad).err().unwrap().to_string();
+    assert!(msg.contains("model_type"), "{msg}");
+    let bad = text.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5");
+    assert!(ClipTextConfig::from_json(&bad).is_err());
+}
