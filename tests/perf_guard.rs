@@ -180,12 +180,13 @@ fn gpu_step_counts_are_fixed() {
                 "{}",
                 msg("uniform buffers created per step", "0".into())
             );
-            assert!(
-                c.upload_bytes <= UPLOAD_BYTES_PER_STEP,
+            assert_eq!(
+                c.upload_bytes,
+                UPLOAD_BYTES_PER_STEP,
                 "{}",
                 msg(
                     "new upload buffer bytes per step",
-                    format!("at most {UPLOAD_BYTES_PER_STEP}")
+                    UPLOAD_BYTES_PER_STEP.to_string()
                 )
             );
         }
