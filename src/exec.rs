@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::gpu::{BufferPool, GpuContext, PoolStats, Recorder};
+use crate::gpu::{BufferPool, GpuContext, PoolStats, RecordStats, Recorder};
 use crate::ops::{GpuArg, Op, PairOp};
 use crate::tensor::{numel, numel_u64, Data, Tensor};
 
@@ -96,6 +96,12 @@ impl Exec {
         self.dispatches_submitted + self.rec.dispatch_count()
     }
 
+    /// GPU objects this executor's recordings have created: bind groups (cache misses) and
+    /// uniform/data buffers. A warm step creates none (`tests/perf_guard.rs`).
+    pub fn record_stats(&self) -> RecordStats {
+        self.rec.stats()
+    }
+
     /// Dispatches recorded and not yet submitted.
     pub fn pending_dispatches(&self) -> usize {
         self.rec.dispatch_count()
@@ -105,6 +111,31 @@ impl Exec {
     pub fn tensor(&mut self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
         let t = Tensor::from_vec(shape, data.to_vec())?;
         self.upload(&t)
+    }
+
+    /// Put small host data (a step's timesteps, labels) on this executor's backend as part
+    /// of the current recording: the bytes travel in the recording's data block and are
+    /// copied into a buffer from this executor's pool, so a warm step allocates nothing.
+    /// The tensor holds the data for work recorded after this call, and for other executors
+    /// once this one has submitted. Larger data goes through [`Exec::tensor`].
+    pub fn tensor_staged(&mut self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        /// Above this, a buffer of its own is cheaper than re-sending the bytes every step.
+        const MAX_STAGED: usize = 64 << 10;
+        let Backend::Gpu(ctx) = &self.backend else {
+            return self.tensor(shape, data);
+        };
+        let bytes = data.len() * 4;
+        if bytes == 0 || bytes > MAX_STAGED {
+            return self.tensor(shape, data);
+        }
+        // Validates that the shape matches the data.
+        let t = Tensor::from_vec(shape, data.to_vec())?;
+        let pool = self
+            .pool
+            .get_or_insert_with(|| BufferPool::new(ctx.device.clone()));
+        let out = Arc::new(pool.get("staged upload", bytes as u64));
+        self.rec.stage(bytemuck::cast_slice(data), out.buffer(), 0);
+        Ok(Tensor::from_gpu(t.shape().to_vec(), out))
     }
 
     /// Move a tensor to this executor's backend (a no-op if it is already there).
@@ -217,7 +248,7 @@ impl Exec {
     /// an allocation failed mid-step), so its half-recorded step, which may bind invalid
     /// buffers, does not go out with the next submit.
     pub fn discard_pending(&mut self) {
-        self.rec = Recorder::new();
+        drop(self.rec.take());
     }
 
     /// Submit everything recorded (one submit).
@@ -227,7 +258,7 @@ impl Exec {
                 self.submits += 1;
                 self.dispatches_submitted += self.rec.dispatch_count();
             }
-            ctx.submit(std::mem::take(&mut self.rec))?;
+            ctx.submit(self.rec.take())?;
         }
         Ok(())
     }
@@ -246,9 +277,7 @@ impl Exec {
         }
         self.submits += 1;
         self.dispatches_submitted += self.rec.dispatch_count();
-        ctx.submit_timed(std::mem::take(&mut self.rec))
-            .await
-            .map(Some)
+        ctx.submit_timed(self.rec.take()).await.map(Some)
     }
 
     /// Submit what is recorded and read a tensor back. Never blocks on the web.
@@ -283,7 +312,7 @@ impl Exec {
                 Data::Cpu(v) => cpu.push(v.to_vec()),
             }
         }
-        let rec = std::mem::take(&mut self.rec);
+        let rec = self.rec.take();
         self.submits += 1;
         self.dispatches_submitted += rec.dispatch_count();
         let mut bytes = ctx.submit_and_read(rec, &ranges).await?.into_iter();

@@ -11,7 +11,7 @@ pub use context::{Capabilities, GpuContext, GpuOptions};
 pub use pipeline::{BindingLayout, CachedPipeline, PipelineKey};
 pub use pool::{BufferPool, PoolStats, PooledBuffer};
 pub use profile::OpTime;
-pub use recorder::{BufferSlice, Recorder};
+pub use recorder::{BufferSlice, RecordStats, Recorder};
 
 /// Workgroup counts for `n` workgroups of a 1-D problem, folded into (x, y) so that neither
 /// exceeds `max_per_dim` (`maxComputeWorkgroupsPerDimension`, 65535 in WebGPU's defaults).

@@ -152,7 +152,8 @@ impl GpuContext {
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
                 ty: wgpu::BufferBindingType::Uniform,
-                has_dynamic_offset: false,
+                // Every dispatch's params live in one buffer per recording (see `recorder`).
+                has_dynamic_offset: true,
                 min_binding_size: None,
             },
             count: None,

@@ -10,8 +10,9 @@
 //!   tensors) until it submits, and ops' scratch buffers stay in the recording until
 //!   after `queue.submit`;
 //! - a `queue.write_buffer` into a buffer an unsubmitted recording uses would land first, so
-//!   uploads never go through the queue (see `GpuContext::upload`) and per-dispatch uniforms
-//!   are fresh buffers owned by the bind group.
+//!   uploads never go through the queue (see `GpuContext::upload`), and the one queued
+//!   write a recording makes (its uniforms and staged data, `gpu::recorder`) goes into a
+//!   buffer only that executor's recordings use, right before that recording's submit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -46,8 +47,18 @@ pub struct PoolStats {
 }
 
 struct Inner {
-    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    /// Per bucket size, sorted by descending serial so `pop` hands out the oldest buffer.
+    free: HashMap<u64, Vec<(u64, wgpu::Buffer)>>,
+    /// Serial of the next buffer created or adopted.
+    next_serial: u64,
     stats: PoolStats,
+}
+
+impl Inner {
+    fn serial(&mut self) -> u64 {
+        self.next_serial += 1;
+        self.next_serial
+    }
 }
 
 /// Shared by every tensor of a context; buffers come back when their `PooledBuffer` drops.
@@ -62,6 +73,7 @@ impl BufferPool {
             device,
             inner: Arc::new(Mutex::new(Inner {
                 free: HashMap::new(),
+                next_serial: 0,
                 stats: PoolStats::default(),
             })),
         }
@@ -72,11 +84,16 @@ impl BufferPool {
     }
 
     /// A storage buffer of at least `bytes` bytes (contents undefined).
+    ///
+    /// Of the free buffers of a size, the oldest is handed out. That makes the choice depend
+    /// only on which buffers are free, not on the order they were freed in, so a sampling
+    /// step that frees and requests the same sizes as the step before gets the same buffers
+    /// (up to the few that rotate, like the latent) and the recorder's bind groups stay valid.
     pub fn get(&self, label: &str, bytes: u64) -> PooledBuffer {
         let size = bucket(bytes);
         let mut inner = self.lock();
         let reused = inner.free.get_mut(&size).and_then(|v| v.pop());
-        let buffer = match reused {
+        let (serial, buffer) = match reused {
             Some(b) => {
                 inner.stats.reused += 1;
                 inner.stats.free_bytes -= size;
@@ -85,18 +102,21 @@ impl BufferPool {
             None => {
                 inner.stats.created += 1;
                 inner.stats.created_bytes += size;
-                self.device.create_buffer(&wgpu::BufferDescriptor {
+                let serial = inner.serial();
+                let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(label),
                     size,
                     usage: STORAGE_USAGE,
                     mapped_at_creation: false,
-                })
+                });
+                (serial, buffer)
             }
         };
         inner.stats.live_bytes += size;
         inner.stats.peak_bytes = inner.stats.peak_bytes.max(inner.stats.live_bytes);
         PooledBuffer {
             buffer: Some(buffer),
+            serial,
             size,
             len: bytes,
             pool: Arc::downgrade(&self.inner),
@@ -116,8 +136,10 @@ impl BufferPool {
         inner.stats.created_bytes += size;
         inner.stats.live_bytes += size;
         inner.stats.peak_bytes = inner.stats.peak_bytes.max(inner.stats.live_bytes);
+        let serial = inner.serial();
         PooledBuffer {
             buffer: Some(buffer),
+            serial,
             size,
             len,
             pool: Arc::downgrade(&self.inner),
@@ -139,6 +161,8 @@ impl BufferPool {
 /// A buffer on loan from the pool; it returns there when dropped.
 pub struct PooledBuffer {
     buffer: Option<wgpu::Buffer>,
+    /// Creation order within the pool (see `BufferPool::get`).
+    serial: u64,
     size: u64,
     len: u64,
     pool: std::sync::Weak<Mutex<Inner>>,
@@ -176,7 +200,9 @@ impl Drop for PooledBuffer {
         let mut inner = pool.lock().unwrap_or_else(|p| p.into_inner());
         inner.stats.live_bytes -= self.size;
         inner.stats.free_bytes += self.size;
-        inner.free.entry(self.size).or_default().push(buffer);
+        let list = inner.free.entry(self.size).or_default();
+        let at = list.partition_point(|(s, _)| *s > self.serial);
+        list.insert(at, (self.serial, buffer));
     }
 }
 

@@ -63,6 +63,9 @@ impl GpuContext {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("webdiffusion timed step"),
             });
+        let mut rec = rec;
+        let prepared = rec.prepare(self);
+        let mut groups = prepared.groups.iter();
         let mut kernels = Vec::with_capacity(n as usize);
         for cmd in &rec.commands {
             match cmd {
@@ -73,11 +76,25 @@ impl GpuContext {
                     dst_offset,
                     size,
                 } => encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size),
+                Command::CopyStaged {
+                    src_offset,
+                    dst,
+                    dst_offset,
+                    size,
+                } => {
+                    if let Some(src) = &prepared.data {
+                        encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size);
+                    }
+                }
                 Command::Dispatch {
                     pipeline,
-                    bind_group,
+                    uniform_offset,
                     workgroups: [x, y, z],
+                    ..
                 } => {
+                    let Some(bind_group) = groups.next() else {
+                        continue;
+                    };
                     let i = kernels.len() as u32;
                     let at = (i % per_set_dispatches) * 2;
                     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -89,7 +106,7 @@ impl GpuContext {
                         }),
                     });
                     pass.set_pipeline(&pipeline.pipeline);
-                    pass.set_bind_group(0, bind_group, &[]);
+                    pass.set_bind_group(0, bind_group, &[*uniform_offset]);
                     pass.dispatch_workgroups(*x, *y, *z);
                     kernels.push(format!("{}::{}", pipeline.key.shader, pipeline.key.entry));
                 }

@@ -413,7 +413,7 @@ impl UNet {
         };
         let ctx = ctx.as_ref();
 
-        let t = exec.tensor(&[n], &t)?;
+        let t = exec.tensor_staged(&[n], &t)?;
         let t_emb = exec.run(&self.time_proj, &[&t])?;
         let mut emb = self.time_embedding.forward(exec, &t_emb)?;
         match (&self.class_embedding, cond.class_labels) {

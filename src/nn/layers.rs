@@ -252,7 +252,7 @@ impl Embedding {
             }
             one_hot[i * self.num + l] = 1.0;
         }
-        let one_hot = exec.tensor(&[labels.len(), self.num], &one_hot)?;
+        let one_hot = exec.tensor_staged(&[labels.len(), self.num], &one_hot)?;
         exec.run(
             &Matmul::new().with_residual(),
             &[&one_hot, &self.weight, add],
