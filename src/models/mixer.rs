@@ -439,8 +439,10 @@ mod tests {
         assert_eq!(ab.len(), TRAIN_STEPS);
         for (k, &a) in ab.iter().enumerate() {
             let want = (-c.time_of(k as f64)).exp();
+            // ᾱ is the f32 running product of the betas (as diffusers computes it from
+            // `trained_betas`), so its relative error grows with k: ~1e-5 by k = 600.
             assert!(
-                ((a as f64) - want).abs() <= 1e-5 * want,
+                ((a as f64) - want).abs() <= 1e-4 * want,
                 "k={k}: ᾱ {a} vs e^(−t) {want}"
             );
         }
