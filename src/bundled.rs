@@ -40,9 +40,16 @@ pub fn scheduler_config() -> Result<SchedulerConfig> {
 
 /// Loads the model onto `exec`'s backend.
 pub fn load(exec: &mut Exec) -> Result<UNet2DModel> {
+    Ok(load_with(exec, WeightDtype::F32)?.0)
+}
+
+/// Loads the model with its Linear and Conv2d weights stored as `dtype`; also returns the
+/// bytes the weights occupy on the executor.
+pub fn load_with(exec: &mut Exec, dtype: WeightDtype) -> Result<(UNet2DModel, u64)> {
     let config = config()?;
-    let mut weights = weights(WeightDtype::F32)?;
-    UNet2DModel::from_weights(exec, &config.arch, &mut weights, false)
+    let mut weights = weights(dtype)?;
+    let model = UNet2DModel::from_weights(exec, &config.arch, &mut weights, false)?;
+    Ok((model, weights.device_bytes()))
 }
 
 /// The embedded checkpoint, its Linear and Conv2d weights to be stored as `dtype` (build the
