@@ -54,7 +54,10 @@ fn validate(name: &str, src: &str) -> Result<(), String> {
     }
     // WebGPU's baseline: no optional capabilities. A shader that needs `shader-f16` or
     // subgroups must say so in its file name (`*_f16.wgsl`, `*_subgroup.wgsl`).
-    let mut caps = naga::valid::Capabilities::empty();
+    // `pack2x16float`/`unpack2x16float` are core WGSL (the packed-f16 weight path); naga
+    // files them under SHADER_FLOAT16_IN_FLOAT32, which wgpu grants on every WebGPU and
+    // Vulkan/Metal/D3D12 adapter (only some GLES ones lack it).
+    let mut caps = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
     if name.ends_with("_f16") {
         caps |= naga::valid::Capabilities::SHADER_FLOAT16;
     }

@@ -48,13 +48,17 @@ override HAS_RESIDUAL: bool = false;
 override UNIT_SW: bool = false;
 // 1×1 kernel, stride 1, no padding (passed in as a 1 × (H·W) image): a plain GEMM loop.
 override POINTWISE: bool = false;
+// weight holds f16 pairs packed in u32 words (`pack2x16float` layout: element 2i in the low
+// half of word i) instead of f32 bits; `unpack2x16float` needs no `shader-f16` feature.
+override PACKED_W: bool = false;
 
 // Output pixels per invocation: one vec4 along a row.
 const TP: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: Conv2dParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;         // (n, Cin, H, W) from x_off
-@group(0) @binding(2) var<storage, read> weight: array<f32>;    // (Cout, Cin, kh, kw)
+// u32 so one binding serves both storages: f32 bits (bitcast, free) or packed f16 pairs.
+@group(0) @binding(2) var<storage, read> weight: array<u32>;    // (Cout, Cin, kh, kw)
 @group(0) @binding(3) var<storage, read> bias: array<f32>;      // (Cout); read only if HAS_BIAS
 @group(0) @binding(4) var<storage, read> residual: array<f32>;  // (n, Cout, Ho, Wo) from res_off; read only if HAS_RESIDUAL
 @group(0) @binding(5) var<storage, read_write> out: array<f32>; // (n, Cout, Ho, Wo) from out_off
@@ -80,17 +84,24 @@ var<private> w5: u32;
 var<private> w6: u32;
 var<private> w7: u32;
 
+fn load_w(i: u32) -> f32 {
+    if (PACKED_W) {
+        return unpack2x16float(weight[i >> 1u])[i & 1u];
+    }
+    return bitcast<f32>(weight[i]);
+}
+
 // One kernel tap (weight offset `wi` within each channel) for the four pixels `xv`.
 fn tap(wi: u32, xv: vec4<f32>) {
-    acc0 += weight[w0 + wi] * xv;
-    acc1 += weight[w1 + wi] * xv;
-    acc2 += weight[w2 + wi] * xv;
-    acc3 += weight[w3 + wi] * xv;
+    acc0 += load_w(w0 + wi) * xv;
+    acc1 += load_w(w1 + wi) * xv;
+    acc2 += load_w(w2 + wi) * xv;
+    acc3 += load_w(w3 + wi) * xv;
     if (TC > 4u) {
-        acc4 += weight[w4 + wi] * xv;
-        acc5 += weight[w5 + wi] * xv;
-        acc6 += weight[w6 + wi] * xv;
-        acc7 += weight[w7 + wi] * xv;
+        acc4 += load_w(w4 + wi) * xv;
+        acc5 += load_w(w5 + wi) * xv;
+        acc6 += load_w(w6 + wi) * xv;
+        acc7 += load_w(w7 + wi) * xv;
     }
 }
 
@@ -238,7 +249,7 @@ fn conv2d_tiled16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     var acc = 0.0;
     for (var k0 = 0u; k0 < kdim; k0 += 16u) {
         let kw_ = k0 + lid.x;
-        tile_w[lid.y][lid.x] = select(0.0, weight[wrow + min(kw_, kdim - 1u)], kw_ < kdim);
+        tile_w[lid.y][lid.x] = select(0.0, load_w(wrow + min(kw_, kdim - 1u)), kw_ < kdim);
         // ... at reduction index k0 + lid.y.
         let kx_ = min(k0 + lid.y, kdim - 1u);
         let ci = kx_ / khw;

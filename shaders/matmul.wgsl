@@ -40,13 +40,26 @@ override WG_X: u32 = 16u;            // invocations along n; a tile is 4·WG_X c
 override WG_Y: u32 = 16u;            // invocations along m; a tile is 4·WG_Y rows
 override HAS_BIAS: bool = false;     // without it `bias` is a dummy binding, never read
 override HAS_RESIDUAL: bool = false; // without it `residual` is a dummy binding, never read
+// b holds f16 pairs packed in u32 words (`pack2x16float` layout: element 2i in the low half
+// of word i) instead of f32 bits: half the memory and bandwidth of a Linear weight, and
+// `unpack2x16float` needs no `shader-f16` feature. b is then a shared (unbatched) operand.
+override PACKED_B: bool = false;
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
 @group(0) @binding(1) var<storage, read> a: array<f32>;        // (batches, m, k)
-@group(0) @binding(2) var<storage, read> b: array<f32>;        // (batches, k, n) or (batches, n, k)
+// u32 so one binding serves both storages: f32 bits (bitcast, free) or packed f16 pairs.
+@group(0) @binding(2) var<storage, read> b: array<u32>;        // (batches, k, n) or (batches, n, k)
 @group(0) @binding(3) var<storage, read> bias: array<f32>;     // (n)
 @group(0) @binding(4) var<storage, read> residual: array<f32>; // (batches, m, n)
 @group(0) @binding(5) var<storage, read_write> out: array<f32>; // (batches, m, n)
+
+// Element `i` of b counted from `b_off` (in f32 elements, or in words when packed).
+fn load_b(i: u32) -> f32 {
+    if (PACKED_B) {
+        return unpack2x16float(b[p.b_off + (i >> 1u)])[i & 1u];
+    }
+    return bitcast<f32>(b[p.b_off + i]);
+}
 
 fn store(batch: u32, row: u32, cols: vec4<u32>, acc: vec4<f32>) {
     if (row >= p.m) { return; }
@@ -77,7 +90,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let rows = vec4<u32>(tm * WG_Y * 4u + lid.y) + step * WG_Y;
     let cols = vec4<u32>(tn * WG_X * 4u + lid.x) + step * WG_X;
     let a_row = p.a_off + batch * p.a_batch + min(rows, vec4<u32>(p.m - 1u)) * p.k;
-    let b_col = p.b_off + batch * p.b_batch + min(cols, vec4<u32>(p.n - 1u)) * p.b_stride_n;
+    let b_col = batch * p.b_batch + min(cols, vec4<u32>(p.n - 1u)) * p.b_stride_n;
 
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
@@ -85,7 +98,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     var acc3 = vec4<f32>(0.0);
     var bk = b_col;
     for (var kk = 0u; kk < p.k; kk++) {
-        let bv = vec4<f32>(b[bk.x], b[bk.y], b[bk.z], b[bk.w]);
+        let bv = vec4<f32>(load_b(bk.x), load_b(bk.y), load_b(bk.z), load_b(bk.w));
         acc0 = fma(vec4<f32>(a[a_row.x + kk]), bv, acc0);
         acc1 = fma(vec4<f32>(a[a_row.y + kk]), bv, acc1);
         acc2 = fma(vec4<f32>(a[a_row.z + kk]), bv, acc2);
@@ -119,13 +132,13 @@ fn matmul_tiled16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let row = tm * BT + lid.y;
     let col = tn * BT + lid.x;
     let a0 = p.a_off + batch * p.a_batch + min(row, p.m - 1u) * p.k;
-    let b0 = p.b_off + batch * p.b_batch + min(col, p.n - 1u) * p.b_stride_n;
+    let b0 = batch * p.b_batch + min(col, p.n - 1u) * p.b_stride_n;
     var acc = 0.0;
     for (var k0 = 0u; k0 < p.k; k0 += BT) {
         let ka = k0 + lid.x;
         let kb = k0 + lid.y;
         tile_a[lid.y][lid.x] = select(0.0, a[a0 + min(ka, p.k - 1u)], ka < p.k);
-        tile_b[lid.y][lid.x] = select(0.0, b[b0 + min(kb, p.k - 1u) * p.b_stride_k], kb < p.k);
+        tile_b[lid.y][lid.x] = select(0.0, load_b(b0 + min(kb, p.k - 1u) * p.b_stride_k), kb < p.k);
         workgroupBarrier();
         for (var kk = 0u; kk < BT; kk++) {
             acc = fma(tile_a[lid.y][kk], tile_b[kk][lid.x], acc);

@@ -19,6 +19,7 @@ use webdiffusion::sampling::solvers::{
 };
 use webdiffusion::sampling::{SchedulerClass, SchedulerConfig};
 use webdiffusion::tensor::Tensor;
+use webdiffusion::weights::WeightDtype;
 use webdiffusion::{bundled, GpuContext, GpuOptions};
 
 #[derive(clap::Args)]
@@ -26,6 +27,9 @@ pub struct BenchArgs {
     /// A diffusers UNet folder to benchmark instead of the bundled digit model.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// How Linear and Conv2d weights are stored on the GPU: `f32` or `f16` (packed pairs).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    weights: String,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -88,14 +92,24 @@ struct Loaded {
     unet: UNet,
     sched: SchedulerConfig,
     weight_bytes: u64,
+    /// What the weights occupy on the GPU (half for packed f16 Linear/Conv2d weights).
+    device_bytes: u64,
     load_ms: f64,
 }
 
-fn load(exec: &mut Exec, ctx: &GpuContext, model: Option<&PathBuf>) -> Result<Loaded> {
+fn load(
+    exec: &mut Exec,
+    ctx: &GpuContext,
+    model: Option<&PathBuf>,
+    dtype: WeightDtype,
+) -> Result<Loaded> {
     let t = Instant::now();
+    let device_bytes;
     let (name, unet, sched, weight_bytes) = match model {
         None => {
-            let unet = bundled::load(exec)?.into_inner();
+            let (unet, dev) = bundled::load_with(exec, dtype)?;
+            let unet = unet.into_inner();
+            device_bytes = dev;
             let bytes = bundled::weight_bytes() as u64;
             (
                 bundled::NAME.to_string(),
@@ -112,8 +126,9 @@ fn load(exec: &mut Exec, ctx: &GpuContext, model: Option<&PathBuf>) -> Result<Lo
                     dir.display()
                 );
             }
-            let unet = UNet::load_dir(exec, dir)
+            let (unet, dev) = UNet::load_dir_with(exec, dir, dtype)
                 .with_context(|| format!("loading the model in {}", dir.display()))?;
+            device_bytes = dev;
             let mut bytes = 0;
             for e in std::fs::read_dir(dir)? {
                 let p = e?.path();
@@ -140,6 +155,7 @@ fn load(exec: &mut Exec, ctx: &GpuContext, model: Option<&PathBuf>) -> Result<Lo
         unet,
         sched,
         weight_bytes,
+        device_bytes,
         load_ms,
     })
 }
@@ -171,7 +187,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!("{}", ctx.caps.summary());
     let mut exec = Exec::gpu(ctx.clone());
 
-    let mut m = load(&mut exec, &ctx, args.model.as_ref())?;
+    let dtype = WeightDtype::parse(&args.weights)?;
+    let mut m = load(&mut exec, &ctx, args.model.as_ref(), dtype)?;
     let arch = m.unet.arch().clone();
     let config_size = match &args.model {
         None => bundled::config()?.sample_size(),
@@ -183,12 +200,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "model: {} ({h}×{w}, {} weight bytes)\nweight load: {:.1} ms, {:.1} MB/s (safetensors → GPU buffers, finished on the GPU)",
         m.name, m.weight_bytes, m.load_ms, mb_s
     );
+    println!(
+        "weights on the GPU: {} bytes ({})",
+        m.device_bytes, args.weights
+    );
     let mut report = json!({
         "adapter": ctx.caps.summary(),
         "timestamp_query": ctx.caps.timestamp_query,
         "model": m.name,
         "resolution": [h, w],
         "weight_bytes": m.weight_bytes,
+        "weight_dtype": args.weights,
+        "weight_device_bytes": m.device_bytes,
         "weight_load_ms": m.load_ms,
         "weight_load_mb_per_s": mb_s,
     });

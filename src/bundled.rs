@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::exec::Exec;
 use crate::models::{ModelConfig, UNet2DModel};
 use crate::sampling::SchedulerConfig;
-use crate::weights::{LoadOptions, Weights};
+use crate::weights::{LoadOptions, WeightDtype, Weights};
 
 /// Shown in errors and output.
 pub const NAME: &str = "bundled MNIST digits (models/mnist)";
@@ -40,13 +40,29 @@ pub fn scheduler_config() -> Result<SchedulerConfig> {
 
 /// Loads the model onto `exec`'s backend.
 pub fn load(exec: &mut Exec) -> Result<UNet2DModel> {
+    Ok(load_with(exec, WeightDtype::F32)?.0)
+}
+
+/// Loads the model with its Linear and Conv2d weights stored as `dtype`; also returns the
+/// bytes the weights occupy on the executor.
+pub fn load_with(exec: &mut Exec, dtype: WeightDtype) -> Result<(UNet2DModel, u64)> {
     let config = config()?;
-    let mut weights = Weights::from_bytes(
+    let mut weights = weights(dtype)?;
+    let model = UNet2DModel::from_weights(exec, &config.arch, &mut weights, false)?;
+    Ok((model, weights.device_bytes()))
+}
+
+/// The embedded checkpoint, its Linear and Conv2d weights to be stored as `dtype` (build the
+/// model with `UNet2DModel::from_weights(exec, &config()?.arch, &mut w, false)`; afterwards
+/// `w.device_bytes()` tells what the weights occupy).
+pub fn weights(dtype: WeightDtype) -> Result<Weights> {
+    let mut w = Weights::from_bytes(
         "<bundled>/models/mnist/diffusion_pytorch_model.safetensors",
         WEIGHTS,
         &LoadOptions::default(),
     )?;
-    UNet2DModel::from_weights(exec, &config.arch, &mut weights, false)
+    w.set_weight_dtype(dtype);
+    Ok(w)
 }
 
 /// Size of the embedded weights file in bytes.

@@ -20,6 +20,7 @@ use webdiffusion::sampling::solvers::{
 use webdiffusion::sampling::{
     FiniteWatch, Guided, PredictionType, Schedule, SchedulerClass, SchedulerConfig,
 };
+use webdiffusion::weights::WeightDtype;
 use webdiffusion::{bundled, npy, Exec, Tensor};
 
 use crate::cli_denoise::{make_exec, read_float_npy, BackendArg};
@@ -48,6 +49,10 @@ pub struct SampleArgs {
     /// Default: the bundled MNIST digit model (32×32, classes 0–9).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// How Linear and Conv2d weights are stored on the GPU: `f32`, or `f16` (packed pairs
+    /// unpacked in the shaders: half the weight memory, outputs within ~1e-3 of f32).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    pub weights: String,
     /// The scheduler config (diffusers scheduler_config.json). Default: the one in the model
     /// folder, or in ../scheduler/ next to it (a pipeline folder).
     #[arg(long)]
@@ -195,11 +200,12 @@ fn load_unet(
     exec: &mut Exec,
     args: &SampleArgs,
 ) -> Result<(String, ModelConfig, UNet, Option<SchedulerConfig>)> {
+    let dtype = WeightDtype::parse(&args.weights)?;
     match &args.model {
         None => Ok((
             bundled::NAME.to_string(),
             bundled::config()?,
-            bundled::load(exec)?.into_inner(),
+            bundled::load_with(exec, dtype)?.0.into_inner(),
             Some(bundled::scheduler_config()?),
         )),
         Some(dir) => {
@@ -212,8 +218,9 @@ fn load_unet(
                 );
             }
             let config = ModelConfig::from_file(dir.join("config.json"))?;
-            let unet = UNet::load_dir(exec, dir)
-                .with_context(|| format!("loading the model in {}", dir.display()))?;
+            let unet = UNet::load_dir_with(exec, dir, dtype)
+                .with_context(|| format!("loading the model in {}", dir.display()))?
+                .0;
             let class = class_for(args.solver());
             let sched = [
                 dir.join("scheduler_config.json"),

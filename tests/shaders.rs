@@ -17,7 +17,9 @@ fn every_shader_validates() {
     for name in webdiffusion::shaders::names() {
         let module = parse(name);
         assert!(!module.entry_points.is_empty(), "{name}: no entry points");
-        let mut caps = Capabilities::empty();
+        // As build.rs: `unpack2x16float` (packed-f16 weights) needs SHADER_FLOAT16_IN_FLOAT32,
+        // which every WebGPU adapter grants.
+        let mut caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
         if name.ends_with("_f16") {
             caps |= Capabilities::SHADER_FLOAT16;
         }

@@ -37,7 +37,7 @@ use crate::nn::{
 use crate::ops::{Concat, TimestepEmbedding, Unary, UnaryOp};
 use crate::sampling::solvers::Denoiser;
 use crate::tensor::Tensor;
-use crate::weights::{LoadOptions, Weights};
+use crate::weights::{LoadOptions, WeightDtype, Weights};
 
 /// The attention after a resnet: spatial self-attention or a cross-attention transformer.
 enum Attn {
@@ -112,10 +112,22 @@ impl UNet {
     /// `UNet2DConditionModel`, and the safetensors weights, single or sharded). Every tensor
     /// must be used: leftovers are `Error::UnexpectedTensors`.
     pub fn load_dir(exec: &mut Exec, dir: impl AsRef<Path>) -> Result<Self> {
+        Ok(Self::load_dir_with(exec, dir, WeightDtype::F32)?.0)
+    }
+
+    /// [`load_dir`](Self::load_dir) with the Linear and Conv2d weights stored as `dtype`;
+    /// also returns the bytes the weights occupy on the executor.
+    pub fn load_dir_with(
+        exec: &mut Exec,
+        dir: impl AsRef<Path>,
+        dtype: WeightDtype,
+    ) -> Result<(Self, u64)> {
         let dir = dir.as_ref();
         let config = ModelConfig::from_file(dir.join("config.json"))?;
         let mut weights = Weights::load_model_dir(dir, &LoadOptions::default(), |_| {})?;
-        Self::from_weights(exec, &config.arch, &mut weights, false)
+        weights.set_weight_dtype(dtype);
+        let model = Self::from_weights(exec, &config.arch, &mut weights, false)?;
+        Ok((model, weights.device_bytes()))
     }
 
     /// Builds the model from an architecture and its weights, taking every tensor it needs

@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::exec::Exec;
 use crate::ops::{Conv2d as Conv2dOp, GroupNorm as GroupNormOp, LayerNorm as LayerNormOp, Matmul};
 use crate::tensor::Tensor;
-use crate::weights::Weights;
+use crate::weights::{round_f16, WeightDtype, Weights};
 
 /// Takes `name` with `shape` from the checkpoint and puts it on the executor's backend.
 pub(crate) fn take(
@@ -14,7 +14,38 @@ pub(crate) fn take(
     shape: &[usize],
 ) -> Result<Tensor> {
     let t = w.take(name, shape)?;
+    w.add_device_bytes(t.byte_len());
     exec.upload(&t)
+}
+
+/// Takes a Linear or Conv2d weight in the storage the checkpoint asks for
+/// ([`Weights::weight_dtype`]); the flag says whether it is packed f16 on the GPU (the op
+/// must be told). On the CPU a packed weight is f32 values rounded through f16, so the two
+/// backends agree.
+pub(crate) fn take_weight(
+    exec: &mut Exec,
+    w: &mut Weights,
+    name: &str,
+    shape: &[usize],
+) -> Result<(Tensor, bool)> {
+    if w.weight_dtype() != WeightDtype::F16Packed {
+        return Ok((take(exec, w, name, shape)?, false));
+    }
+    if let Some(ctx) = exec.gpu_context().cloned() {
+        let words = w.take_f16_words(name, shape)?;
+        let buf = ctx.upload(name, bytemuck::cast_slice(&words))?;
+        w.add_device_bytes(words.len() as u64 * 4);
+        return Ok((Tensor::from_gpu(shape.to_vec(), buf), true));
+    }
+    let t = w.take(name, shape)?;
+    let values = t.cpu_data().ok_or_else(|| {
+        Error::invalid(
+            "weights",
+            format!("tensor `{name}` is already on the GPU; it cannot be used by the CPU executor"),
+        )
+    })?;
+    w.add_device_bytes(t.byte_len());
+    Ok((Tensor::from_vec(shape, round_f16(values))?, true))
 }
 
 /// `nn.Linear(in_features, out_features, bias)`: x (…, in) → (…, out); weight `<p>.weight`
@@ -22,6 +53,8 @@ pub(crate) fn take(
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// The weight is packed f16 on the GPU.
+    packed: bool,
 }
 
 impl Linear {
@@ -33,7 +66,7 @@ impl Linear {
         out_features: usize,
         bias: bool,
     ) -> Result<Self> {
-        let weight = take(
+        let (weight, packed) = take_weight(
             exec,
             w,
             &format!("{prefix}.weight"),
@@ -44,7 +77,11 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            packed,
+        })
     }
 
     /// A layer from host tensors already split or adjusted by the caller.
@@ -55,13 +92,23 @@ impl Linear {
     ) -> Result<Self> {
         let weight = exec.upload(&weight)?;
         let bias = bias.map(|b| exec.upload(&b)).transpose()?;
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            packed: false,
+        })
     }
 
     pub fn forward(&self, exec: &mut Exec, x: &Tensor) -> Result<Tensor> {
         match &self.bias {
-            Some(b) => exec.run(&Matmul::linear(true), &[x, &self.weight, b]),
-            None => exec.run(&Matmul::linear(false), &[x, &self.weight]),
+            Some(b) => exec.run(
+                &Matmul::linear(true).with_packed_b(self.packed),
+                &[x, &self.weight, b],
+            ),
+            None => exec.run(
+                &Matmul::linear(false).with_packed_b(self.packed),
+                &[x, &self.weight],
+            ),
         }
     }
 
@@ -72,7 +119,9 @@ impl Linear {
         x: &Tensor,
         residual: &Tensor,
     ) -> Result<Tensor> {
-        let op = Matmul::linear(self.bias.is_some()).with_residual();
+        let op = Matmul::linear(self.bias.is_some())
+            .with_residual()
+            .with_packed_b(self.packed);
         match &self.bias {
             Some(b) => exec.run(&op, &[x, &self.weight, b, residual]),
             None => exec.run(&op, &[x, &self.weight, residual]),
@@ -128,7 +177,7 @@ impl Conv2d {
         stride: usize,
         padding: usize,
     ) -> Result<Self> {
-        let weight = take(
+        let (weight, packed) = take_weight(
             exec,
             w,
             &format!("{prefix}.weight"),
@@ -136,7 +185,9 @@ impl Conv2d {
         )?;
         let bias = take(exec, w, &format!("{prefix}.bias"), &[cout])?;
         Ok(Self {
-            op: Conv2dOp::new(stride, padding).with_bias(),
+            op: Conv2dOp::new(stride, padding)
+                .with_bias()
+                .with_packed_weight(packed),
             weight,
             bias,
         })

@@ -79,6 +79,10 @@ pub struct Conv2d {
     pub scale: f32,
     /// Which kernel variant to record (`Kernel::Tuned` in normal use).
     pub kernel: Kernel,
+    /// On the GPU the weight buffer holds f16 pairs packed in u32 words
+    /// ([`crate::weights::pack_f16`]); the CPU reference reads f32 values already rounded
+    /// through f16, so both backends compute the same thing.
+    pub packed_weight: bool,
 }
 
 impl Conv2d {
@@ -91,7 +95,14 @@ impl Conv2d {
             has_residual: false,
             scale: 1.0,
             kernel: Kernel::Tuned,
+            packed_weight: false,
         }
+    }
+
+    /// The weight is packed f16 on the GPU (see `packed_weight`).
+    pub fn with_packed_weight(mut self, packed: bool) -> Self {
+        self.packed_weight = packed;
+        self
     }
 
     /// Multiply the result (after bias and residual) by `scale`.
@@ -366,14 +377,15 @@ impl Conv2d {
             .filter(|&(wg, tc)| wg <= max_inv && wg <= max_x && (tc == 4 || g.cout > 4))
             .collect();
         let bucket = format!(
-            "cin{} cout{} k{}x{} s{}x{} px{}",
+            "cin{} cout{} k{}x{} s{}x{} px{} p{}",
             tune::bucket(g.cin),
             tune::bucket(g.cout),
             g.kh,
             g.kw,
             g.sh,
             g.sw,
-            tune::bucket(g.n * g.ho * g.wo)
+            tune::bucket(g.n * g.ho * g.wo),
+            self.packed_weight as u8
         );
         let key = tune::key(ctx, "conv2d", &bucket);
         let mut scratch: Option<Vec<wgpu::Buffer>> = None;
@@ -444,7 +456,8 @@ impl Conv2d {
         };
         let pipeline = ctx.pipeline(
             &key.with("HAS_BIAS", self.has_bias as u32 as f64)
-                .with("HAS_RESIDUAL", self.has_residual as u32 as f64),
+                .with("HAS_RESIDUAL", self.has_residual as u32 as f64)
+                .with("PACKED_W", self.packed_weight as u32 as f64),
             // Always x, weight, bias, residual: unused slots are bound to another input.
             BindingLayout {
                 inputs: 4,
@@ -460,7 +473,10 @@ impl Conv2d {
         };
         let mut operands = vec![
             Operand::items("x", (g.cin * g.h * g.w) as u64 * 4),
-            Operand::shared("weight", (g.cout * g.cin * g.kh * g.kw) as u64 * 4),
+            Operand::shared(
+                "weight",
+                weight_bytes(g.cout * g.cin * g.kh * g.kw, self.packed_weight),
+            ),
         ];
         operands.extend(self.has_bias.then_some(bias));
         operands.extend(self.has_residual.then_some(residual));
@@ -571,4 +587,13 @@ fn grid_wg(
         pix_wgs as u32,
         crate::gpu::fold_workgroups(total as u32, max as u32),
     ))
+}
+
+/// Bytes of a weight of `n` elements as f32, or as f16 pairs in u32 words (odd `n` padded).
+pub(crate) fn weight_bytes(n: usize, packed: bool) -> u64 {
+    if packed {
+        n.div_ceil(2) as u64 * 4
+    } else {
+        n as u64 * 4
+    }
 }

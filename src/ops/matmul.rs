@@ -76,6 +76,10 @@ pub struct Matmul {
     pub binding_cap: Option<u64>,
     /// Which kernel variant to record (`Kernel::Tuned` in normal use).
     pub kernel: Kernel,
+    /// On the GPU b holds f16 pairs packed in u32 words ([`crate::weights::pack_f16`]); b
+    /// must then be shared (a Linear weight). The CPU reference reads f32 values already
+    /// rounded through f16, so both backends compute the same thing.
+    pub packed_b: bool,
 }
 
 impl Default for Matmul {
@@ -106,7 +110,14 @@ impl Matmul {
             residual: false,
             binding_cap: None,
             kernel: Kernel::Tuned,
+            packed_b: false,
         }
+    }
+
+    /// b is packed f16 on the GPU (see `packed_b`).
+    pub fn with_packed_b(mut self, packed: bool) -> Self {
+        self.packed_b = packed;
+        self
     }
 
     /// The same product recorded with a given kernel variant.
@@ -212,6 +223,14 @@ impl Matmul {
             ));
         }
         out_shape.push(n);
+        if self.packed_b && b_batched {
+            return Err(Error::shape(
+                op,
+                "b",
+                "a shared (unbatched) b: packed f16 storage is for Linear weights",
+                b,
+            ));
+        }
         let mut next = 2;
         if self.bias {
             let s = inputs[next];
@@ -265,7 +284,7 @@ impl Matmul {
             rows("a", g.k, g.a_batched),
             Operand {
                 name: "b",
-                item_bytes: g.k as u64 * g.n as u64 * 4,
+                item_bytes: super::conv2d::weight_bytes(g.k * g.n, self.packed_b),
                 batched: g.b_batched,
                 row_bytes: None,
             },
@@ -380,11 +399,12 @@ impl Matmul {
     ) -> (u32, u32) {
         let cands = candidates(ctx);
         let bucket = format!(
-            "m{} n{} k{} t{}",
+            "m{} n{} k{} t{} p{}",
             tune::bucket(g.batches * g.m),
             tune::bucket(g.n),
             tune::bucket(g.k),
-            self.transpose_b as u8
+            self.transpose_b as u8,
+            self.packed_b as u8
         );
         let key = tune::key(ctx, "matmul", &bucket);
         let mut scratch: Option<Vec<wgpu::Buffer>> = None;
@@ -449,7 +469,8 @@ impl Matmul {
         };
         let pipeline = ctx.pipeline(
             &key.with("HAS_BIAS", self.bias as u32 as f64)
-                .with("HAS_RESIDUAL", self.residual as u32 as f64),
+                .with("HAS_RESIDUAL", self.residual as u32 as f64)
+                .with("PACKED_B", self.packed_b as u32 as f64),
             BindingLayout {
                 inputs: 4,
                 outputs: 1,

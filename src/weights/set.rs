@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::{
     find_model_weights, format_error, load_file_with_progress, load_sharded, Dtype, LoadOptions,
-    ModelWeightsFile, Progress, ReadyTensor, TensorData, HINT_CORRUPT,
+    ModelWeightsFile, Progress, ReadyTensor, TensorData, WeightDtype, HINT_CORRUPT,
 };
 use crate::error::{Error, Result, ShapeText, LISTED_NAMES};
 use crate::tensor::Tensor;
@@ -46,6 +46,9 @@ pub struct Weights {
     source: String,
     entries: BTreeMap<String, Entry>,
     taken: BTreeSet<String>,
+    weight_dtype: WeightDtype,
+    /// Bytes the layers put on their executor from this set, as stored (see `device_bytes`).
+    device_bytes: u64,
 }
 
 impl std::fmt::Debug for Weights {
@@ -67,7 +70,31 @@ impl Weights {
             source: source.into(),
             entries: BTreeMap::new(),
             taken: BTreeSet::new(),
+            weight_dtype: WeightDtype::F32,
+            device_bytes: 0,
         }
+    }
+
+    /// How layers store their big weights (Linear and Conv2d matrices and filters) on the
+    /// GPU; set it before the model takes its tensors. [`WeightDtype::F32`] by default.
+    pub fn set_weight_dtype(&mut self, dtype: WeightDtype) {
+        self.weight_dtype = dtype;
+    }
+
+    /// The storage chosen with [`set_weight_dtype`](Self::set_weight_dtype).
+    pub fn weight_dtype(&self) -> WeightDtype {
+        self.weight_dtype
+    }
+
+    /// Bytes of the tensors that layers (`nn::Linear`, `nn::Conv2d`, norms, ...) took from this
+    /// set and put on their executor, as stored there: 4 per f32 value, 4 per pair of packed
+    /// f16 values (what [`WeightDtype::F16Packed`] saves).
+    pub fn device_bytes(&self) -> u64 {
+        self.device_bytes
+    }
+
+    pub(crate) fn add_device_bytes(&mut self, bytes: u64) {
+        self.device_bytes = self.device_bytes.saturating_add(bytes);
     }
 
     /// Loads one safetensors file.
