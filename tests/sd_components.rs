@@ -245,6 +245,19 @@ fn vae_config_rejects_unsupported_blocks() {
         msg.contains("down_block_types") && msg.contains("DownBlock2D"),
         "{msg}"
     );
+    // Inputs of the wrong shape are errors naming what is wrong, not panics.
+    let mut exec = webdiffusion::Exec::cpu();
+    let vae =
+        webdiffusion::models::AutoencoderKl::load_dir(&mut exec, fixture("tiny-vae")).unwrap();
+    let odd = webdiffusion::Tensor::from_vec(&[1, 3, 7, 12], vec![0.0; 3 * 7 * 12]).unwrap();
+    let msg = vae.encode(&mut exec, &odd).err().unwrap().to_string();
+    assert!(
+        msg.contains("image") && msg.contains("multiples of 2"),
+        "{msg}"
+    );
+    let wrong_c = webdiffusion::Tensor::from_vec(&[1, 3, 4, 4], vec![0.0; 48]).unwrap();
+    let msg = vae.decode(&mut exec, &wrong_c).err().unwrap().to_string();
+    assert!(msg.contains("latents"), "{msg}");
     let bad = text.replace("\"norm_num_groups\": 8", "\"norm_num_groups\": 5");
     let msg = VaeConfig::from_json(&bad).err().unwrap().to_string();
     assert!(msg.contains("norm_num_groups"), "{msg}");

@@ -477,11 +477,15 @@ impl AutoencoderKl {
 
     fn check(&self, what: &str, x: &Tensor, channels: usize, multiple: usize) -> Result<()> {
         let s = x.shape();
-        if s.len() != 4 || s[1] != channels || s[2] % multiple != 0 || s[3] % multiple != 0 {
+        if s.len() != 4
+            || s[1] != channels
+            || !s[2].is_multiple_of(multiple)
+            || !s[3].is_multiple_of(multiple)
+        {
             return Err(Error::shape(
                 "vae",
                 what,
-                &format!("(N, {channels}, H, W) with H and W multiples of {multiple}"),
+                format!("(N, {channels}, H, W) with H and W multiples of {multiple}"),
                 s,
             ));
         }
@@ -541,7 +545,7 @@ impl AutoencoderKl {
             return Err(Error::shape(
                 "vae",
                 "noise",
-                &format!("{:?}", mean.shape()),
+                format!("{:?}", mean.shape()),
                 noise.shape(),
             ));
         }
