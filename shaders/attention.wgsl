@@ -36,8 +36,13 @@ struct AttentionParams {
     _pad1: u32,
 }
 
-// Private-array capacity: the largest head dim the kernel accepts (SD uses up to 160).
+// Private-array capacity of `attention`: the largest head dim it accepts (SD's UNets use up
+// to 160).
 const MAX_D: u32 = 256u;
+// `attention_wide` (head dims up to 512, the single 512-channel head of SD's VAE) keeps only
+// the accumulator in a private array and reads q from memory, so each invocation's private
+// storage stays at 2 KiB; it is slower and only chosen when D or DV exceeds MAX_D.
+const MAX_D_WIDE: u32 = 512u;
 // exp2(NEG_BIG - s) is 0 for any finite score, and unlike -inf it cannot make the first
 // rescale exp2(-inf - (-inf)) = NaN.
 const NEG_BIG: f32 = -3.0e38;
@@ -101,6 +106,55 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
         }
     }
     // l ≥ 1: the key holding the maximum contributed exp2(0).
+    let inv = 1.0 / l;
+    let ob = p.o_off + b * p.o_sb + row * p.o_st + h * p.o_sh;
+    for (var d = 0u; d < DV; d++) {
+        out[ob + d * p.o_sd] = acc[d] * inv;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn attention_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let t = wg.x + wg.y * nwg.x;
+    let bh = t / p.row_tiles;
+    let b = bh / p.heads;
+    if (b >= p.batches) { return; }
+    let h = bh - b * p.heads;
+    let row = (t - bh * p.row_tiles) * WG + lid;
+    if (row >= p.rows) { return; }
+
+    let qb = p.q_off + b * p.q_sb + row * p.q_st + h * p.q_sh;
+    var acc: array<f32, MAX_D_WIDE>;
+    for (var d = 0u; d < DV; d++) {
+        acc[d] = 0.0;
+    }
+    var m = NEG_BIG;
+    var l = 0.0;
+    let kb = p.k_off + b * p.k_sb + h * p.k_sh;
+    let vb = p.v_off + b * p.v_sb + h * p.v_sh;
+    for (var j = 0u; j < p.nk; j++) {
+        let kj = kb + j * p.k_st;
+        var s = 0.0;
+        for (var d = 0u; d < D; d++) {
+            s = fma(q[qb + d * p.q_sd], k[kj + d * p.k_sd], s);
+        }
+        s *= p.scale_log2;
+        if (s > m) {
+            let c = exp2(m - s);
+            l *= c;
+            for (var d = 0u; d < DV; d++) {
+                acc[d] *= c;
+            }
+            m = s;
+        }
+        let pj = exp2(s - m);
+        l += pj;
+        let vj = vb + j * p.v_st;
+        for (var d = 0u; d < DV; d++) {
+            acc[d] = fma(pj, v[vj + d * p.v_sd], acc[d]);
+        }
+    }
     let inv = 1.0 / l;
     let ob = p.o_off + b * p.o_sb + row * p.o_st + h * p.o_sh;
     for (var d = 0u; d < DV; d++) {

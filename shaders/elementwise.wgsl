@@ -58,6 +58,7 @@ fn unary_fn(op: u32, x: f32) -> f32 {
         case 3u: { return gelu_erf(x); }
         case 4u: { return gelu_tanh(x); }
         case 5u: { return quick_gelu(x); }
+        case 6u: { return exp(x); }
         default: { return x; }
     }
 }

@@ -150,3 +150,115 @@ fn clip_text_config_parses_and_rejects_unsupported_variants() {
     let bad = text.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5");
     assert!(ClipTextConfig::from_json(&bad).is_err());
 }
+
+/// max |got − want| / max |want|.
+fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    if got.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let scale = want.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs()));
+    err / scale.max(1e-30)
+}
+
+struct VaeGolden(webdiffusion::weights::Weights);
+
+impl VaeGolden {
+    fn load() -> Self {
+        use webdiffusion::weights::{LoadOptions, Weights};
+        Self(Weights::load_file(golden("vae.safetensors"), &LoadOptions::default()).unwrap())
+    }
+    fn get(&mut self, name: &str) -> webdiffusion::Tensor {
+        let shape = self.0.shape(name).unwrap().to_vec();
+        self.0.take(name, &shape).unwrap()
+    }
+}
+
+/// Runs decode, encode and encode_sample of the tiny VAE on the CPU and (when present) the
+/// GPU, each against the diffusers goldens.
+#[test]
+fn vae_matches_diffusers() {
+    use webdiffusion::models::AutoencoderKl;
+    use webdiffusion::platform::block_on;
+    use webdiffusion::Exec;
+    let mut g = VaeGolden::load();
+    let (latents, decoded) = (g.get("latents"), g.get("decoded"));
+    let (image, mean, noise, sampled) = (
+        g.get("image"),
+        g.get("mean"),
+        g.get("noise"),
+        g.get("sampled"),
+    );
+    let mut execs = vec![("cpu", Exec::cpu())];
+    if let Some(ctx) = common::gpu() {
+        execs.push(("gpu", Exec::gpu(ctx)));
+    }
+    for (name, mut exec) in execs {
+        let vae = AutoencoderKl::load_dir(&mut exec, fixture("tiny-vae")).unwrap();
+        assert_eq!(vae.downscale(), 2);
+        let check = |exec: &mut Exec,
+                     what: &str,
+                     got: webdiffusion::Tensor,
+                     want: &webdiffusion::Tensor| {
+            assert_eq!(got.shape(), want.shape(), "{name} {what}");
+            let got = block_on(exec.read(&got)).unwrap();
+            let e = rel_err(&got, want.cpu_data().unwrap());
+            eprintln!("vae {name} {what}: rel err {e:.2e}");
+            assert!(e <= 1e-5, "{name} {what}: rel err {e:.2e}");
+        };
+        let z = exec.upload(&latents).unwrap();
+        let x = vae.decode(&mut exec, &z).unwrap();
+        check(&mut exec, "decode", x, &decoded);
+        let img = exec.upload(&image).unwrap();
+        let m = vae.encode(&mut exec, &img).unwrap();
+        check(&mut exec, "encode mean", m, &mean);
+        let n = exec.upload(&noise).unwrap();
+        let s = vae.encode_sample(&mut exec, &img, &n).unwrap();
+        check(&mut exec, "encode sample", s, &sampled);
+    }
+}
+
+#[test]
+fn vae_config_rejects_unsupported_blocks() {
+    use webdiffusion::models::VaeConfig;
+    let text = std::fs::read_to_string(fixture("tiny-vae/config.json")).unwrap();
+    let c = VaeConfig::from_json(&text).unwrap();
+    assert_eq!(c.block_out_channels, vec![16, 32]);
+    assert_eq!(
+        (c.latent_channels, c.norm_num_groups, c.layers_per_block),
+        (4, 8, 1)
+    );
+    assert!((c.scaling_factor - 0.18215).abs() < 1e-12 && c.shift_factor == 0.0);
+    let bad = text.replacen("UpDecoderBlock2D", "AttnUpDecoderBlock2D", 1);
+    let msg = VaeConfig::from_json(&bad).err().unwrap().to_string();
+    assert!(
+        msg.contains("up_block_types") && msg.contains("AttnUpDecoderBlock2D"),
+        "{msg}"
+    );
+    let bad = text.replacen("DownEncoderBlock2D", "DownBlock2D", 1);
+    let msg = VaeConfig::from_json(&bad).err().unwrap().to_string();
+    assert!(
+        msg.contains("down_block_types") && msg.contains("DownBlock2D"),
+        "{msg}"
+    );
+    // Inputs of the wrong shape are errors naming what is wrong, not panics.
+    let mut exec = webdiffusion::Exec::cpu();
+    let vae =
+        webdiffusion::models::AutoencoderKl::load_dir(&mut exec, fixture("tiny-vae")).unwrap();
+    let odd = webdiffusion::Tensor::from_vec(&[1, 3, 7, 12], vec![0.0; 3 * 7 * 12]).unwrap();
+    let msg = vae.encode(&mut exec, &odd).err().unwrap().to_string();
+    assert!(
+        msg.contains("image") && msg.contains("multiples of 2"),
+        "{msg}"
+    );
+    let wrong_c = webdiffusion::Tensor::from_vec(&[1, 3, 4, 4], vec![0.0; 48]).unwrap();
+    let msg = vae.decode(&mut exec, &wrong_c).err().unwrap().to_string();
+    assert!(msg.contains("latents"), "{msg}");
+    let bad = text.replace("\"norm_num_groups\": 8", "\"norm_num_groups\": 5");
+    let msg = VaeConfig::from_json(&bad).err().unwrap().to_string();
+    assert!(msg.contains("norm_num_groups"), "{msg}");
+}

@@ -431,13 +431,13 @@ fn too_wide_attention_heads_fail_at_load() {
         &mut Exec::cpu(),
         &mut w,
         "mid_block.attentions.0",
-        512,
-        (1, 512),
+        640,
+        (1, 640),
         Some((32, 1e-6)),
         1.0,
     )
     .err()
-    .expect("head dim 512 must be rejected");
+    .expect("head dim 640 (over attention_wide's 512) must be rejected");
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
     assert!(err.to_string().contains("mid_block.attentions.0"), "{err}");
 }
@@ -489,9 +489,9 @@ fn activation_estimate_bounds_the_measured_peak() {
 fn too_wide_transformer_heads_fail_at_load() {
     let mut w = Weights::new("empty");
     let cfg = webdiffusion::nn::Transformer2DConfig {
-        channels: 640,
+        channels: 1280,
         heads: 2,
-        head_dim: 320,
+        head_dim: 640,
         depth: 1,
         cross_attention_dim: 768,
         norm_groups: 32,
@@ -504,10 +504,10 @@ fn too_wide_transformer_heads_fail_at_load() {
         &cfg,
     )
     .err()
-    .expect("head dim 320 must be rejected");
+    .expect("head dim 640 must be rejected");
     let msg = err.to_string();
     assert!(
-        msg.contains("down_blocks.2.attentions.0") && msg.contains("320") && msg.contains("256"),
+        msg.contains("down_blocks.2.attentions.0") && msg.contains("640") && msg.contains("512"),
         "{msg}"
     );
 }

@@ -51,6 +51,8 @@ enum TimeProj {
     /// its scale and shift halves at load time, with the `1 +` of `1 + scale` folded into the
     /// scale bias, so no slicing op is needed.
     ScaleShift { scale1: Linear, shift: Linear },
+    /// No time embedding (the VAE's resnets, `temb_channels=None`): `silu(norm2(h))`.
+    Absent,
 }
 
 /// diffusers' `ResnetBlock2D` with SiLU, groups = groups_out, 3×3 convs, a time embedding, and
@@ -144,20 +146,86 @@ impl ResnetBlock2D {
         })
     }
 
+    /// A resnet without a time embedding (diffusers' `temb_channels=None`, as in the VAE):
+    /// no `time_emb_proj` weights; run it with [`Self::forward_without_temb`].
+    pub fn load_without_temb(
+        exec: &mut Exec,
+        w: &mut Weights,
+        prefix: &str,
+        (cin, cout): (usize, usize),
+        (groups, eps): (usize, f64),
+        output_scale_factor: f64,
+    ) -> Result<Self> {
+        let p = |s: &str| format!("{prefix}.{s}");
+        let norm1 = GroupNorm::load(exec, w, &p("norm1"), cin, groups, eps)?;
+        let conv1 = Conv2d::load(exec, w, &p("conv1"), cin, cout, 3, 1, 1)?;
+        let norm2 = GroupNorm::load(exec, w, &p("norm2"), cout, groups, eps)?;
+        let conv2 = Conv2d::load(exec, w, &p("conv2"), cout, cout, 3, 1, 1)?;
+        let shortcut = if cin != cout {
+            Some(Conv2d::load(
+                exec,
+                w,
+                &p("conv_shortcut"),
+                cin,
+                cout,
+                1,
+                1,
+                0,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            norm1,
+            conv1,
+            time: TimeProj::Absent,
+            norm2,
+            conv2,
+            shortcut,
+            out_channels: cout,
+            output_scale_factor,
+        })
+    }
+
     /// `temb_act` is `silu(temb)` (N, temb_channels): every resnet of a UNet applies the same
     /// SiLU to the same embedding, so the model computes it once.
     pub fn forward(&self, exec: &mut Exec, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
+        self.forward_opt(exec, x, Some(temb_act))
+    }
+
+    /// For a block loaded with [`Self::load_without_temb`].
+    pub fn forward_without_temb(&self, exec: &mut Exec, x: &Tensor) -> Result<Tensor> {
+        self.forward_opt(exec, x, None)
+    }
+
+    fn forward_opt(
+        &self,
+        exec: &mut Exec,
+        x: &Tensor,
+        temb_act: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let n = x.shape()[0];
         let c = self.out_channels;
         let h = self.norm1.forward(exec, x, true)?;
         let h = self.conv1.forward(exec, &h)?;
+        let need_temb = || {
+            temb_act.ok_or_else(|| {
+                Error::invalid(
+                    "resnet_block",
+                    "this resnet has a time-embedding projection but was run without an embedding",
+                )
+            })
+        };
         let h = match &self.time {
+            TimeProj::Absent => self.norm2.forward(exec, &h, true)?,
             TimeProj::Add(proj) => {
+                let temb_act = need_temb()?;
                 let t = proj.forward(exec, temb_act)?.reshape(&[n, c, 1, 1])?;
                 let h = exec.run(&Binary::new(BinaryOp::Add), &[&h, &t])?;
                 self.norm2.forward(exec, &h, true)?
             }
             TimeProj::ScaleShift { scale1, shift } => {
+                let temb_act = need_temb()?;
                 let s = scale1.forward(exec, temb_act)?.reshape(&[n, c, 1, 1])?;
                 let b = shift.forward(exec, temb_act)?.reshape(&[n, c, 1, 1])?;
                 let h = self.norm2.forward(exec, &h, false)?;

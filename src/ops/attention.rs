@@ -32,8 +32,10 @@ use crate::error::{Error, Result};
 use crate::gpu::{fold_workgroups, BindingLayout, GpuContext, PipelineKey, Recorder};
 
 pub const SHADER: &str = "attention";
-/// The largest head dim (`D` and `Dv`) the kernel's private arrays hold.
-pub const MAX_HEAD_DIM: usize = 256;
+/// The largest head dim (`D` and `Dv`) the kernels' private arrays hold (`attention_wide`'s).
+pub const MAX_HEAD_DIM: usize = 512;
+/// Head dims above this use the `attention_wide` entry point (must match the shader's MAX_D).
+const FAST_MAX_HEAD_DIM: usize = 256;
 const WG: u32 = 64;
 
 #[repr(C)]
@@ -408,10 +410,17 @@ impl Op for Attention {
         let limit = chunk::binding_limit(max_binding, self.binding_cap);
         let chunks = self.plan_chunks(&shapes, limit, align)?;
         let pipeline = ctx.pipeline(
-            &PipelineKey::new(SHADER, "attention")
-                .with("WG", WG as f64)
-                .with("D", g.d as f64)
-                .with("DV", g.dv as f64),
+            &PipelineKey::new(
+                SHADER,
+                if g.d.max(g.dv) > FAST_MAX_HEAD_DIM {
+                    "attention_wide"
+                } else {
+                    "attention"
+                },
+            )
+            .with("WG", WG as f64)
+            .with("D", g.d as f64)
+            .with("DV", g.dv as f64),
             BindingLayout {
                 inputs: 3,
                 outputs: 1,

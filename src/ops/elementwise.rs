@@ -34,6 +34,8 @@ pub enum UnaryOp {
     GeluTanh = 4,
     /// `x · sigmoid(1.702·x)`, OpenAI CLIP's activation (transformers' `quick_gelu`).
     QuickGelu = 5,
+    /// `eˣ` (the VAE posterior's standard deviation from its log-variance).
+    Exp = 6,
 }
 
 impl UnaryOp {
@@ -52,6 +54,7 @@ impl UnaryOp {
                 let x64 = x as f64;
                 (x64 / (1.0 + (-1.702 * x64).exp())) as f32
             }
+            UnaryOp::Exp => x.exp(),
         }
     }
 }

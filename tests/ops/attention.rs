@@ -135,6 +135,39 @@ fn self_and_cross_attention_match_cpu() {
     );
 }
 
+/// Head dims above 256 run the `attention_wide` kernel (SD's VAE has one head of 512).
+#[test]
+fn wide_heads_match_cpu() {
+    let mut rng = Rng::new(204);
+    // The VAE's layout: one channel-first head of 260 channels over 67 tokens.
+    let qkv = rng.tensor(&[1, 3 * 260, 67]);
+    check(
+        "guided-diffusion H=1 D=260",
+        &Attention::new(1).with_layout(QkvLayout::GuidedDiffusion),
+        &[&qkv],
+        RTOL,
+        ATOL,
+    );
+    // Two heads, D = 260 and Dv = 300 ≠ D, cross-attention to 13 keys, batch 2.
+    let q = rng.tensor(&[2, 29, 520]);
+    let k = rng.tensor(&[2, 13, 520]);
+    let v = rng.tensor(&[2, 13, 600]);
+    check(
+        "cross H=2 D=260 Dv=300",
+        &Attention::new(2),
+        &[&q, &k, &v],
+        RTOL,
+        ATOL,
+    );
+    // Past the wide kernel's capacity: an error naming the limit.
+    let big = Tensor::from_vec(&[1, 3, 513], vec![0.0; 3 * 513]).unwrap();
+    let err = Exec::cpu()
+        .run(&Attention::new(1), &[&big, &big, &big])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("513") && err.contains("512"), "{err}");
+}
+
 #[test]
 fn cpu_reference_matches_hand_computed_softmax() {
     // One batch item, one query, two keys, two heads of D = 2, Dv = 1, scale 1.
@@ -341,8 +374,8 @@ fn bad_shapes_are_errors_naming_the_op() {
     let invalid: Vec<(Attention, Vec<Tensor>)> = vec![
         (Attention::new(3), vec![q.clone(), q.clone()]),
         (Attention::new(0), vec![q.clone(), q.clone(), q.clone()]),
-        // D = 300 exceeds the kernel's private arrays
-        (Attention::new(1), vec![rng.tensor(&[1, 2, 300]); 3]),
+        // D = 600 exceeds the wide kernel's private arrays
+        (Attention::new(1), vec![rng.tensor(&[1, 2, 600]); 3]),
     ];
     for (op, ins) in invalid {
         let refs: Vec<&Tensor> = ins.iter().collect();

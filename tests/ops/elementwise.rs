@@ -26,6 +26,16 @@ fn unary_ops_match_cpu() {
         };
         check_op(&format!("unary {op:?}"), &u, &[&x], 1e-5, 2e-6);
     }
+    // Exp over [-2, 2]: WGSL allows exp an error growing with |x|, so keep arguments small.
+    let small: Vec<f32> = x.cpu_data().unwrap().iter().map(|v| v / 4.0).collect();
+    let small = webdiffusion::Tensor::from_vec(&[67, 131, 45], small).unwrap();
+    let u = Unary {
+        op: UnaryOp::Exp,
+        alpha: 0.5,
+        beta: 0.0,
+    };
+    check_op("unary Exp", &u, &[&small], 1e-5, 2e-6);
+    assert!((UnaryOp::Exp.apply(1.0) - std::f32::consts::E).abs() < 1e-6);
 }
 
 #[test]
