@@ -489,6 +489,7 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
         exec: RefCell::new(exec),
         uploaded: Cell::new(0),
         reader: RefCell::new(None),
+        keep_on_host: Cell::new(load::keep_on_host),
     };
 
     let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
@@ -640,6 +641,7 @@ async fn read_and_build(lctx: &load::LoadCtx, src: &load::Source) -> WdResult<Bu
             }
             _ => src,
         };
+        lctx.keep_on_host.set(nets::keep_on_host);
         let mut weights = load::read_weights(lctx, use_src).await?;
         lctx.check()?;
         let parameters = weights.numel();

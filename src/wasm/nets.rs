@@ -35,6 +35,13 @@ pub struct NetModel {
     pub load_ms: f64,
 }
 
+/// The tensors these builders rearrange on the host before uploading: galaxy's equinox
+/// `conv_out.weight` (flipped into PyTorch's layout), terrain's scale-shift `emb_layers.1.*`
+/// (split in two); every other tensor goes to the GPU as soon as it has arrived.
+pub fn keep_on_host(name: &str) -> bool {
+    name == "conv_out.weight" || name.contains("emb_layers.1.")
+}
+
 /// Whether a config's `_class_name` is one of these networks.
 pub fn is_net_class(name: &str) -> bool {
     name == mixer::CLASS_NAME || name == guided::CLASS_NAME

@@ -121,12 +121,12 @@ test('galaxy hsc32: loads from its folder, samples in the asinh stretch, matches
   assert.deepEqual([got.width, got.height], [32, 32]);
   t.diagnostic(`browser: ${got.ms.toFixed(0)} ms per sample (${run.steps} steps ${run.solver}; load ${got.info.loadMs.toFixed(0)} ms)`);
   assert.ok(spread(got.pixels) > 50, 'the galaxy sample is (nearly) uniform');
-  const args = ['--model', GALAXY, '--seed', String(run.seed), '--steps', String(run.steps), '--solver', run.solver];
+  const args = ['--model', path.join(ROOT, GALAXY), '--seed', String(run.seed), '--steps', String(run.steps), '--solver', run.solver];
   const { mad, max } = compareNative(args, got, t);
   t.diagnostic(`parity with the native CLI: mean |diff| ${mad.toFixed(4)}/255, max ${max}/255`);
   assert.ok(mad <= 1, `mean absolute difference ${mad}/255 exceeds 1/255`);
   // Control: another seed's native image is far from ours, so the check can fail.
-  const other = compareNative(['--model', GALAXY, '--seed', String(run.seed + 1), '--steps', String(run.steps), '--solver', run.solver], got, t);
+  const other = compareNative(['--model', path.join(ROOT, GALAXY), '--seed', String(run.seed + 1), '--steps', String(run.steps), '--solver', run.solver], got, t);
   t.diagnostic(`control (seed ${run.seed + 1}): mean |diff| ${other.mad.toFixed(2)}/255`);
   assert.ok(other.mad > 3, 'another seed gives the same image: the parity check cannot fail');
   // Options a galaxy network does not take are refused by name.
@@ -158,11 +158,11 @@ test('terrain: difficulty is required (BAD_OPTION with its range); sampled in re
     if (got.pixels[i] !== got.pixels[i + 1] || got.pixels[i + 1] !== got.pixels[i + 2]) coloured++;
   }
   assert.ok(coloured > 1000, `the terrain image is grey (${coloured} coloured pixels): not drawn in relief`);
-  const args = ['--model', TERRAIN, '--seed', String(run.seed), '--difficulty', String(run.difficulty)];
+  const args = ['--model', path.join(ROOT, TERRAIN), '--seed', String(run.seed), '--difficulty', String(run.difficulty)];
   const { mad, max } = compareNative(args, got, t);
   t.diagnostic(`parity with the native CLI: mean |diff| ${mad.toFixed(4)}/255, max ${max}/255`);
   assert.ok(mad <= 1, `mean absolute difference ${mad}/255 exceeds 1/255`);
-  const other = compareNative(['--model', TERRAIN, '--seed', String(run.seed + 1), '--difficulty', String(run.difficulty)], got, t);
+  const other = compareNative(['--model', path.join(ROOT, TERRAIN), '--seed', String(run.seed + 1), '--difficulty', String(run.difficulty)], got, t);
   t.diagnostic(`control (seed ${run.seed + 1}): mean |diff| ${other.mad.toFixed(2)}/255`);
   assert.ok(other.mad > 3, 'another seed gives the same image: the parity check cannot fail');
 });
