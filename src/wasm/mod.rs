@@ -521,9 +521,7 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
     };
     ctx.take_error("uploading the model")?;
     let (unet, config, texts, parameters, weight_bytes) = match built {
-        Built::UNet(unet, config, texts, parameters, weight_bytes) => {
-            (unet, config, texts, parameters, weight_bytes)
-        }
+        Built::UNet(b) => *b,
         Built::Net(net, parameters, weight_bytes) => {
             let info = nets::info(&net, parameters, weight_bytes);
             js::set(&info, "bytesRead", bytes_read.get() as f64);
@@ -615,7 +613,7 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
 
 /// What a load built: a diffusers UNet, or a galaxy/terrain network.
 enum Built {
-    UNet(UNet, ModelConfig, load::Texts, u64, u64),
+    UNet(Box<(UNet, ModelConfig, load::Texts, u64, u64)>),
     Net(nets::Net, u64, u64),
 }
 
@@ -669,7 +667,13 @@ async fn read_and_build(lctx: &load::LoadCtx, src: &load::Source) -> WdResult<Bu
         &mut weights,
         false,
     )?;
-    Ok(Built::UNet(unet, config, texts, parameters, weight_bytes))
+    Ok(Built::UNet(Box::new((
+        unet,
+        config,
+        texts,
+        parameters,
+        weight_bytes,
+    ))))
 }
 
 /// The options of one `generate` call, checked.

@@ -26,8 +26,8 @@ use crate::weights::Weights;
 pub const WEIGHTS_FILE: &str = mixer::WEIGHTS_FILE;
 
 pub enum Net {
-    Galaxy(MixerScoreNet),
-    Terrain(GuidedUNet),
+    Galaxy(Box<MixerScoreNet>),
+    Terrain(Box<GuidedUNet>),
 }
 
 pub struct NetModel {
@@ -52,11 +52,11 @@ pub fn build(exec: &mut Exec, file: &str, text: &str, weights: &mut Weights) -> 
     Ok(match crate::models::class_name_of(text).as_deref() {
         Some(mixer::CLASS_NAME) => {
             let cfg = MixerConfig::from_json(file, text)?;
-            Net::Galaxy(MixerScoreNet::from_weights(exec, cfg, weights)?)
+            Net::Galaxy(Box::new(MixerScoreNet::from_weights(exec, cfg, weights)?))
         }
         _ => {
             let cfg = GuidedConfig::from_json(file, text)?;
-            Net::Terrain(GuidedUNet::from_weights(exec, cfg, weights)?)
+            Net::Terrain(Box::new(GuidedUNet::from_weights(exec, cfg, weights)?))
         }
     })
 }
@@ -364,7 +364,17 @@ async fn run(
                 SolverOptions { eta: opts.eta },
             )?;
             let mut plan = Plan::Solver(solver);
-            sample_loop(inner, ctx, exec, &mut plan, net, &shape, &opts, t_start).await
+            sample_loop(
+                inner,
+                ctx,
+                exec,
+                &mut plan,
+                net.as_mut(),
+                &shape,
+                &opts,
+                t_start,
+            )
+            .await
         }
         Net::Terrain(net) => {
             let what = "the terrain consistency model (GuidedUNetModel): it samples with sigmas (default [σ_max], e.g. [80, 2] for two steps), its condition, seed and batch";
@@ -419,7 +429,7 @@ async fn run(
             let t0 = js::now_ms();
             let sampled = consistency_sample(
                 exec,
-                net,
+                net.as_mut(),
                 &shape,
                 &sig,
                 &mut Noise::Philox { seed: opts.seed },
