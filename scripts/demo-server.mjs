@@ -112,7 +112,7 @@ export function startDemoServer(options = {}) {
     if (req.method !== 'GET' && req.method !== 'HEAD') return done(405, { allow: 'GET, HEAD' }, 'method not allowed');
     if (req.url === '/' || req.url === '/index.html') return done(302, { location: index }, '');
     const modelsDir = mounts.find(([prefix]) => prefix === '/models/')?.[1];
-    if (modelsDir && req.url?.split('?')[0] === '/models/index.json') {
+    if (modelsDir && req.url?.split('?')[0] === '/models.json') {
       const body = JSON.stringify(listModels(modelsDir));
       entry.bytes = body.length;
       return done(200, { 'content-type': 'application/json', 'cache-control': 'no-store' }, req.method === 'HEAD' ? '' : body);

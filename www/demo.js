@@ -134,11 +134,11 @@ function showCondition(info) {
   for (const id of ['solver', 'steps', 'eta']) $(id).disabled = consistency;
 }
 
-/** Adds the galaxy and terrain folders the server has (its /models/index.json) to the menu. */
+/** Adds the galaxy and terrain folders the server has (its /models.json, outside /models/ so it is not a model download) to the menu. */
 async function listServedModels() {
   let list = [];
   try {
-    const r = await fetch(`${MODELS}index.json`);
+    const r = await fetch(new URL('../models.json', location.href));
     if (r.ok) list = await r.json();
   } catch {
     // A plain static server has no listing: the bundled model stays the only choice.
