@@ -30,6 +30,44 @@ export const DEFAULT_MOUNTS = {
   '/models/': path.join(ROOT, 'models'),
 };
 
+const WEIGHT_FILES = ['diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.safetensors.index.json', 'model.safetensors'];
+
+/**
+ * The model folders under `dir` (it and two levels of subfolders) that hold a config.json
+ * and weights: `[{ path, className }]`, `path` relative with a trailing '/'. The demo page
+ * offers these (the galaxy and terrain models appear once their setup scripts ran).
+ */
+export function listModels(dir) {
+  const found = [];
+  const visit = (rel, depth) => {
+    const abs = path.join(dir, rel);
+    let entries;
+    try {
+      entries = fs.readdirSync(abs, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    const names = new Set(entries.map((e) => e.name));
+    if (names.has('config.json') && WEIGHT_FILES.some((w) => names.has(w))) {
+      let className = null;
+      try {
+        className = JSON.parse(fs.readFileSync(path.join(abs, 'config.json'), 'utf8'))._class_name ?? null;
+      } catch {
+        // An unreadable config is still listed; loading it reports what is wrong.
+      }
+      found.push({ path: rel ? `${rel}/` : '', className });
+    }
+    if (depth === 0) return;
+    for (const e of entries) {
+      if ((e.isDirectory() || e.isSymbolicLink()) && !e.name.startsWith('.')) {
+        visit(rel ? `${rel}/${e.name}` : e.name, depth - 1);
+      }
+    }
+  };
+  visit('', 2);
+  return found.sort((a, b) => a.path.localeCompare(b.path));
+}
+
 /**
  * Start serving; resolves to `{ url, port, log, close }` once listening.
  * @param {{ port?: number, mounts?: Record<string, string>, index?: string,
@@ -73,6 +111,12 @@ export function startDemoServer(options = {}) {
     };
     if (req.method !== 'GET' && req.method !== 'HEAD') return done(405, { allow: 'GET, HEAD' }, 'method not allowed');
     if (req.url === '/' || req.url === '/index.html') return done(302, { location: index }, '');
+    const modelsDir = mounts.find(([prefix]) => prefix === '/models/')?.[1];
+    if (modelsDir && req.url?.split('?')[0] === '/models.json') {
+      const body = JSON.stringify(listModels(modelsDir));
+      entry.bytes = body.length;
+      return done(200, { 'content-type': 'application/json', 'cache-control': 'no-store' }, req.method === 'HEAD' ? '' : body);
+    }
     let file = resolve(req.url ?? '/');
     if (!file) return done(404, {}, 'not found');
     fs.stat(file, (err, st) => {

@@ -12,7 +12,7 @@ use webdiffusion::image::{encode_png, write_atomic, Image};
 use webdiffusion::models::MixerScoreNet;
 use webdiffusion::npy;
 use webdiffusion::platform::block_on;
-use webdiffusion::render::{self, AsinhStretch, Layout, RenderMode};
+use webdiffusion::render::{self, Layout, RenderMode};
 use webdiffusion::sampling::solvers::{
     initial_noise, sample, schedule_class_for, solver_from_name, Control, Noise, SolverOptions,
 };
@@ -126,10 +126,7 @@ pub fn run(args: &SampleArgs, dir: &Path, seed: u64, out: &Path) -> Result<()> {
     } else {
         let mode = match args.render {
             Some(RenderArg::Image) => RenderMode::Image,
-            _ => RenderMode::Asinh(AsinhStretch {
-                transform_scale: cfg.transform_scale as f32,
-                ..AsinhStretch::GALAXYGRAD
-            }),
+            _ => cfg.render_mode(),
         };
         let layout = Layout::default();
         let (w, h, rgba) = match &gpu {

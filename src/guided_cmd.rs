@@ -174,8 +174,7 @@ pub fn run(args: &SampleArgs, dir: &Path, seed: u64, out: &Path) -> Result<()> {
             Some(RenderArg::Image) => RenderMode::Image,
             Some(RenderArg::Relief) => RenderMode::Relief,
             Some(RenderArg::Asinh) => RenderMode::Image,
-            None if cfg.render.as_deref() == Some("relief") => RenderMode::Relief,
-            None => RenderMode::Image,
+            None => cfg.render_mode(),
         };
         let layout = Layout::default();
         let (w, h, rgba) = match &gpu {

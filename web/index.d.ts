@@ -109,7 +109,18 @@ export interface LoadOptions {
  * *.safetensors / *.safetensors.index.json). */
 export type ModelSource = string | URL | Array<string | URL> | Array<File | Blob>;
 
+/** The scalar condition of a conditioned model (the terrain model's `difficulty`). */
+export interface ConditionInfo {
+  /** The GenerateOptions key that sets it (e.g. "difficulty"). */
+  name: string;
+  min: number;
+  max: number;
+}
+
 export interface ModelInfo {
+  /** "UNet2DModel", "UNet2DConditionModel", "GalaxyScoreNet" (galaxygrad score network,
+   * scripts/setup-galaxy.sh) or "GuidedUNetModel" (terrain consistency model,
+   * scripts/setup-terrain.sh); the folder's weights are then model.safetensors. */
   className: string;
   width: number;
   height: number;
@@ -118,12 +129,17 @@ export interface ModelInfo {
   nullClass: number | null;
   parameters: number;
   weightBytes: number;
-  predictionType: string;
+  predictionType: string | null;
+  /** "consistency" for GuidedUNetModel (its only sampler). */
   defaultSolver: string;
   defaultGuidance: number;
   /** Bytes fetched, all files. */
   bytesRead: number;
   loadMs: number;
+  /** GalaxyScoreNet / GuidedUNetModel: the condition `generate` requires (null: none). */
+  condition?: ConditionInfo | null;
+  /** GalaxyScoreNet / GuidedUNetModel: how `pixels` and the canvas show a sample. */
+  render?: 'image' | 'relief' | 'asinh';
 }
 
 export interface StepInfo {
@@ -167,6 +183,13 @@ export interface GenerateOptions {
   momentData?: Float32Array | string | URL;
   /** How many data samples the Γ estimate averages over (default 100, as the CLI). */
   momentSamples?: number;
+  /** GuidedUNetModel (terrain): its condition, required, within `ModelInfo.condition`'s
+   * [min, max] (terrain: 0 to 1); one value for the batch or one per sample. Missing or out
+   * of range rejects with BAD_OPTION naming it and its range. */
+  difficulty?: number | number[];
+  /** GuidedUNetModel: the σ points of consistency sampling, decreasing (default [σ_max],
+   * one-step; e.g. [80, 2] re-noises once). `steps`, `eta`, `guidance` do not apply. */
+  sigmas?: number[];
 }
 
 export interface GenerateResult {

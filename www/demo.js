@@ -7,7 +7,9 @@ import { Engine } from '../web/index.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const DEFAULT_MODEL = new URL('../models/mnist/', location.href).href;
+const MODELS = new URL('../models/', location.href).href;
+const DEFAULT_MODEL = `${MODELS}mnist/`;
+const CLASS_LABELS = { GalaxyScoreNet: 'galaxy (galaxygrad score network)', GuidedUNetModel: 'terrain (consistency model)' };
 
 const demo = {
   state: 'init', error: null, errorCode: null, capabilities: null, model: null, solvers: [],
@@ -115,6 +117,42 @@ function fillClasses(info) {
   $('guidance').title = known ? '' : 'this model has no known null class, so it runs without guidance';
 }
 
+// A conditioned model (terrain: difficulty) gets a slider over its range; its consistency
+// sampler takes no solver, steps or eta.
+function showCondition(info) {
+  const c = info?.condition;
+  $('condition-row').hidden = !c;
+  if (c) {
+    $('condition-name').textContent = c.name[0].toUpperCase() + c.name.slice(1);
+    $('condition').min = String(c.min);
+    $('condition').max = String(c.max);
+    $('condition').step = String((c.max - c.min) / 100);
+    $('condition').value = String((c.min + c.max) / 2);
+    $('condition-value').textContent = Number($('condition').value).toFixed(2);
+  }
+  const consistency = info?.className === 'GuidedUNetModel';
+  for (const id of ['solver', 'steps', 'eta']) $(id).disabled = consistency;
+}
+
+/** Adds the galaxy and terrain folders the server has (its /models.json, outside /models/ so it is not a model download) to the menu. */
+async function listServedModels() {
+  let list = [];
+  try {
+    const r = await fetch(new URL('../models.json', location.href));
+    if (r.ok) list = await r.json();
+  } catch {
+    // A plain static server has no listing: the bundled model stays the only choice.
+  }
+  for (const m of list) {
+    if (!CLASS_LABELS[m.className]) continue;
+    const o = document.createElement('option');
+    o.value = m.path;
+    o.textContent = `${CLASS_LABELS[m.className]}: models/${m.path}`;
+    $('model-choice').append(o);
+  }
+  demo.servedModels = list.map((m) => m.path);
+}
+
 function busy(on) {
   for (const id of ['load', 'purge', 'generate']) $(id).disabled = on || (id === 'generate' && !demo.model);
   $('abort').disabled = !on;
@@ -135,7 +173,9 @@ function chosenSource() {
     if (!files.length) throw Object.assign(new Error('pick the model files first (config.json and the .safetensors)'), { code: 'BAD_OPTION' });
     return { source: files, label: files.map((f) => f.name).join(', ') };
   }
-  return { source: DEFAULT_MODEL, label: 'the bundled MNIST model' };
+  const choice = $('model-choice').value || 'mnist/';
+  const source = new URL(choice, MODELS).href;
+  return { source, label: source === DEFAULT_MODEL ? 'the bundled MNIST model' : `models/${choice}` };
 }
 
 async function loadModel() {
@@ -199,6 +239,7 @@ async function loadModel() {
     ]);
     fillClasses(info);
     fillSolvers(demo.solvers, info.defaultSolver);
+    showCondition(info);
     $('guidance').value = String(info.nullClass !== null && info.nullClass !== undefined ? info.defaultGuidance : 1);
     if (!info.numClassEmbeds) $('class-label').value = '';
     setStatus('loaded', `Model loaded in ${Math.round(performance.now() - t0)} ms. Ready to sample.`);
@@ -223,13 +264,18 @@ function numberOf(id, { integer = false } = {}) {
 async function generate() {
   let options;
   try {
-    options = {
+    const cond = demo.model?.condition;
+    options = demo.model?.className === 'GuidedUNetModel' ? {
+      seed: numberOf('seed', { integer: true }),
+      preview: $('preview').value,
+    } : {
       solver: $('solver').value,
       steps: $('steps').disabled ? undefined : numberOf('steps', { integer: true }),
       seed: numberOf('seed', { integer: true }),
       eta: numberOf('eta'),
       preview: $('preview').value,
     };
+    if (cond) options[cond.name] = Number($('condition').value);
     if ($('class-label').value !== '') {
       options.classLabel = Number($('class-label').value);
       if (!$('guidance').disabled) options.guidance = numberOf('guidance');
@@ -244,7 +290,9 @@ async function generate() {
   demo.error = demo.errorCode = null;
   const bars = $('timeline');
   bars.replaceChildren();
-  setStatus('generating', `Sampling with ${options.solver}, ${options.steps ?? 'adaptive'} steps…`);
+  setStatus('generating', options.solver
+    ? `Sampling with ${options.solver}, ${options.steps ?? 'adaptive'} steps…`
+    : 'Sampling (consistency model, one step)…');
   startFps();
   try {
     const result = await engine.generate({
@@ -352,6 +400,10 @@ async function main() {
   $('abort').addEventListener('click', () => engine?.abort());
   $('save').addEventListener('click', savePng);
   $('solver').addEventListener('change', describeSolver);
+  $('condition').addEventListener('input', () => {
+    $('condition-value').textContent = Number($('condition').value).toFixed(2);
+  });
+  listServedModels();
   $('reseed').addEventListener('click', () => {
     $('seed').value = String(crypto.getRandomValues(new Uint32Array(1))[0]);
   });

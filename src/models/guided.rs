@@ -93,6 +93,17 @@ pub struct GuidedConfig {
     pub render: Option<String>,
 }
 
+impl GuidedConfig {
+    /// How a sample is shown by default (the CLI's PNG and the browser's canvas alike): the
+    /// config's `render` (`"relief"`), else grey.
+    pub fn render_mode(&self) -> crate::render::RenderMode {
+        match self.render.as_deref() {
+            Some("relief") => crate::render::RenderMode::Relief,
+            _ => crate::render::RenderMode::Image,
+        }
+    }
+}
+
 fn bad(file: &str, key: &str, expected: &str, got: impl std::fmt::Display) -> Error {
     Error::Config {
         file: file.to_string(),

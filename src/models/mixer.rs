@@ -388,6 +388,17 @@ impl MixerScoreNet {
     }
 }
 
+impl MixerConfig {
+    /// How a sample is shown by default (the CLI's PNG and the browser's canvas alike): the
+    /// asinh stretch of this network's data transform.
+    pub fn render_mode(&self) -> crate::render::RenderMode {
+        crate::render::RenderMode::Asinh(crate::render::AsinhStretch {
+            transform_scale: self.transform_scale as f32,
+            ..crate::render::AsinhStretch::GALAXYGRAD
+        })
+    }
+}
+
 impl Denoiser for MixerScoreNet {
     /// `timestep` is a grid index (fractional for Euler-type solvers), see the module doc.
     fn denoise(&mut self, exec: &mut Exec, x: &Tensor, timestep: f64) -> Result<Tensor> {

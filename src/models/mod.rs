@@ -15,3 +15,14 @@ pub use mixer::{MixerConfig, MixerScoreNet};
 pub use unet2d::{Conditioning, UNet, UNet2DModel};
 pub use unet2d_condition::UNet2DConditionModel;
 pub use vae::{AutoencoderKl, VaeConfig};
+
+/// The `_class_name` of a model's config.json text (`None` when it is not JSON or has
+/// none): how the CLI and the browser engine tell a diffusers UNet folder from the
+/// galaxy ([`mixer::CLASS_NAME`]) and terrain ([`guided::CLASS_NAME`]) networks.
+pub fn class_name_of(config_json: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(config_json)
+        .ok()?
+        .get("_class_name")?
+        .as_str()
+        .map(str::to_string)
+}

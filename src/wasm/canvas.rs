@@ -7,7 +7,7 @@ use wasm_bindgen::JsCast;
 
 use super::js::{self, Code, WdError, WdResult};
 use crate::gpu::GpuContext;
-use crate::render::{Layout, Renderer};
+use crate::render::{Layout, RenderMode, Renderer};
 use crate::tensor::Tensor;
 
 pub struct CanvasTarget {
@@ -16,6 +16,8 @@ pub struct CanvasTarget {
     renderer: Renderer,
     /// The configuration in effect (re-made when the canvas is resized).
     config: Option<wgpu::SurfaceConfiguration>,
+    /// How the loaded model's samples are shown (grey/RGB, relief, asinh).
+    mode: RenderMode,
     _instance: wgpu::Instance,
 }
 
@@ -58,8 +60,13 @@ impl CanvasTarget {
             surface,
             renderer,
             config: None,
+            mode: RenderMode::Image,
             _instance: instance,
         })
+    }
+
+    pub fn set_mode(&mut self, mode: RenderMode) {
+        self.mode = mode;
     }
 
     fn size(&self) -> (u32, u32) {
@@ -118,8 +125,15 @@ impl CanvasTarget {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("canvas frame"),
             });
-        self.renderer
-            .draw(ctx, &mut encoder, &view, (w, h), panels, &Layout::default())?;
+        self.renderer.draw_mode(
+            ctx,
+            &mut encoder,
+            &view,
+            (w, h),
+            panels,
+            &Layout::default(),
+            self.mode,
+        )?;
         ctx.queue.submit([encoder.finish()]);
         ctx.queue.present(frame);
         ctx.take_error("drawing on the canvas")?;

@@ -200,6 +200,8 @@ pub struct LoadCtx {
     pub uploaded: Cell<usize>,
     /// The reader being read, so `abort()` can cancel a pending read.
     pub reader: RefCell<Option<JsValue>>,
+    /// Which tensors the model's builder reads on the host (see [`keep_on_host`]).
+    pub keep_on_host: Cell<fn(&str) -> bool>,
 }
 
 impl LoadCtx {
@@ -597,7 +599,7 @@ async fn stream_one(
     let got = read_all(ctx, opened, |chunk| {
         stream
             .push_with(chunk, |t| {
-                if keep_on_host(&t.name) {
+                if (ctx.keep_on_host.get())(&t.name) {
                     return w.insert(t);
                 }
                 let (file, name, dtype) = (t.file.clone(), t.name.clone(), t.dtype());
@@ -677,7 +679,7 @@ async fn stream_one(
 /// Tensors the `nn` layers combine on the host before uploading (q/k/v into one matrix, the
 /// scale-shift time projection split in two): they wait in the `Weights` set as bytes. Every
 /// other tensor goes to the GPU the moment its last byte arrives.
-fn keep_on_host(name: &str) -> bool {
+pub fn keep_on_host(name: &str) -> bool {
     [".to_q.", ".to_k.", ".to_v.", "time_emb_proj."]
         .iter()
         .any(|k| name.contains(k))

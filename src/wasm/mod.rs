@@ -7,6 +7,7 @@
 mod canvas;
 mod js;
 mod load;
+mod nets;
 mod research;
 
 use std::cell::{Cell, RefCell};
@@ -80,6 +81,8 @@ struct Inner {
     ctx: RefCell<Option<Arc<GpuContext>>>,
     exec: RefCell<Option<Exec>>,
     model: RefCell<Option<Model>>,
+    /// A galaxy or terrain network, when that is what was loaded last (then `model` is None).
+    net: RefCell<Option<nets::NetModel>>,
     canvas: RefCell<Option<CanvasTarget>>,
     busy: Cell<bool>,
     disposed: Cell<bool>,
@@ -194,6 +197,7 @@ impl Engine {
                 exec: RefCell::new(Some(Exec::gpu(ctx.clone()))),
                 ctx: RefCell::new(Some(ctx)),
                 model: RefCell::new(None),
+                net: RefCell::new(None),
                 canvas: RefCell::new(None),
                 busy: Cell::new(false),
                 disposed: Cell::new(false),
@@ -377,6 +381,9 @@ impl Engine {
         if let Ok(mut m) = self.inner.model.try_borrow_mut() {
             *m = None;
         }
+        if let Ok(mut m) = self.inner.net.try_borrow_mut() {
+            *m = None;
+        }
         if let Ok(mut e) = self.inner.exec.try_borrow_mut() {
             *e = None;
         }
@@ -482,6 +489,7 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
         exec: RefCell::new(exec),
         uploaded: Cell::new(0),
         reader: RefCell::new(None),
+        keep_on_host: Cell::new(load::keep_on_host),
     };
 
     let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
@@ -504,7 +512,7 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
             ),
         ));
     }
-    let (unet, config, texts, parameters, weight_bytes) = match built {
+    let built = match built {
         Ok(b) => b,
         Err(e) => {
             ctx.pool.trim();
@@ -512,6 +520,23 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
         }
     };
     ctx.take_error("uploading the model")?;
+    let (unet, config, texts, parameters, weight_bytes) = match built {
+        Built::UNet(b) => *b,
+        Built::Net(net, parameters, weight_bytes) => {
+            let info = nets::info(&net, parameters, weight_bytes);
+            js::set(&info, "bytesRead", bytes_read.get() as f64);
+            js::set(
+                &info,
+                "tensorsUploadedWhileStreaming",
+                uploaded.get() as f64,
+            );
+            let load_ms = js::now_ms() - t0;
+            js::set(&info, "loadMs", load_ms);
+            *inner.model.borrow_mut() = None;
+            *inner.net.borrow_mut() = Some(nets::NetModel { net, load_ms });
+            return Ok(info.into());
+        }
+    };
 
     let bundled = ModelConfig::from_json("bundled config.json", BUNDLED_CONFIG)
         .is_ok_and(|b| b.config == config.config);
@@ -582,15 +607,51 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
     js::set(&info, "loadMs", model.load_ms);
     // The new model replaces the old one only now that it is complete.
     *inner.model.borrow_mut() = Some(model);
+    *inner.net.borrow_mut() = None;
     Ok(info.into())
 }
 
-/// Reads the model's files and builds the UNet on the load's executor.
-async fn read_and_build(
-    lctx: &load::LoadCtx,
-    src: &load::Source,
-) -> WdResult<(UNet, ModelConfig, load::Texts, u64, u64)> {
+/// What a load built: a diffusers UNet, or a galaxy/terrain network.
+enum Built {
+    UNet(Box<(UNet, ModelConfig, load::Texts, u64, u64)>),
+    Net(nets::Net, u64, u64),
+}
+
+/// Reads the model's files and builds the UNet (or the network config.json's `_class_name`
+/// names) on the load's executor.
+async fn read_and_build(lctx: &load::LoadCtx, src: &load::Source) -> WdResult<Built> {
     let texts = load::read_texts(lctx, src).await?;
+    if crate::models::class_name_of(&texts.config).is_some_and(|c| nets::is_net_class(&c)) {
+        // A folder of these networks holds their converter's weights file, not diffusers'.
+        let folder;
+        let use_src = match &src.weights {
+            load::WeightsSource::FolderGuess { base } => {
+                folder = load::Source {
+                    config: src.config.clone(),
+                    scheduler: None,
+                    scheduler_optional_url: None,
+                    weights: load::WeightsSource::Single(load::Item::Url(format!(
+                        "{base}{}",
+                        nets::WEIGHTS_FILE
+                    ))),
+                };
+                &folder
+            }
+            _ => src,
+        };
+        lctx.keep_on_host.set(nets::keep_on_host);
+        let mut weights = load::read_weights(lctx, use_src).await?;
+        lctx.check()?;
+        let parameters = weights.numel();
+        let weight_bytes = weights.byte_len();
+        let net = nets::build(
+            &mut lctx.exec.borrow_mut(),
+            &texts.config_file,
+            &texts.config,
+            &mut weights,
+        )?;
+        return Ok(Built::Net(net, parameters, weight_bytes));
+    }
     let config = ModelConfig::from_json(&texts.config_file, &texts.config)?;
     // Parse the scheduler config once now, so a bad one fails the load and not the first run.
     if let Some((file, text)) = &texts.scheduler {
@@ -606,7 +667,13 @@ async fn read_and_build(
         &mut weights,
         false,
     )?;
-    Ok((unet, config, texts, parameters, weight_bytes))
+    Ok(Built::UNet(Box::new((
+        unet,
+        config,
+        texts,
+        parameters,
+        weight_bytes,
+    ))))
 }
 
 /// The options of one `generate` call, checked.
@@ -624,6 +691,8 @@ struct RunOptions {
     atol: f64,
     moment_data: JsValue,
     moment_samples: usize,
+    /// How the sample becomes `pixels` (the canvas's mode is set with it).
+    mode: crate::render::RenderMode,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -752,6 +821,7 @@ fn run_options(model: &Model, options: &JsValue) -> WdResult<RunOptions> {
         atol,
         moment_data,
         moment_samples,
+        mode: crate::render::RenderMode::Image,
     })
 }
 
@@ -768,6 +838,9 @@ async fn work_done(ctx: &GpuContext) {
 async fn generate(inner: &Inner, options: &JsValue) -> WdResult<JsValue> {
     let ctx = inner.ctx()?;
     let t_start = js::now_ms();
+    if inner.net.borrow().is_some() {
+        return nets::generate(inner, &ctx, options, t_start).await;
+    }
     let model = inner.model.borrow_mut().take().ok_or_else(|| {
         WdError::new(
             Code::NotLoaded,
@@ -1142,7 +1215,20 @@ fn result(
     solver: &str,
     steps: usize,
 ) -> JsValue {
-    let (width, height, pixels) = to_rgba_grid(shape, data);
+    let (width, height, pixels) = match opts.mode {
+        crate::render::RenderMode::Image => to_rgba_grid(shape, data),
+        // The CLI's PNG of these modes: the render pass's layout, drawn on the CPU.
+        mode => {
+            let layout = crate::render::Layout::default();
+            match layout.natural_size(shape, 1).and_then(|(w, h)| {
+                crate::render::render_cpu_mode(&[data], shape, &layout, (w, h), mode)
+                    .map(|px| (w as usize, h as usize, px))
+            }) {
+                Ok(r) => r,
+                Err(_) => to_rgba_grid(shape, data),
+            }
+        }
+    };
     let out = Object::new();
     js::set(&out, "width", width as f64);
     js::set(&out, "height", height as f64);
