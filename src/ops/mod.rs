@@ -33,7 +33,7 @@ pub mod timestep;
 pub mod transpose;
 pub mod tune;
 
-pub use attention::{Attention, QkvLayout};
+pub use attention::{Attention, AttentionKernel, QkvLayout};
 pub use cfg_update::{CfgUpdate, PairOp};
 pub use concat::Concat;
 pub use conv2d::Conv2d;
