@@ -453,7 +453,11 @@ impl Op for Attention {
             AttentionKernel::Tiled => true,
             AttentionKernel::Auto => ctx.caps.device_type != "Cpu",
         };
-        let entry = if tiled { "attention_tiled" } else { "attention" };
+        let entry = if tiled {
+            "attention_tiled"
+        } else {
+            "attention"
+        };
         let pipeline = ctx.pipeline(
             &PipelineKey::new(SHADER, entry)
                 .with("WG", WG as f64)

@@ -497,7 +497,13 @@ fn stream_and_tiled_kernels_match_cpu() {
             let op = op.with_kernel(kernel);
             check(&format!("{what} {kernel:?}"), &op, &refs, RTOL, ATOL);
             let causal = op.with_causal(true);
-            check(&format!("{what} {kernel:?} causal"), &causal, &refs, RTOL, ATOL);
+            check(
+                &format!("{what} {kernel:?} causal"),
+                &causal,
+                &refs,
+                RTOL,
+                ATOL,
+            );
         }
     }
     // Split into row chunks: the causal mask must use global query rows. Keys and values of
@@ -557,5 +563,11 @@ fn causal_reference_equals_attention_over_the_key_prefix() {
         );
     }
     // Row 0 sees key 0 alone: its output is v's row 0.
-    assert_close("row 0 = v0", &got[..h * dv], &v.cpu_data().unwrap()[..h * dv], 1e-6, 1e-7);
+    assert_close(
+        "row 0 = v0",
+        &got[..h * dv],
+        &v.cpu_data().unwrap()[..h * dv],
+        1e-6,
+        1e-7,
+    );
 }
