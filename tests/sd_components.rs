@@ -262,3 +262,80 @@ fn vae_config_rejects_unsupported_blocks() {
     let msg = VaeConfig::from_json(&bad).err().unwrap().to_string();
     assert!(msg.contains("norm_num_groups"), "{msg}");
 }
+
+/// `ids`, `last`, `skip1`, `skip2` of `clip_text.safetensors`.
+fn clip_golden() -> (Vec<u32>, [Vec<f32>; 3]) {
+    use webdiffusion::weights::{LoadOptions, Weights};
+    let mut g =
+        Weights::load_file(golden("clip_text.safetensors"), &LoadOptions::default()).unwrap();
+    let mut f32s = |name: &str, shape: &[usize]| -> Vec<f32> {
+        g.take(name, shape).unwrap().cpu_data().unwrap().to_vec()
+    };
+    let ids = f32s("ids", &[2, 77]).iter().map(|&x| x as u32).collect();
+    let shape = [2, 77, 32];
+    (
+        ids,
+        [
+            f32s("last", &shape),
+            f32s("skip1", &shape),
+            f32s("skip2", &shape),
+        ],
+    )
+}
+
+fn check_clip_text(mut exec: webdiffusion::Exec) {
+    use webdiffusion::models::clip::ClipTextModel;
+    use webdiffusion::platform::block_on;
+    let model = ClipTextModel::load_dir(&mut exec, fixture("tiny-clip-text")).unwrap();
+    let (ids, want) = clip_golden();
+    // The two prompts differ, so a batch mix-up or a missing causal mask shows.
+    assert_ne!(ids[..77], ids[77..]);
+    for (skip, want) in want.iter().enumerate() {
+        let out = model.encode(&mut exec, &ids, 2, skip).unwrap();
+        assert_eq!(out.shape(), &[2, 77, 32]);
+        let got = block_on(exec.read(&out)).unwrap();
+        let err = rel_err(&got, want);
+        eprintln!(
+            "{} clip_skip {skip}: rel err {err:.2e}",
+            exec.backend_name()
+        );
+        assert!(err <= 5e-4, "clip_skip {skip}: relative error {err:.2e}");
+    }
+    // Different clip_skip values really give different states.
+    assert!(rel_err(&want[0], &want[1]) > 1e-2 && rel_err(&want[1], &want[2]) > 1e-2);
+}
+
+#[test]
+fn clip_text_matches_transformers_on_cpu() {
+    check_clip_text(webdiffusion::Exec::cpu());
+}
+
+#[test]
+fn clip_text_matches_transformers_on_gpu() {
+    let Some(ctx) = common::gpu() else { return };
+    check_clip_text(webdiffusion::Exec::gpu(ctx));
+}
+
+#[test]
+fn clip_text_rejects_a_missing_weight_and_bad_ids() {
+    use webdiffusion::models::clip::{ClipTextConfig, ClipTextModel};
+    use webdiffusion::weights::{LoadOptions, Weights};
+    let dir = fixture("tiny-clip-text");
+    let cfg = ClipTextConfig::from_file(dir.join("config.json")).unwrap();
+    let mut exec = webdiffusion::Exec::cpu();
+    let name = "text_model.encoder.layers.1.mlp.fc2.bias";
+    let mut w = Weights::load_file(dir.join("model.safetensors"), &LoadOptions::default()).unwrap();
+    w.take(name, &[32]).unwrap();
+    let err = ClipTextModel::from_weights(&mut exec, &cfg, &mut w)
+        .err()
+        .expect("a missing tensor must fail");
+    assert!(err.to_string().contains(name), "{err}");
+
+    let model = ClipTextModel::load_dir(&mut exec, &dir).unwrap();
+    let mut ids = vec![0u32; 77];
+    ids[5] = cfg.vocab_size as u32;
+    let err = model.encode(&mut exec, &ids, 1, 0).unwrap_err().to_string();
+    assert!(err.contains("out of range"), "{err}");
+    assert!(model.encode(&mut exec, &[0; 78], 1, 0).is_err());
+    assert!(model.encode(&mut exec, &[0; 77], 1, 4).is_err());
+}

@@ -54,7 +54,9 @@ pub struct AttentionParams {
     pub batches: u32,
     pub row_tiles: u32,
     pub scale_log2: f32,
-    pub _pad: [u32; 2],
+    /// Global index of the dispatch's first query row (the causal mask needs it).
+    pub row0: u32,
+    pub _pad: u32,
 }
 
 /// How q, k and v are laid out in the inputs; see the module docs.
@@ -71,6 +73,20 @@ pub enum QkvLayout {
     GuidedDiffusionLegacy,
 }
 
+/// Which kernel of `shaders/attention.wgsl` runs (both stream keys with an online softmax,
+/// neither stores scores).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AttentionKernel {
+    /// `Tiled` on hardware GPUs, `Stream` on CPU (software) adapters: measured in
+    /// BENCHMARKS.md ("fused norms, attention, CFG").
+    #[default]
+    Auto,
+    /// No barriers, no workgroup memory: each invocation reads K/V rows from global memory.
+    Stream,
+    /// K/V tiles staged in workgroup memory, shared by the workgroup's query rows.
+    Tiled,
+}
+
 /// Attention over `heads` heads; see the module docs for shapes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Attention {
@@ -78,6 +94,10 @@ pub struct Attention {
     /// Multiplies q·k; `None` is 1/√D.
     pub scale: Option<f32>,
     pub layout: QkvLayout,
+    /// Query i sees keys j ≤ i only (PyTorch's `is_causal`, top-left aligned), as CLIP's
+    /// text encoder needs.
+    pub causal: bool,
+    pub kernel: AttentionKernel,
     /// Testing: plan chunks as if `maxStorageBufferBindingSize` were this many bytes, to
     /// exercise the multi-dispatch path on small tensors. `None` in normal use.
     pub binding_cap: Option<u64>,
@@ -143,8 +163,25 @@ impl Attention {
             heads,
             scale: None,
             layout: QkvLayout::Separate,
+            causal: false,
+            kernel: AttentionKernel::Auto,
             binding_cap: None,
         }
+    }
+
+    pub fn with_causal(mut self, causal: bool) -> Self {
+        self.causal = causal;
+        self
+    }
+
+    pub fn with_kernel(mut self, kernel: AttentionKernel) -> Self {
+        self.kernel = kernel;
+        self
+    }
+
+    /// Keys per workgroup-memory tile of the tiled kernel (`TILE` floats in the shader).
+    fn tile_keys(d: usize, dv: usize) -> usize {
+        (2048 / d.max(dv)).min(64)
     }
 
     pub fn with_layout(mut self, layout: QkvLayout) -> Self {
@@ -370,17 +407,21 @@ impl Op for Attention {
             for h in 0..self.heads {
                 for i in 0..g.nq {
                     let qi = qv.at(b, i, h);
-                    for (j, s) in scores.iter_mut().enumerate() {
+                    let nk = if self.causal { g.nk.min(i + 1) } else { g.nk };
+                    for (j, s) in scores[..nk].iter_mut().enumerate() {
                         let kj = kv.at(b, j, h);
                         let dot: f64 = (0..g.d)
                             .map(|d| q[qi + d * qv.sd] as f64 * k[kj + d * kv.sd] as f64)
                             .sum();
                         *s = scale * dot;
                     }
-                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let max = scores[..nk]
+                        .iter()
+                        .cloned()
+                        .fold(f64::NEG_INFINITY, f64::max);
                     let mut sum = 0f64;
                     acc.iter_mut().for_each(|a| *a = 0.0);
-                    for (j, &s) in scores.iter().enumerate() {
+                    for (j, &s) in scores[..nk].iter().enumerate() {
                         let w = (s - max).exp();
                         sum += w;
                         let vj = vv.at(b, j, h);
@@ -409,18 +450,25 @@ impl Op for Attention {
         let (max_binding, align) = chunk::limits(ctx);
         let limit = chunk::binding_limit(max_binding, self.binding_cap);
         let chunks = self.plan_chunks(&shapes, limit, align)?;
+        let tiled = match self.kernel {
+            AttentionKernel::Stream => false,
+            AttentionKernel::Tiled => true,
+            AttentionKernel::Auto => ctx.caps.device_type != "Cpu",
+        };
+        let entry = if g.d.max(g.dv) > FAST_MAX_HEAD_DIM {
+            "attention_wide"
+        } else if tiled {
+            "attention_tiled"
+        } else {
+            "attention"
+        };
         let pipeline = ctx.pipeline(
-            &PipelineKey::new(
-                SHADER,
-                if g.d.max(g.dv) > FAST_MAX_HEAD_DIM {
-                    "attention_wide"
-                } else {
-                    "attention"
-                },
-            )
-            .with("WG", WG as f64)
-            .with("D", g.d as f64)
-            .with("DV", g.dv as f64),
+            &PipelineKey::new(SHADER, entry)
+                .with("WG", WG as f64)
+                .with("D", g.d as f64)
+                .with("DV", g.dv as f64)
+                .with("CAUSAL", self.causal as u32 as f64)
+                .with("TK", Self::tile_keys(g.d, g.dv) as f64),
             BindingLayout {
                 inputs: 3,
                 outputs: 1,
@@ -480,7 +528,8 @@ impl Op for Attention {
                 batches: u(nb),
                 row_tiles: u(row_tiles),
                 scale_log2: (self.scale_for(g.d) * std::f64::consts::LOG2_E) as f32,
-                _pad: [0; 2],
+                row0: u(c.rows.start),
+                _pad: 0,
             };
             rec.dispatch(
                 ctx,

@@ -10,7 +10,7 @@
 //! `max(1e-3·|cpu|, 1e-4)`. Max errors observed are printed with `--nocapture`.
 
 use webdiffusion::ops::chunk::Chunk;
-use webdiffusion::ops::{Attention, QkvLayout};
+use webdiffusion::ops::{Attention, AttentionKernel, QkvLayout};
 use webdiffusion::{Error, Exec, Tensor};
 
 use crate::common::{assert_close, gpu, Rng};
@@ -485,4 +485,122 @@ fn chunked_dispatches_match_cpu() {
     if gpu().is_some() {
         assert!(n > 1, "{n} dispatches");
     }
+}
+
+/// Both kernels (the barrier-free streaming one and the workgroup-memory tiled one) against
+/// the CPU reference on odd shapes: Nq, Nk not multiples of the tile (TK = 2048 / max(D, Dv),
+/// capped at 64) nor of the workgroup (64 rows), head dims not multiples of 4, cross-attention
+/// with Nk = 77, Dv ≠ D, the guided-diffusion layout, and a multi-dispatch split.
+#[test]
+fn stream_and_tiled_kernels_match_cpu() {
+    let mut rng = Rng::new(210);
+    let cases: Vec<(&str, Attention, Vec<Tensor>)> = vec![
+        (
+            "self N=67 H=3 D=7",
+            Attention::new(3),
+            vec![rng.tensor(&[2, 67, 21]); 3],
+        ),
+        (
+            "cross Nq=130 Nk=77 H=2 D=40 Dv=24",
+            Attention::new(2),
+            vec![
+                rng.tensor(&[1, 130, 80]),
+                rng.tensor(&[1, 77, 80]),
+                rng.tensor(&[1, 77, 48]),
+            ],
+        ),
+        (
+            "D=160 Nk=45 (tile of 12 keys)",
+            Attention::new(1).with_scale(0.2),
+            vec![
+                rng.tensor(&[1, 9, 160]),
+                rng.tensor(&[1, 45, 160]),
+                rng.tensor(&[1, 45, 160]),
+            ],
+        ),
+        (
+            "guided-diffusion legacy T=70 H=2 D=9",
+            Attention::new(2).with_layout(QkvLayout::GuidedDiffusionLegacy),
+            vec![rng.tensor(&[2, 54, 70])],
+        ),
+    ];
+    for (what, op, ins) in &cases {
+        let refs: Vec<&Tensor> = ins.iter().collect();
+        for kernel in [AttentionKernel::Stream, AttentionKernel::Tiled] {
+            let op = op.with_kernel(kernel);
+            check(&format!("{what} {kernel:?}"), &op, &refs, RTOL, ATOL);
+            let causal = op.with_causal(true);
+            check(
+                &format!("{what} {kernel:?} causal"),
+                &causal,
+                &refs,
+                RTOL,
+                ATOL,
+            );
+        }
+    }
+    // Split into row chunks: the causal mask must use global query rows. Keys and values of
+    // one item are bound whole, so only q and out can split: Nq > Nk (rows past the last key
+    // see every key, rows of the first chunk a prefix).
+    let q = rng.tensor(&[2, 67, 24]);
+    let k = rng.tensor(&[2, 20, 24]);
+    let v = rng.tensor(&[2, 20, 24]);
+    for kernel in [AttentionKernel::Stream, AttentionKernel::Tiled] {
+        let mut op = Attention::new(3).with_kernel(kernel).with_causal(true);
+        op.binding_cap = Some(3 * 1024);
+        let (_, dispatches) = check(
+            &format!("chunked causal {kernel:?}"),
+            &op,
+            &[&q, &k, &v],
+            RTOL,
+            ATOL,
+        );
+        assert!(dispatches == 0 || dispatches > 2, "{dispatches} dispatches");
+    }
+}
+
+/// The causal reference against the plain one: query row i with the mask equals row i of
+/// attention over keys 0..=i only (Nq > Nk too: rows past the last key see every key).
+#[test]
+fn causal_reference_equals_attention_over_the_key_prefix() {
+    let mut rng = Rng::new(211);
+    let (h, d, dv, nq, nk) = (2, 5, 3, 9, 6);
+    let q = rng.tensor(&[1, nq, h * d]);
+    let k = rng.tensor(&[1, nk, h * d]);
+    let v = rng.tensor(&[1, nk, h * dv]);
+    let op = Attention::new(h);
+    let got = Exec::cpu()
+        .run(&op.with_causal(true), &[&q, &k, &v])
+        .unwrap();
+    let got = got.cpu_data().unwrap();
+    let prefix = |t: &Tensor, n: usize| {
+        let c = t.shape()[2];
+        Tensor::from_vec(&[1, n, c], t.cpu_data().unwrap()[..n * c].to_vec()).unwrap()
+    };
+    for i in 0..nq {
+        let n = nk.min(i + 1);
+        let qi = Tensor::from_vec(
+            &[1, 1, h * d],
+            q.cpu_data().unwrap()[i * h * d..(i + 1) * h * d].to_vec(),
+        )
+        .unwrap();
+        let want = Exec::cpu()
+            .run(&op, &[&qi, &prefix(&k, n), &prefix(&v, n)])
+            .unwrap();
+        assert_close(
+            &format!("row {i}"),
+            &got[i * h * dv..(i + 1) * h * dv],
+            want.cpu_data().unwrap(),
+            1e-6,
+            1e-7,
+        );
+    }
+    // Row 0 sees key 0 alone: its output is v's row 0.
+    assert_close(
+        "row 0 = v0",
+        &got[..h * dv],
+        &v.cpu_data().unwrap()[..h * dv],
+        1e-6,
+        1e-7,
+    );
 }

@@ -7,6 +7,7 @@ mod attention;
 mod conv;
 mod elementwise;
 mod exec;
+mod gather;
 mod layout;
 mod matmul;
 mod norms;
