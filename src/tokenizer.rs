@@ -307,8 +307,9 @@ fn specials_pattern(tokens: &[&str]) -> Result<Regex> {
 }
 
 /// `pad_token` of a tokenizer_config.json / special_tokens_map.json: a string or an
-/// `{"content": …}` object; `None` when absent or null.
-fn pad_token_of(file: &str, bytes: &[u8]) -> Result<Option<String>> {
+/// `{"content": …}` object; `None` when absent or null. Public so a front end that fetched
+/// the files itself (the browser) picks the pad token as `load_dir` does.
+pub fn pad_token_of(file: &str, bytes: &[u8]) -> Result<Option<String>> {
     let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| Error::Io {
         file: file.to_string(),
         message: format!("not JSON: {e}"),

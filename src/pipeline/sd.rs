@@ -1,16 +1,22 @@
 //! Stable Diffusion pipelines (text-to-image, image-to-image, few-step models) over a
 //! diffusers repository; see [`super::repo`] for the layout and [`super::plan`] for memory.
 
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::models::config::{ModelConfig, UNetClass};
 use crate::sampling::config::SchedulerConfig;
 use crate::sampling::solvers::{schedule_class_for, solver_from_name, Solver, SolverOptions};
+#[cfg(not(target_arch = "wasm32"))]
 use crate::weights::{Header, ShardIndex, TensorInfo};
 
-use super::plan::{ClipDims, PlanInputs, TensorList, VaeDims};
-use super::repo::{ResolvedFiles, SdRepo};
+#[cfg(not(target_arch = "wasm32"))]
+use super::plan::TensorList;
+use super::plan::{ClipDims, PlanInputs, VaeDims};
+#[cfg(not(target_arch = "wasm32"))]
+use super::repo::ResolvedFiles;
+use super::repo::SdRepo;
 
 /// Scheduler config keys that replace the file's.
 pub type Overrides = serde_json::Map<String, serde_json::Value>;
