@@ -88,8 +88,6 @@ impl ResnetBlock2D {
         output_scale_factor: f64,
     ) -> Result<Self> {
         let p = |s: &str| format!("{prefix}.{s}");
-        let norm1 = GroupNorm::load(exec, w, &p("norm1"), cin, groups, eps)?;
-        let conv1 = Conv2d::load(exec, w, &p("conv1"), cin, cout, 3, 1, 1)?;
         let time = match scale_shift {
             false => TimeProj::Add(Linear::load(
                 exec,
@@ -118,32 +116,15 @@ impl ResnetBlock2D {
                 TimeProj::ScaleShift { scale1, shift }
             }
         };
-        let norm2 = GroupNorm::load(exec, w, &p("norm2"), cout, groups, eps)?;
-        let conv2 = Conv2d::load(exec, w, &p("conv2"), cout, cout, 3, 1, 1)?;
-        let shortcut = if cin != cout {
-            Some(Conv2d::load(
-                exec,
-                w,
-                &p("conv_shortcut"),
-                cin,
-                cout,
-                1,
-                1,
-                0,
-            )?)
-        } else {
-            None
-        };
-        Ok(Self {
-            norm1,
-            conv1,
-            time,
-            norm2,
-            conv2,
-            shortcut,
-            out_channels: cout,
+        Self::load_around(
+            exec,
+            w,
+            prefix,
+            (cin, cout),
+            (groups, eps),
             output_scale_factor,
-        })
+            time,
+        )
     }
 
     /// A resnet without a time embedding (diffusers' `temb_channels=None`, as in the VAE):
@@ -156,13 +137,35 @@ impl ResnetBlock2D {
         (groups, eps): (usize, f64),
         output_scale_factor: f64,
     ) -> Result<Self> {
+        let time = TimeProj::Absent;
+        Self::load_around(
+            exec,
+            w,
+            prefix,
+            (cin, cout),
+            (groups, eps),
+            output_scale_factor,
+            time,
+        )
+    }
+
+    /// The layers every variant has (norms, convs, shortcut), around the given `time` part.
+    fn load_around(
+        exec: &mut Exec,
+        w: &mut Weights,
+        prefix: &str,
+        (cin, cout): (usize, usize),
+        (groups, eps): (usize, f64),
+        output_scale_factor: f64,
+        time: TimeProj,
+    ) -> Result<Self> {
         let p = |s: &str| format!("{prefix}.{s}");
         let norm1 = GroupNorm::load(exec, w, &p("norm1"), cin, groups, eps)?;
         let conv1 = Conv2d::load(exec, w, &p("conv1"), cin, cout, 3, 1, 1)?;
         let norm2 = GroupNorm::load(exec, w, &p("norm2"), cout, groups, eps)?;
         let conv2 = Conv2d::load(exec, w, &p("conv2"), cout, cout, 3, 1, 1)?;
-        let shortcut = if cin != cout {
-            Some(Conv2d::load(
+        let shortcut = match cin != cout {
+            true => Some(Conv2d::load(
                 exec,
                 w,
                 &p("conv_shortcut"),
@@ -171,14 +174,13 @@ impl ResnetBlock2D {
                 1,
                 1,
                 0,
-            )?)
-        } else {
-            None
+            )?),
+            false => None,
         };
         Ok(Self {
             norm1,
             conv1,
-            time: TimeProj::Absent,
+            time,
             norm2,
             conv2,
             shortcut,
