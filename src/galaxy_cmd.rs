@@ -8,16 +8,15 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use webdiffusion::image::{encode_png, write_atomic, Image};
 use webdiffusion::models::MixerScoreNet;
-use webdiffusion::npy;
 use webdiffusion::platform::block_on;
-use webdiffusion::render::{self, Layout, RenderMode};
+use webdiffusion::render::RenderMode;
 use webdiffusion::sampling::solvers::{
     initial_noise, sample, schedule_class_for, solver_from_name, Control, Noise, SolverOptions,
 };
 
 use crate::cli_denoise::make_exec;
+use crate::guided_cmd::write_sample;
 use crate::sample_cmd::{RenderArg, SampleArgs};
 
 pub use webdiffusion::models::mixer::is_galaxy_dir as is_galaxy;
@@ -121,35 +120,17 @@ pub fn run(args: &SampleArgs, dir: &Path, seed: u64, out: &Path) -> Result<()> {
              or more steps; nothing was written"
         );
     }
-    if out.extension().is_some_and(|e| e == "npy") {
-        write_atomic(out, &npy::to_bytes(&shape, &data)?, args.force)?;
-    } else {
-        let mode = match args.render {
-            Some(RenderArg::Image) => RenderMode::Image,
-            _ => cfg.render_mode(),
-        };
-        let layout = Layout::default();
-        let (w, h, rgba) = match &gpu {
-            Some(ctx) => block_on(render::render_offscreen(
-                ctx,
-                &sampled.sample,
-                &layout,
-                mode,
-            ))?,
-            None => {
-                let (w, h) = layout.natural_size(&shape, 1)?;
-                let px = render::render_cpu_mode(&[&data], &shape, &layout, (w, h), mode)?;
-                (w, h, px)
-            }
-        };
-        let im = Image {
-            width: w as usize,
-            height: h as usize,
-            channels: 4,
-            pixels: rgba,
-        };
-        write_atomic(out, &encode_png(&im)?, args.force)?;
-    }
+    let mode = match args.render {
+        Some(RenderArg::Image) => RenderMode::Image,
+        _ => cfg.render_mode(),
+    };
+    write_sample(
+        out,
+        gpu.as_deref(),
+        (&sampled.sample, &data, &shape),
+        mode,
+        args.force,
+    )?;
     println!(
         "{} steps in {secs:.2} s ({:.2} s per sample) → {}",
         sampled.steps,

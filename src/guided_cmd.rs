@@ -167,37 +167,19 @@ pub fn run(args: &SampleArgs, dir: &Path, seed: u64, out: &Path) -> Result<()> {
     if let Some(i) = data.iter().position(|v| !v.is_finite()) {
         bail!("the sample contains non-finite values (first at element {i}); nothing was written");
     }
-    if out.extension().is_some_and(|e| e == "npy") {
-        write_atomic(out, &npy::to_bytes(&shape, &data)?, args.force)?;
-    } else {
-        let mode = match args.render {
-            Some(RenderArg::Image) => RenderMode::Image,
-            Some(RenderArg::Relief) => RenderMode::Relief,
-            Some(RenderArg::Asinh) => RenderMode::Image,
-            None => cfg.render_mode(),
-        };
-        let layout = Layout::default();
-        let (w, h, rgba) = match &gpu {
-            Some(ctx) => block_on(render::render_offscreen(
-                ctx,
-                &sampled.sample,
-                &layout,
-                mode,
-            ))?,
-            None => {
-                let (w, h) = layout.natural_size(&shape, 1)?;
-                let px = render::render_cpu_mode(&[&data], &shape, &layout, (w, h), mode)?;
-                (w, h, px)
-            }
-        };
-        let im = Image {
-            width: w as usize,
-            height: h as usize,
-            channels: 4,
-            pixels: rgba,
-        };
-        write_atomic(out, &encode_png(&im)?, args.force)?;
-    }
+    let mode = match args.render {
+        Some(RenderArg::Image) => RenderMode::Image,
+        Some(RenderArg::Relief) => RenderMode::Relief,
+        Some(RenderArg::Asinh) => RenderMode::Image,
+        None => cfg.render_mode(),
+    };
+    write_sample(
+        out,
+        gpu.as_deref(),
+        (&sampled.sample, &data, &shape),
+        mode,
+        args.force,
+    )?;
     println!(
         "{} model evaluations in {secs:.2} s → {}",
         sigmas.len(),
@@ -219,5 +201,36 @@ pub fn check_out(out: &Path, force: bool) -> Result<()> {
         );
     }
     prepare_output(out, force)?;
+    Ok(())
+}
+
+/// Writes a sample of the terrain or galaxy commands: the raw data-space values when `out`
+/// ends in `.npy`, else a PNG drawn in `mode` (on the GPU that sampled it, or on the CPU).
+pub(crate) fn write_sample(
+    out: &Path,
+    gpu: Option<&webdiffusion::gpu::GpuContext>,
+    (sample, data, shape): (&webdiffusion::Tensor, &[f32], &[usize]),
+    mode: RenderMode,
+    force: bool,
+) -> Result<()> {
+    if out.extension().is_some_and(|e| e == "npy") {
+        return Ok(write_atomic(out, &npy::to_bytes(shape, data)?, force)?);
+    }
+    let layout = Layout::default();
+    let (w, h, rgba) = match gpu {
+        Some(ctx) => block_on(render::render_offscreen(ctx, sample, &layout, mode))?,
+        None => {
+            let (w, h) = layout.natural_size(shape, 1)?;
+            let px = render::render_cpu_mode(&[data], shape, &layout, (w, h), mode)?;
+            (w, h, px)
+        }
+    };
+    let im = Image {
+        width: w as usize,
+        height: h as usize,
+        channels: 4,
+        pixels: rgba,
+    };
+    write_atomic(out, &encode_png(&im)?, force)?;
     Ok(())
 }
