@@ -77,9 +77,10 @@ say "webdiffusion bench"
 say "CPU peers: PyTorch and ONNX Runtime"
 "$py" scripts/bench_peers.py "${quick[@]}" --ours "$out/bench.json" --onnx "$onnx" \
   --json "$out/peers.json" | tee "$out/peers.txt"
+# Fewer repeats than natively: onnxruntime-web on SwiftShader takes seconds per forward.
 say "browser: ours vs onnxruntime-web (WebGPU EP) in $("$chromium" --version 2>/dev/null | head -1)"
 node tests/browser/bench.mjs "${quick[@]}" --onnx "$onnx" --ort-dist "$web/node_modules/onnxruntime-web/dist" \
-  --json "$out/browser.json" | tee "$out/browser.txt"
+  --repeats 3 --sample-repeats 1 --json "$out/browser.json" | tee "$out/browser.txt"
 
 "$py" scripts/bench_summary.py "$out"
 say "done: $out/summary.md, $out/summary.json"

@@ -28,6 +28,11 @@ def ratio(a, b):
     return a / b if (a is not None and b) else None
 
 
+def first_line(text):
+    line = (text or "").split("\n")[0].strip()
+    return line.removeprefix("adapter:").strip() or None
+
+
 def cpu_model():
     try:
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
@@ -48,9 +53,10 @@ def main():
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "load_average_1_5_15": list(os.getloadavg()),
-        "native_adapter": ours.get("adapter"),
+        "native_adapter": first_line(ours.get("adapter")),
         "browser": f"Chromium {browser.get('chromium')}",
-        "browser_adapter": browser.get("adapter"),
+        "browser_adapter": first_line(browser.get("adapter")),
+        "browser_adapter_features": (browser.get("adapter") or "").split("\n")[1:2],
         "browser_adapter_info": browser.get("adapter_info"),
         "torch": peers.get("torch"),
         "onnxruntime": peers.get("onnxruntime"),
@@ -104,7 +110,7 @@ def main():
         f"{m['date_utc']} UTC.",
         f"Native adapter: {m['native_adapter']}. Browser: {m['browser']}, adapter {m['browser_adapter']}"
         + (
-            f" ({(m['browser_adapter_info'] or {}).get('description') or (m['browser_adapter_info'] or {}).get('vendor')}"
+            f" ({(m['browser_adapter_info'] or {}).get('description') or ' '.join(filter(None, [(m['browser_adapter_info'] or {}).get('vendor'), (m['browser_adapter_info'] or {}).get('architecture')]))}"
             + (", fallback adapter" if (m["browser_adapter_info"] or {}).get("isFallbackAdapter") else "")
             + ")"
             if m["browser_adapter_info"]

@@ -3,6 +3,8 @@
 // WEBDIFFUSION_CHROMIUM_FLAGS says otherwise). Not a test: scripts/bench.sh runs it.
 //
 //   node bench.mjs [--quick] [--json out.json] [--onnx DIR] [--ort-dist DIR] [--no-ort] [--ort-ep wasm]
+//                [--repeats N] [--sample-repeats N]   (medians of N after a warm-up; ORT Web's
+//                sampling reuses the warm batch-1 session and takes no warm-up run)
 //
 // Needs web/pkg (scripts/build-wasm.sh), the ONNX graphs (scripts/export_unet_onnx.py, default
 // .cache/onnx) and onnxruntime-web's dist (default .cache/bench-web/node_modules/
@@ -61,7 +63,7 @@ function handle(req, res) {
 
 const options = quick
   ? { batches: [1], repeats: 1, solvers: ['ddim'], steps: 2, sampleRepeats: 1, ort: useOrt, ortEp }
-  : { ort: useOrt, ortEp };
+  : { ort: useOrt, ortEp, repeats: Number(value('--repeats', 5)), sampleRepeats: Number(value('--sample-repeats', 2)) };
 const server = await startServer({ handle });
 const extraFlags = (process.env.WEBDIFFUSION_CHROMIUM_FLAGS ?? '').split(' ').filter(Boolean);
 const chrome = await launch({ extraFlags });

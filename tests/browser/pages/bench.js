@@ -14,8 +14,8 @@ function median(v) {
   return n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
 }
 
-async function timeIt(fn, repeats) {
-  await fn(); // warm-up: pipelines compiled, buffers allocated
+async function timeIt(fn, repeats, warmUp = true) {
+  if (warmUp) await fn(); // pipelines compiled, buffers allocated
   const times = [];
   for (let i = 0; i < repeats; i++) {
     const t = performance.now();
@@ -214,7 +214,7 @@ window.runBench = async function runBench(options = {}) {
           const r = await s.run(feeds(1, x, t, o.label));
           x = d.step(await r.out.getData(), t, x, per);
         }
-      }, o.sampleRepeats);
+      }, o.sampleRepeats, false); // the batch-1 session is warm from the forward timing
       Object.assign(row, { ort_ms_per_image_median: g.median, ort_ms: g.times, ratio_ours_over_ort: f.median / g.median });
     }
     report.sampling.push(row);
