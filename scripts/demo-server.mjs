@@ -28,14 +28,28 @@ export const DEFAULT_MOUNTS = {
   '/www/': path.join(ROOT, 'www'),
   '/web/': path.join(ROOT, 'web'),
   '/models/': path.join(ROOT, 'models'),
+  // The tiny Stable Diffusion repository (random weights, 16×16 images) the tests and the
+  // diffusers goldens use: a whole pipeline the demo can load in seconds.
+  '/models/tiny-sd/': path.join(ROOT, 'tests', 'fixtures', 'tiny-sd'),
 };
 
 const WEIGHT_FILES = ['diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.safetensors.index.json', 'model.safetensors'];
 
+/** `_class_name` of a JSON file, or null. */
+function classOf(file) {
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8'))._class_name ?? null;
+  } catch {
+    // An unreadable config is still listed; loading it reports what is wrong.
+    return null;
+  }
+}
+
 /**
  * The model folders under `dir` (it and two levels of subfolders) that hold a config.json
- * and weights: `[{ path, className }]`, `path` relative with a trailing '/'. The demo page
- * offers these (the galaxy and terrain models appear once their setup scripts ran).
+ * and weights, or a pipeline's model_index.json: `[{ path, className }]`, `path` relative
+ * with a trailing '/'. The demo page offers these (the galaxy and terrain models appear once
+ * their setup scripts ran; Stable Diffusion repositories by their pipeline class).
  */
 export function listModels(dir) {
   const found = [];
@@ -49,13 +63,10 @@ export function listModels(dir) {
     }
     const names = new Set(entries.map((e) => e.name));
     if (names.has('config.json') && WEIGHT_FILES.some((w) => names.has(w))) {
-      let className = null;
-      try {
-        className = JSON.parse(fs.readFileSync(path.join(abs, 'config.json'), 'utf8'))._class_name ?? null;
-      } catch {
-        // An unreadable config is still listed; loading it reports what is wrong.
-      }
-      found.push({ path: rel ? `${rel}/` : '', className });
+      found.push({ path: rel ? `${rel}/` : '', className: classOf(path.join(abs, 'config.json')) });
+    } else if (names.has('model_index.json')) {
+      found.push({ path: rel ? `${rel}/` : '', className: classOf(path.join(abs, 'model_index.json')) });
+      return;
     }
     if (depth === 0) return;
     for (const e of entries) {
@@ -113,7 +124,12 @@ export function startDemoServer(options = {}) {
     if (req.url === '/' || req.url === '/index.html') return done(302, { location: index }, '');
     const modelsDir = mounts.find(([prefix]) => prefix === '/models/')?.[1];
     if (modelsDir && req.url?.split('?')[0] === '/models.json') {
-      const body = JSON.stringify(listModels(modelsDir));
+      // Folders mounted under /models/ (the tiny SD repository) are models too.
+      const extra = mounts
+        .filter(([prefix]) => prefix.startsWith('/models/') && prefix !== '/models/')
+        .flatMap(([prefix, dir]) => listModels(dir).map((m) => ({ ...m, path: prefix.slice('/models/'.length) + m.path })));
+      const all = [...listModels(modelsDir), ...extra].sort((a, b) => a.path.localeCompare(b.path));
+      const body = JSON.stringify(all);
       entry.bytes = body.length;
       return done(200, { 'content-type': 'application/json', 'cache-control': 'no-store' }, req.method === 'HEAD' ? '' : body);
     }

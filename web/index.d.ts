@@ -106,7 +106,9 @@ export interface LoadOptions {
 }
 
 /** A model folder URL, file URLs, or files the user picked (config.json, scheduler_config.json,
- * *.safetensors / *.safetensors.index.json). */
+ * *.safetensors / *.safetensors.index.json). A folder URL without config.json whose
+ * model_index.json names a Stable Diffusion pipeline (or that model_index.json's URL) loads
+ * the whole repository: unet/, vae/, text_encoder/, tokenizer/, scheduler/. */
 export type ModelSource = string | URL | Array<string | URL> | Array<File | Blob>;
 
 /** The scalar condition of a conditioned model (the terrain model's `difficulty`). */
@@ -140,6 +142,14 @@ export interface ModelInfo {
   condition?: ConditionInfo | null;
   /** GalaxyScoreNet / GuidedUNetModel: how `pixels` and the canvas show a sample. */
   render?: 'image' | 'relief' | 'asinh';
+  /** "stable-diffusion" for a pipeline repository (className is then model_index.json's
+   * pipeline class): `generate` takes a `prompt`. Absent for single networks. */
+  kind?: 'stable-diffusion';
+  /** Stable Diffusion: model_index.json's class of each component. */
+  components?: { unet: string; vae: string; text_encoder: string; tokenizer: string; scheduler: string };
+  /** Stable Diffusion: the VAE's latent channels (width/height are the image's). */
+  latentChannels?: number;
+  defaultSteps?: number;
 }
 
 export interface StepInfo {
@@ -190,6 +200,23 @@ export interface GenerateOptions {
   /** GuidedUNetModel: the σ points of consistency sampling, decreasing (default [σ_max],
    * one-step; e.g. [80, 2] re-noises once). `steps`, `eta`, `guidance` do not apply. */
   sigmas?: number[];
+  /** Stable Diffusion (required there): the text prompt ("" for an unconditional image). */
+  prompt?: string;
+  /** Stable Diffusion: the unconditional side of classifier-free guidance (default ""). CFG
+   * runs when guidance > 1 (default 7.5), as diffusers. */
+  negativePrompt?: string;
+  /** Stable Diffusion: image size in pixels, multiples of the VAE's factor (default: the
+   * UNet's sample_size times that factor). Checked against the adapter's limits first. */
+  width?: number;
+  height?: number;
+  /** Stable Diffusion: overrides the scheduler config's timestep_spacing (SD-Turbo-style
+   * one-step sampling uses "trailing"). */
+  timestepSpacing?: 'leading' | 'trailing' | 'linspace';
+  /** Stable Diffusion: unit-variance initial latents (1, C, height/f, width/f), like
+   * diffusers' `latents=`; default: drawn from `seed`. */
+  initLatents?: Float32Array;
+  /** Stable Diffusion: also return the final `latents` and the decoded `image` as floats. */
+  raw?: boolean;
 }
 
 export interface GenerateResult {
@@ -197,11 +224,16 @@ export interface GenerateResult {
   height: number;
   /** RGBA, width * height * 4 bytes; a batch is laid out as a grid. */
   pixels: Uint8ClampedArray;
-  timings: { totalMs: number; stepsMs: number[]; loadMs?: number };
+  /** Stable Diffusion adds textMs (prompt encoding) and decodeMs (VAE). */
+  timings: { totalMs: number; stepsMs: number[]; loadMs?: number; textMs?: number; decodeMs?: number };
   seed: number;
   /** The canonical name of the solver that ran. */
   solver: string;
   steps: number;
+  /** Stable Diffusion with `raw: true`: the final latents (what diffusers returns with
+   * output_type="latent") and the VAE's image, NCHW in about [-1, 1]. */
+  latents?: Float32Array;
+  image?: Float32Array;
 }
 
 export declare class Engine {

@@ -9,7 +9,14 @@ const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const MODELS = new URL('../models/', location.href).href;
 const DEFAULT_MODEL = `${MODELS}mnist/`;
-const CLASS_LABELS = { GalaxyScoreNet: 'galaxy (galaxygrad score network)', GuidedUNetModel: 'terrain (consistency model)' };
+const CLASS_LABELS = {
+  GalaxyScoreNet: 'galaxy (galaxygrad score network)',
+  GuidedUNetModel: 'terrain (consistency model)',
+  StableDiffusionPipeline: 'Stable Diffusion',
+  StableDiffusionImg2ImgPipeline: 'Stable Diffusion',
+  LatentConsistencyModelPipeline: 'Stable Diffusion (LCM)',
+};
+const isSd = (info) => info?.kind === 'stable-diffusion';
 
 const demo = {
   state: 'init', error: null, errorCode: null, capabilities: null, model: null, solvers: [],
@@ -134,6 +141,24 @@ function showCondition(info) {
   for (const id of ['solver', 'steps', 'eta']) $(id).disabled = consistency;
 }
 
+// A Stable Diffusion repository: the prompt box, its guidance and steps; no class label or η.
+function showPrompt(info) {
+  const sd = isSd(info);
+  $('prompt-box').hidden = !sd;
+  if (!sd) return;
+  $('class-label').disabled = true;
+  $('eta').disabled = true;
+  $('guidance').disabled = false;
+  $('guidance').title = 'classifier-free guidance with the negative prompt (off at 1 or below)';
+  $('guidance').value = String(info.defaultGuidance);
+  $('steps').value = String(info.defaultSteps ?? 20);
+  // The repository's own scheduler, as diffusers' from_pretrained runs it.
+  if (demo.solvers.some((s) => s.name === info.defaultSolver)) {
+    $('solver').value = info.defaultSolver;
+    describeSolver();
+  }
+}
+
 /** Adds the galaxy and terrain folders the server has (its /models.json, outside /models/ so it is not a model download) to the menu. */
 async function listServedModels() {
   let list = [];
@@ -231,6 +256,7 @@ async function loadModel() {
     demo.model = info;
     kv($('model-info'), [
       ['model', `${info.className}, ${info.width}×${info.height}×${info.channels}`],
+      ...(isSd(info) ? [['components', Object.entries(info.components).map(([k, v]) => `${k}: ${v}`).join(', ')]] : []),
       ['parameters', info.parameters.toLocaleString()],
       ['weights', mb(info.weightBytes)],
       ['prediction', info.predictionType],
@@ -242,6 +268,7 @@ async function loadModel() {
     showCondition(info);
     $('guidance').value = String(info.nullClass !== null && info.nullClass !== undefined ? info.defaultGuidance : 1);
     if (!info.numClassEmbeds) $('class-label').value = '';
+    showPrompt(info);
     setStatus('loaded', `Model loaded in ${Math.round(performance.now() - t0)} ms. Ready to sample.`);
   } catch (e) {
     fail(e, 'Loading');
@@ -276,7 +303,15 @@ async function generate() {
       preview: $('preview').value,
     };
     if (cond) options[cond.name] = Number($('condition').value);
-    if ($('class-label').value !== '') {
+    if (isSd(demo.model)) {
+      delete options.eta;
+      options.prompt = $('prompt').value;
+      options.negativePrompt = $('negative-prompt').value;
+      options.guidance = numberOf('guidance');
+      // Tests inject diffusers' initial latents to compare with its goldens.
+      if (window.demoHooks?.initLatents) options.initLatents = window.demoHooks.initLatents;
+      if (window.demoHooks?.raw) options.raw = true;
+    } else if ($('class-label').value !== '') {
       options.classLabel = Number($('class-label').value);
       if (!$('guidance').disabled) options.guidance = numberOf('guidance');
     }
@@ -299,6 +334,8 @@ async function generate() {
       ...options,
       onStep(s) {
         demo.steps.push(s);
+        // A test hook may hold the next step (e.g. until it has a screenshot of this one).
+        const held = window.demoHooks?.onStep?.(s);
         // Adaptive solvers decide their step count while they run: total is null.
         $('step-text').textContent = `step ${s.step}/${s.total ?? '?'} · ${s.ms.toFixed(0)} ms`;
         const bar = document.createElement('span');
@@ -307,6 +344,7 @@ async function generate() {
         bars.append(bar);
         const max = Math.max(...demo.steps.map((x) => x.ms), 1);
         for (const b of bars.children) b.style.height = `${(100 * Number(b.dataset.ms)) / max}%`;
+        return held;
       },
     });
     lastResult = result;
@@ -315,6 +353,8 @@ async function generate() {
     const gray = [];
     for (let i = 0; i < result.pixels.length; i += 4) gray.push(result.pixels[i]);
     demo.result = { width: result.width, height: result.height, seed: result.seed, solver: result.solver, timings: result.timings, gray };
+    if (result.latents) demo.result.latents = [...result.latents];
+    if (result.image) demo.result.image = [...result.image];
     $('step-text').textContent =
       `${stepsMs.length} steps in ${totalMs.toFixed(0)} ms (mean ${mean.toFixed(1)} ms/step) · seed ${result.seed}`;
     setStatus('done', `Done: ${result.width}×${result.height} in ${(totalMs / 1000).toFixed(2)} s.`);

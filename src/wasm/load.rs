@@ -19,6 +19,8 @@ pub const CONFIG: &str = "config.json";
 pub const SCHEDULER: &str = "scheduler_config.json";
 pub const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
 pub const WEIGHTS_INDEX: &str = "diffusion_pytorch_model.safetensors.index.json";
+/// A diffusers pipeline repository's root file (Stable Diffusion, see [`super::sd`]).
+pub const MODEL_INDEX: &str = "model_index.json";
 
 /// One file: a URL to fetch or a `File`/`Blob` the page handed over.
 #[derive(Clone)]
@@ -76,6 +78,11 @@ pub fn resolve_source(source: &JsValue) -> WdResult<Source> {
                 "load(source): the model URL is empty; give the URL of a model folder (…/models/mnist/)",
             ));
         }
+        // A pipeline repository may be named by its model_index.json.
+        let url = match url.strip_suffix(MODEL_INDEX) {
+            Some(dir) if dir.ends_with('/') => dir.to_string(),
+            _ => url,
+        };
         let base = if url.ends_with('/') {
             url
         } else {
@@ -202,6 +209,13 @@ pub struct LoadCtx {
     pub reader: RefCell<Option<JsValue>>,
     /// Which tensors the model's builder reads on the host (see [`keep_on_host`]).
     pub keep_on_host: Cell<fn(&str) -> bool>,
+    /// A new name for a tensor as it arrives (`None`: keep it; see [`no_rename`]).
+    pub rename: Cell<fn(&str) -> Option<String>>,
+}
+
+/// The default of [`LoadCtx::rename`]: every tensor keeps the file's name.
+pub fn no_rename(_: &str) -> Option<String> {
+    None
 }
 
 impl LoadCtx {
@@ -449,6 +463,47 @@ async fn read_text(ctx: &LoadCtx, item: &Item) -> Result<String, OpenError> {
     })
 }
 
+/// A whole small file as text; `Ok(Err(e))` when the server answered 404 (`e` says so), for
+/// files whose absence the caller handles.
+pub async fn read_text_or_404(ctx: &LoadCtx, item: &Item) -> WdResult<Result<String, WdError>> {
+    match read_text(ctx, item).await {
+        Ok(t) => Ok(Ok(t)),
+        Err(OpenError::NotFound(e)) => Ok(Err(e)),
+        Err(OpenError::Other(e)) => Err(e),
+    }
+}
+
+/// The first of `candidates` (paths relative to the folder URL `base`) that the server has,
+/// streamed into a [`Weights`] set (a `*.index.json` as a sharded checkpoint next to its
+/// shards). `None` when every candidate answered 404.
+pub async fn read_first_weights(
+    ctx: &LoadCtx,
+    base: &str,
+    candidates: &[String],
+) -> WdResult<Option<(String, Weights)>> {
+    for rel in candidates {
+        let url = format!("{base}{rel}");
+        let item = Item::Url(url.clone());
+        if rel.ends_with(".index.json") {
+            match read_sharded(ctx, &item, &[]).await {
+                Ok(w) => return Ok(Some((url, w))),
+                Err(ShardErr::IndexNotFound) => continue,
+                Err(ShardErr::Other(e)) => return Err(e),
+            }
+        }
+        match open(ctx, &item).await {
+            Ok(opened) => {
+                let mut w = Weights::new(url.clone());
+                stream_one(ctx, &opened, &mut w, None).await?;
+                return Ok(Some((url, w)));
+            }
+            Err(OpenError::NotFound(_)) => continue,
+            Err(OpenError::Other(e)) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
 /// The text files of a model.
 pub struct Texts {
     pub config_file: String,
@@ -458,6 +513,11 @@ pub struct Texts {
 
 pub async fn read_texts(ctx: &LoadCtx, src: &Source) -> WdResult<Texts> {
     let config = read_text(ctx, &src.config).await?;
+    read_texts_after(ctx, src, config).await
+}
+
+/// [`read_texts`] with the config already read.
+pub async fn read_texts_after(ctx: &LoadCtx, src: &Source, config: String) -> WdResult<Texts> {
     let scheduler = match (&src.scheduler, &src.scheduler_optional_url) {
         (Some(item), _) => Some((item.label().to_string(), read_text(ctx, item).await?)),
         (None, Some(url)) => {
@@ -598,7 +658,10 @@ async fn stream_one(
     ctx.progress(&label, 0, opened.len);
     let got = read_all(ctx, opened, |chunk| {
         stream
-            .push_with(chunk, |t| {
+            .push_with(chunk, |mut t| {
+                if let Some(name) = (ctx.rename.get())(&t.name) {
+                    t.name = name;
+                }
                 if (ctx.keep_on_host.get())(&t.name) {
                     return w.insert(t);
                 }

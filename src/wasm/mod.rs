@@ -9,6 +9,7 @@ mod js;
 mod load;
 mod nets;
 mod research;
+mod sd;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -83,6 +84,8 @@ struct Inner {
     model: RefCell<Option<Model>>,
     /// A galaxy or terrain network, when that is what was loaded last (then `model` is None).
     net: RefCell<Option<nets::NetModel>>,
+    /// A Stable Diffusion pipeline, when that is what was loaded last.
+    sd: RefCell<Option<sd::SdModel>>,
     canvas: RefCell<Option<CanvasTarget>>,
     busy: Cell<bool>,
     disposed: Cell<bool>,
@@ -198,6 +201,7 @@ impl Engine {
                 ctx: RefCell::new(Some(ctx)),
                 model: RefCell::new(None),
                 net: RefCell::new(None),
+                sd: RefCell::new(None),
                 canvas: RefCell::new(None),
                 busy: Cell::new(false),
                 disposed: Cell::new(false),
@@ -384,6 +388,9 @@ impl Engine {
         if let Ok(mut m) = self.inner.net.try_borrow_mut() {
             *m = None;
         }
+        if let Ok(mut m) = self.inner.sd.try_borrow_mut() {
+            *m = None;
+        }
         if let Ok(mut e) = self.inner.exec.try_borrow_mut() {
             *e = None;
         }
@@ -490,6 +497,7 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
         uploaded: Cell::new(0),
         reader: RefCell::new(None),
         keep_on_host: Cell::new(load::keep_on_host),
+        rename: Cell::new(load::no_rename),
     };
 
     let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
@@ -522,6 +530,22 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
     ctx.take_error("uploading the model")?;
     let (unet, config, texts, parameters, weight_bytes) = match built {
         Built::UNet(b) => *b,
+        Built::Sd(b) => {
+            let (mut model, parameters, weight_bytes) = *b;
+            let info = model.info(parameters, weight_bytes);
+            js::set(&info, "bytesRead", bytes_read.get() as f64);
+            js::set(
+                &info,
+                "tensorsUploadedWhileStreaming",
+                uploaded.get() as f64,
+            );
+            model.load_ms = js::now_ms() - t0;
+            js::set(&info, "loadMs", model.load_ms);
+            *inner.model.borrow_mut() = None;
+            *inner.net.borrow_mut() = None;
+            *inner.sd.borrow_mut() = Some(model);
+            return Ok(info.into());
+        }
         Built::Net(net, parameters, weight_bytes) => {
             let info = nets::info(&net, parameters, weight_bytes);
             js::set(&info, "bytesRead", bytes_read.get() as f64);
@@ -533,6 +557,7 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
             let load_ms = js::now_ms() - t0;
             js::set(&info, "loadMs", load_ms);
             *inner.model.borrow_mut() = None;
+            *inner.sd.borrow_mut() = None;
             *inner.net.borrow_mut() = Some(nets::NetModel { net, load_ms });
             return Ok(info.into());
         }
@@ -608,19 +633,45 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
     // The new model replaces the old one only now that it is complete.
     *inner.model.borrow_mut() = Some(model);
     *inner.net.borrow_mut() = None;
+    *inner.sd.borrow_mut() = None;
     Ok(info.into())
 }
 
-/// What a load built: a diffusers UNet, or a galaxy/terrain network.
+/// What a load built: a diffusers UNet, a galaxy/terrain network, or a Stable Diffusion
+/// pipeline.
 enum Built {
     UNet(Box<(UNet, ModelConfig, load::Texts, u64, u64)>),
     Net(nets::Net, u64, u64),
+    Sd(Box<(sd::SdModel, u64, u64)>),
 }
 
 /// Reads the model's files and builds the UNet (or the network config.json's `_class_name`
 /// names) on the load's executor.
 async fn read_and_build(lctx: &load::LoadCtx, src: &load::Source) -> WdResult<Built> {
-    let texts = load::read_texts(lctx, src).await?;
+    let texts = match &src.weights {
+        // A folder without config.json may be a pipeline repository (model_index.json at
+        // its root); a model folder pays nothing extra for the check.
+        load::WeightsSource::FolderGuess { base } => {
+            match load::read_text_or_404(lctx, &src.config).await? {
+                Ok(config) => load::read_texts_after(lctx, src, config).await?,
+                Err(not_found) => {
+                    let index = load::Item::Url(format!("{base}{}", load::MODEL_INDEX));
+                    return match load::read_text_or_404(lctx, &index).await? {
+                        Ok(text) => Ok(Built::Sd(Box::new(sd::load(lctx, base, &text).await?))),
+                        Err(_) => Err(WdError::new(
+                            not_found.code,
+                            format!(
+                                "{} (and no {} either: {base} is neither a model folder nor a pipeline repository)",
+                                not_found.message,
+                                load::MODEL_INDEX
+                            ),
+                        )),
+                    };
+                }
+            }
+        }
+        _ => load::read_texts(lctx, src).await?,
+    };
     if crate::models::class_name_of(&texts.config).is_some_and(|c| nets::is_net_class(&c)) {
         // A folder of these networks holds their converter's weights file, not diffusers'.
         let folder;
@@ -840,6 +891,9 @@ async fn generate(inner: &Inner, options: &JsValue) -> WdResult<JsValue> {
     let t_start = js::now_ms();
     if inner.net.borrow().is_some() {
         return nets::generate(inner, &ctx, options, t_start).await;
+    }
+    if inner.sd.borrow().is_some() {
+        return sd::generate(inner, &ctx, options, t_start).await;
     }
     let model = inner.model.borrow_mut().take().ok_or_else(|| {
         WdError::new(
@@ -1170,21 +1224,7 @@ async fn sample_loop(
             js::set(&s, "step", (i + 1) as f64);
             js::set(&s, "total", total as f64);
             js::set(&s, "ms", ms);
-            match f.call1(&JsValue::NULL, &s) {
-                // A promise from onStep holds the next step until it settles (a page that
-                // wants to look at every frame, or to pace the run).
-                Ok(v) if v.is_instance_of::<js_sys::Promise>() => {
-                    if let Err(e) = js::await_value(v).await {
-                        web_sys::console::warn_1(
-                            &format!("onStep's promise rejected: {}", js::js_message(&e)).into(),
-                        );
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => web_sys::console::warn_1(
-                    &format!("onStep threw: {}", js::js_message(&e)).into(),
-                ),
-            }
+            call_on_step(f, &s).await;
         }
         js::yield_to_event_loop().await;
     }
@@ -1203,6 +1243,23 @@ async fn sample_loop(
         solver.name(),
         total,
     ))
+}
+
+/// Calls the page's `onStep` with `s`. A promise it returns holds the next step until it
+/// settles (a page that wants to look at every frame, or to pace the run); a throw or a
+/// rejection is the page's bug and only warned about.
+async fn call_on_step(f: &Function, s: &Object) {
+    match f.call1(&JsValue::NULL, s) {
+        Ok(v) if v.is_instance_of::<js_sys::Promise>() => {
+            if let Err(e) = js::await_value(v).await {
+                web_sys::console::warn_1(
+                    &format!("onStep's promise rejected: {}", js::js_message(&e)).into(),
+                );
+            }
+        }
+        Ok(_) => {}
+        Err(e) => web_sys::console::warn_1(&format!("onStep threw: {}", js::js_message(&e)).into()),
+    }
 }
 
 /// `{ width, height, pixels, timings, seed, solver, steps }` of a finished run.

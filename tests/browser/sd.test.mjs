@@ -1,0 +1,217 @@
+// Stable Diffusion in the browser, from the demo page: the tiny repository
+// (tests/fixtures/tiny-sd, which the demo server mounts at /models/tiny-sd/) is offered in the
+// model list and loaded from its URL (model_index.json, the component configs, the tokenizer
+// and three streamed safetensors), the prompt box appears, and a run with the txt2img
+// golden's prompt, negative prompt, steps, guidance and initial latents (injected through the
+// page's test hook) gives diffusers' final latents and decoded image
+// (scripts/goldens/make_tiny_sd.py) to ≤ 1e-3 relative; the canvas changes after every
+// step (a screenshot per step, the engine held by onStep's promise). A second load comes from
+// the weight cache, and a repository missing a component names it.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { startDemoServer, DEFAULT_MOUNTS } from '../../scripts/demo-server.mjs';
+import { launch, decodePng, requestsFor } from './web-helpers.mjs';
+
+const READY_MS = 120_000;
+const LOAD_MS = 180_000;
+const RUN_MS = Number(process.env.WEBDIFFUSION_BROWSER_TIMEOUT_MS ?? 300_000);
+const ROOT = new URL('../../', import.meta.url).pathname;
+const GOLDENS = path.join(ROOT, 'tests/goldens/sd');
+
+/** The float32 tensors of a safetensors file. */
+function readSafetensors(file) {
+  const buf = fs.readFileSync(file);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.toString('utf8', 8, 8 + n));
+  const out = {};
+  for (const [name, t] of Object.entries(header)) {
+    if (name === '__metadata__') continue;
+    assert.equal(t.dtype, 'F32', `${file}: ${name} is ${t.dtype}`);
+    const [a, b] = t.data_offsets;
+    const bytes = buf.subarray(8 + n + a, 8 + n + b);
+    out[name] = { shape: t.shape, data: new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length)) };
+  }
+  return out;
+}
+
+/** max |got − want| / max |want|, as the native golden tests measure it. */
+function relErr(got, want) {
+  assert.equal(got.length, want.length);
+  let err = 0;
+  let scale = 0;
+  for (let i = 0; i < want.length; i++) {
+    if (!Number.isFinite(got[i])) return Infinity;
+    err = Math.max(err, Math.abs(got[i] - want[i]));
+    scale = Math.max(scale, Math.abs(want[i]));
+  }
+  return err / Math.max(scale, 1e-30);
+}
+
+let server;
+let chrome;
+let broken;
+before(async () => {
+  const pkg = new URL('../../web/pkg/webdiffusion.js', import.meta.url);
+  assert.ok(fs.existsSync(pkg), 'web/pkg/webdiffusion.js is missing: run scripts/build-wasm.sh first');
+  // A copy of the tiny repository without its vae/ folder.
+  broken = fs.mkdtempSync(path.join(os.tmpdir(), 'webdiffusion-sd-'));
+  fs.cpSync(path.join(ROOT, 'tests/fixtures/tiny-sd'), broken, { recursive: true });
+  fs.rmSync(path.join(broken, 'vae'), { recursive: true });
+  server = await startDemoServer({ mounts: { ...DEFAULT_MOUNTS, '/broken-sd/': broken } });
+  chrome = await launch();
+});
+after(async () => {
+  await chrome?.close();
+  await server?.close();
+  if (broken) fs.rmSync(broken, { recursive: true, force: true });
+});
+
+const context = (page) => async () =>
+  `\nwindow.demo: ${JSON.stringify(await page.evaluate(() => ({ ...window.demo, progress: window.demo.progress.length, result: null })).catch(() => null))}` +
+  `\nbrowser log:\n${chrome.log.slice(-40).join('\n')}`;
+
+async function waitState(page, states, ms) {
+  try {
+    await page.waitForFunction((s) => s.includes(window.demo?.state), states, { timeout: ms, polling: 200 });
+  } catch (e) {
+    throw new Error(`the demo did not reach ${states.join('/')} within ${ms / 1000} s (${e.message.split('\n')[0]})${await context(page)()}`);
+  }
+  return page.evaluate(() => window.demo.state);
+}
+
+async function openDemo(query = '') {
+  const page = await chrome.open(`${server.url}/www/index.html${query}`, { viewport: { width: 1200, height: 900 } });
+  assert.equal(await waitState(page, ['ready', 'error', 'nowebgpu'], READY_MS), 'ready', await context(page)());
+  return page;
+}
+
+/** The canvas as shown, as RGB bytes. */
+async function canvasPixels(page) {
+  const png = await decodePng(await page.locator('#canvas').screenshot());
+  return png.data;
+}
+
+const meanAbs = (a, b) => {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += Math.abs(a[i] - b[i]);
+  return s / a.length;
+};
+
+test('sd: the tiny repository from the demo page matches diffusers txt2img; the canvas changes every step', { timeout: READY_MS + 2 * LOAD_MS + RUN_MS }, async (t) => {
+  const cases = JSON.parse(fs.readFileSync(path.join(GOLDENS, 'cases.json'), 'utf8'));
+  const c = cases.txt2img;
+  const golden = readSafetensors(path.join(GOLDENS, 'txt2img.safetensors'));
+  const page = await openDemo();
+  // The served list offers the repository under its pipeline class.
+  await page.waitForFunction(() => [...document.querySelectorAll('#model-choice option')].some((o) => o.value === 'tiny-sd/'), null, { timeout: 30_000 });
+  assert.equal(await page.locator('#prompt-box').isVisible(), false);
+  await page.selectOption('#model-choice', 'tiny-sd/');
+  await page.click('#load');
+  assert.equal(await waitState(page, ['loaded', 'error'], LOAD_MS), 'loaded', await context(page)());
+  const info = await page.evaluate(() => window.demo.model);
+  t.diagnostic(`loaded ${info.className}: ${info.parameters} parameters, ${info.bytesRead} bytes in ${info.loadMs.toFixed(0)} ms`);
+  assert.equal(info.kind, 'stable-diffusion');
+  assert.equal(info.className, 'StableDiffusionPipeline');
+  assert.deepEqual([info.width, info.height], [c.width, c.height]);
+  assert.equal(info.defaultSolver, 'pndm');
+  assert.ok(await page.locator('#prompt-box').isVisible(), 'no prompt box for an SD repository');
+  const progress = await page.evaluate(() => window.demo.progress);
+  for (const f of ['unet/diffusion_pytorch_model.safetensors', 'vae/diffusion_pytorch_model.safetensors', 'text_encoder/model.safetensors']) {
+    const last = progress.filter((p) => p.file.endsWith(`/tiny-sd/${f}`)).at(-1);
+    assert.ok(last, `no progress for ${f}`);
+    assert.equal(last.loaded, last.total, JSON.stringify(last));
+    assert.equal(last.tensorsReady, last.tensorsTotal, JSON.stringify(last));
+  }
+
+  await page.fill('#prompt', c.prompt);
+  await page.fill('#negative-prompt', c.negative_prompt);
+  await page.fill('#steps', String(c.steps));
+  await page.fill('#guidance', String(c.guidance));
+  assert.equal(await page.locator('#solver').inputValue(), 'pndm');
+  // The golden's initial latents, the final floats back, and each step held until the test
+  // has its screenshot.
+  await page.evaluate((init) => {
+    window.demoHooks = {
+      initLatents: new Float32Array(init),
+      raw: true,
+      onStep: () => new Promise((resolve) => {
+        window.releaseStep = resolve;
+      }),
+    };
+  }, [...golden.init_latents.data]);
+  let shown = await canvasPixels(page);
+  await page.click('#generate');
+  const changes = [];
+  // diffusers' PNDM with skip_prk_steps makes n + 1 model calls for n steps; `total` says.
+  let total = Infinity;
+  for (let k = 1; k <= total; k++) {
+    await page.waitForFunction((n) => window.demo.steps.length >= n || window.demo.state === 'error', k, { timeout: RUN_MS, polling: 100 });
+    assert.notEqual(await page.evaluate(() => window.demo.state), 'error', await context(page)());
+    total = await page.evaluate(() => window.demo.steps[0].total);
+    // The worker presents the step's frame before onStep; give the compositor a frame.
+    await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+    const now = await canvasPixels(page);
+    changes.push(meanAbs(shown, now));
+    shown = now;
+    await page.evaluate(() => window.releaseStep?.());
+  }
+  assert.equal(await waitState(page, ['done', 'error'], RUN_MS), 'done', await context(page)());
+  t.diagnostic(`canvas change per step (mean |Δ| of 0–255 levels): ${changes.map((x) => x.toFixed(2)).join(' ')}`);
+  assert.ok(changes.every((x) => x > 0), `the canvas did not change on every step: ${changes}`);
+  const r = await page.evaluate(() => window.demo.result);
+  const sc = await page.evaluate(() => window.demo.steps.map((s) => s.step));
+  assert.equal(total, c.steps + 1);
+  assert.deepEqual(sc, Array.from({ length: total }, (_, i) => i + 1));
+  const eLat = relErr(r.latents, golden.latents.data);
+  const eImg = relErr(r.image, golden.image.data);
+  t.diagnostic(`vs diffusers: latents rel err ${eLat.toExponential(2)}, image rel err ${eImg.toExponential(2)}; steps (ms): ${r.timings.stepsMs.map((m) => m.toFixed(0)).join(' ')}, text ${r.timings.textMs.toFixed(0)} ms, decode ${r.timings.decodeMs.toFixed(0)} ms`);
+  assert.ok(eLat <= 1e-3, `final latents differ from diffusers: ${eLat}`);
+  assert.ok(eImg <= 1e-3, `decoded image differs from diffusers: ${eImg}`);
+  assert.deepEqual([r.width, r.height], [c.width, c.height]);
+  // The final canvas is the decoded image, not the last preview.
+  const final = await canvasPixels(page);
+  assert.ok(meanAbs(shown, final) > 0, 'the decoded image was not drawn');
+
+  // A seeded run without the hook: the same seed gives the same image.
+  await page.evaluate(() => {
+    window.demoHooks = { raw: true };
+  });
+  await page.fill('#steps', '2');
+  await page.fill('#seed', '7');
+  const runSeeded = async () => {
+    await page.click('#generate');
+    assert.equal(await waitState(page, ['done', 'error'], RUN_MS), 'done', await context(page)());
+    return page.evaluate(() => window.demo.result.latents);
+  };
+  const a = await runSeeded();
+  const b = await runSeeded();
+  assert.deepEqual(a, b, 'the same seed gave different latents');
+  assert.ok(relErr(a, golden.latents.data) > 1e-2, 'a seeded run must not reproduce the injected latents');
+
+  // A second load of the repository reads every weight file from the cache.
+  await page.waitForFunction(() => window.demo.cache.filter((e) => e.status === 'stored').length >= 3, null, { timeout: 30_000 });
+  const before = server.log.length;
+  await page.click('#load');
+  assert.equal(await waitState(page, ['loaded', 'error'], LOAD_MS), 'loaded', await context(page)());
+  const again = server.log.slice(before);
+  assert.deepEqual(requestsFor(again, '.safetensors'), [], `weights downloaded again: ${JSON.stringify(again)}`);
+  await page.close();
+});
+
+test('sd: a repository URL missing a component names it', { timeout: READY_MS + LOAD_MS }, async (t) => {
+  const page = await openDemo('?model=/broken-sd/');
+  await page.click('#load');
+  assert.equal(await waitState(page, ['loaded', 'error'], LOAD_MS), 'error', await context(page)());
+  const d = await page.evaluate(() => ({ code: window.demo.errorCode, error: window.demo.error }));
+  t.diagnostic(`missing vae/: ${d.code}: ${d.error}`);
+  assert.equal(d.code, 'HTTP');
+  assert.match(d.error, /broken-sd\/vae\/config\.json/);
+  assert.match(d.error, /`vae` component/);
+  // Nothing large was fetched before the error.
+  assert.deepEqual(requestsFor(server.log, '.safetensors').filter((e) => e.path.startsWith('/broken-sd/')), []);
+  assert.equal(await page.locator('#prompt-box').isVisible(), false);
+  await page.close();
+});
