@@ -484,6 +484,8 @@ pub async fn read_first_weights(
     for rel in candidates {
         let url = format!("{base}{rel}");
         let item = Item::Url(url.clone());
+        // Progress counts this component's tensors, as `tensorsTotal` does.
+        ctx.tensors_ready.set(0);
         if rel.ends_with(".index.json") {
             match read_sharded(ctx, &item, &[]).await {
                 Ok(w) => return Ok(Some((url, w))),

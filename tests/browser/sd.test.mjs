@@ -175,11 +175,11 @@ test('sd: the tiny repository from the demo page matches diffusers txt2img; the 
   const final = await canvasPixels(page);
   assert.ok(meanAbs(shown, final) > 0, 'the decoded image was not drawn');
 
-  // A seeded run without the hook: the same seed gives the same image.
+  // A seeded one-step run without the hook, twice: the same seed gives the same latents.
   await page.evaluate(() => {
     window.demoHooks = { raw: true };
   });
-  await page.fill('#steps', '2');
+  await page.fill('#steps', '1');
   await page.fill('#seed', '7');
   const runSeeded = async () => {
     await page.click('#generate');
@@ -192,7 +192,7 @@ test('sd: the tiny repository from the demo page matches diffusers txt2img; the 
   assert.ok(relErr(a, golden.latents.data) > 1e-2, 'a seeded run must not reproduce the injected latents');
 
   // A second load of the repository reads every weight file from the cache.
-  await page.waitForFunction(() => window.demo.cache.filter((e) => e.status === 'stored').length >= 3, null, { timeout: 30_000 });
+  await page.waitForFunction(() => window.demo.cache.filter((e) => e.status === 'stored' && e.url.endsWith('.safetensors')).length === 3, null, { timeout: 30_000 });
   const before = server.log.length;
   await page.click('#load');
   assert.equal(await waitState(page, ['loaded', 'error'], LOAD_MS), 'loaded', await context(page)());
