@@ -20,6 +20,8 @@ mod guided_cmd;
 mod sample_cmd;
 #[cfg(not(target_arch = "wasm32"))]
 mod sample_research;
+#[cfg(not(target_arch = "wasm32"))]
+mod sd_cmd;
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
@@ -74,6 +76,9 @@ mod cli {
         Check,
         /// Sample images from a diffusion model (default: the bundled digit model).
         Sample(crate::sample_cmd::SampleArgs),
+        /// Generate an image with a Stable Diffusion repository (diffusers layout): text to
+        /// image, or image to image with --init; writes a PNG.
+        Sd(crate::sd_cmd::SdArgs),
         /// List the solvers `sample --solver` takes.
         Solvers,
         /// Time the engine on this adapter: UNet forward per batch, per-kernel GPU time,
@@ -128,6 +133,7 @@ mod cli {
                 );
             }
             Cmd::Sample(args) => crate::sample_cmd::run(args)?,
+            Cmd::Sd(args) => crate::sd_cmd::run(args)?,
             Cmd::Solvers => crate::sample_cmd::list_solvers(),
             Cmd::Bench(args) => crate::bench_cmd::run(args)?,
             Cmd::Check => {

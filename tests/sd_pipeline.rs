@@ -2,6 +2,9 @@
 //! encoder and VAE) whole pipelines against diffusers goldens made by
 //! scripts/goldens/make_tiny_sd.py on the tiny repository in tests/fixtures/tiny-sd.
 
+#[path = "ops/common.rs"]
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -170,4 +173,427 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(&p, to.join(e.file_name())).unwrap();
         }
     }
+}
+
+// ---- whole pipelines vs diffusers (tests/goldens/sd/<case>.safetensors) ----
+
+use webdiffusion::pipeline::sd_run::{
+    latent_rgb_cpu, GivenNoise, InitImage, Request, SdPipeline, LATENT_RGB_FACTORS,
+};
+use webdiffusion::platform::block_on;
+use webdiffusion::sampling::solvers::Control;
+use webdiffusion::weights::{LoadOptions, Weights};
+use webdiffusion::{Exec, Tensor};
+
+/// The GPU (lavapipe in CI) when there is one, else the CPU reference backend.
+fn exec() -> Exec {
+    match common::gpu() {
+        Some(ctx) => Exec::gpu(ctx),
+        None => Exec::cpu(),
+    }
+}
+
+struct Golden(Weights);
+
+impl Golden {
+    fn load(case: &str) -> Self {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/goldens/sd")
+            .join(format!("{case}.safetensors"));
+        Self(Weights::load_file(p, &LoadOptions::default()).unwrap())
+    }
+    fn get(&mut self, name: &str) -> Tensor {
+        let shape = self
+            .0
+            .shape(name)
+            .unwrap_or_else(|| panic!("golden tensor {name}"))
+            .to_vec();
+        self.0.take(name, &shape).unwrap()
+    }
+    fn has(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+}
+
+fn case_options(case: &str) -> serde_json::Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/goldens/sd/cases.json");
+    let all: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    all[case].clone()
+}
+
+/// max |got − want| / max |want|.
+fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    if got.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let scale = want.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs()));
+    err / scale.max(1e-30)
+}
+
+fn check(exec: &mut Exec, case: &str, what: &str, got: &Tensor, want: &Tensor, tol: f64) {
+    assert_eq!(got.shape(), want.shape(), "{case} {what}");
+    let g = block_on(exec.read(got)).unwrap();
+    let e = rel_err(&g, want.cpu_data().unwrap());
+    eprintln!("{case} {what} on {}: rel err {e:.2e}", exec.backend_name());
+    assert!(
+        e <= tol,
+        "{case} {what}: relative error {e:.2e} > {tol:.0e}"
+    );
+}
+
+/// The request of a golden case from cases.json, with diffusers' draws fed in.
+fn golden_request(case: &str, g: &mut Golden) -> Request {
+    let o = case_options(case);
+    let mut req = Request::new(o["prompt"].as_str().unwrap());
+    req.negative_prompt = o["negative_prompt"].as_str().unwrap().to_string();
+    req.steps = o["steps"].as_u64().unwrap() as usize;
+    req.guidance_scale = o["guidance"].as_f64().unwrap();
+    req.width = Some(o["width"].as_u64().unwrap() as usize);
+    req.height = Some(o["height"].as_u64().unwrap() as usize);
+    req.solver = o["solver"].as_str().map(str::to_string);
+    if let Some(sp) = o.get("timestep_spacing") {
+        req.scheduler_overrides
+            .insert("timestep_spacing".into(), sp.clone());
+    }
+    let mut noise = GivenNoise::default();
+    if g.has("init_latents") {
+        noise.init_latents = Some(g.get("init_latents"));
+    }
+    let mut k = 0;
+    while g.has(&format!("noise.{k}")) {
+        noise.solver.push(g.get(&format!("noise.{k}")));
+        k += 1;
+    }
+    if let Some(s) = o.get("strength").and_then(|v| v.as_f64()) {
+        req.init = Some(InitImage {
+            image: g.get("init_image"),
+            strength: s,
+        });
+        noise.posterior = Some(g.get("noise.posterior"));
+        noise.forward = Some(g.get("noise.forward"));
+    }
+    req.given_noise = Some(noise);
+    req
+}
+
+/// Runs one golden case end to end: prompt states, final latents and decoded image within
+/// the 1e-3 relative bar (img2img: the encoded init image too).
+fn run_golden(case: &str) {
+    let mut exec = exec();
+    let mut pipe = SdPipeline::load_dir(&mut exec, &fixture("tiny-sd")).unwrap();
+    let mut g = Golden::load(case);
+    let req = golden_request(case, &mut g);
+    if g.has("ids.cond") {
+        let want: Vec<u32> = g
+            .get("ids.cond")
+            .cpu_data()
+            .unwrap()
+            .iter()
+            .map(|&v| v as u32)
+            .collect();
+        assert_eq!(pipe.tokenizer().encode(&req.prompt).ids, want, "{case} ids");
+    }
+    let emb = pipe
+        .encode_prompt(
+            &mut exec,
+            &req.prompt,
+            req.guided().then_some(req.negative_prompt.as_str()),
+            0,
+        )
+        .unwrap();
+    let mut states = Vec::new();
+    if let Some(u) = &emb.uncond {
+        states.extend(block_on(exec.read(u)).unwrap());
+    }
+    states.extend(block_on(exec.read(&emb.cond)).unwrap());
+    let want = g.get("prompt_embeds");
+    let e = rel_err(&states, want.cpu_data().unwrap());
+    eprintln!("{case} prompt_embeds: rel err {e:.2e}");
+    assert!(e <= 5e-4, "{case} prompt_embeds: relative error {e:.2e}");
+    if g.has("encoded") {
+        // The image-to-image start: the posterior sample of the init image, as diffusers.
+        let init = req.init.as_ref().unwrap();
+        let e1 = req.given_noise.as_ref().unwrap().posterior.clone().unwrap();
+        let enc = pipe.encode_image(&mut exec, &init.image, &e1).unwrap();
+        check(&mut exec, case, "encoded", &enc, &g.get("encoded"), 1e-4);
+    }
+    // PNDM takes one more step than asked (its PLMS warm-up), as diffusers' timesteps.
+    let total_expected = match &req.init {
+        Some(i) => (req.steps as f64 * i.strength) as usize,
+        None => pipe.solver(&req).unwrap().num_steps(),
+    };
+    let mut seen = Vec::new();
+    let out = pipe
+        .generate(&mut exec, &req, &mut |_, s| {
+            seen.push((s.index, s.total, s.timestep));
+            Ok(Control::Continue)
+        })
+        .unwrap();
+    assert_eq!(out.steps_run, total_expected, "{case}");
+    assert_eq!(seen.len(), total_expected, "{case}");
+    assert!(seen
+        .iter()
+        .enumerate()
+        .all(|(i, s)| s.0 == i && s.1 == total_expected));
+    check(
+        &mut exec,
+        case,
+        "latents",
+        &out.latents,
+        &g.get("latents"),
+        1e-3,
+    );
+    let image = out.image.expect("a finished run decodes");
+    check(&mut exec, case, "image", &image, &g.get("image"), 1e-3);
+}
+
+#[test]
+fn txt2img_matches_diffusers() {
+    run_golden("txt2img");
+}
+
+#[test]
+fn img2img_matches_diffusers() {
+    run_golden("img2img");
+}
+
+#[test]
+fn lcm_matches_diffusers() {
+    run_golden("lcm");
+}
+
+#[test]
+fn turbo_matches_diffusers() {
+    run_golden("turbo");
+}
+
+/// The linear preview is one 1×1 convolution with the published factors: every step's
+/// preview equals the host computation on that step's x₀, and the budget check refuses a
+/// run up front with the numbers.
+#[test]
+fn step_previews_and_memory_refusal() {
+    let mut exec = exec();
+    let mut pipe = SdPipeline::load_dir(&mut exec, &fixture("tiny-sd")).unwrap();
+    let mut req = Request::new("a cat");
+    req.steps = 2;
+    req.guidance_scale = 3.0;
+    req.seed = 5;
+    req.solver = Some("euler_ancestral".into());
+    let mut checked = 0;
+    let out = pipe
+        .generate(&mut exec, &req, &mut |exec, s| {
+            let rgb = s.preview(exec)?;
+            assert_eq!(rgb.shape(), &[1, 3, 8, 8]);
+            let got = block_on(exec.read(&rgb))?;
+            let x0 = block_on(exec.read(s.x0))?;
+            let want = latent_rgb_cpu(s.x0.shape(), &x0)?;
+            assert!(rel_err(&got, &want) < 1e-5, "{}", rel_err(&got, &want));
+            checked += 1;
+            Ok(Control::Continue)
+        })
+        .unwrap();
+    assert_eq!(checked, 2);
+    assert_eq!(LATENT_RGB_FACTORS.len(), 4);
+    // The same seed gives the same image; another seed another.
+    let a = block_on(exec.read(out.image.as_ref().unwrap())).unwrap();
+    let again = pipe
+        .generate(&mut exec, &req, &mut |_, _| Ok(Control::Continue))
+        .unwrap();
+    assert_eq!(
+        a,
+        block_on(exec.read(again.image.as_ref().unwrap())).unwrap()
+    );
+    req.seed = 6;
+    let other = pipe
+        .generate(&mut exec, &req, &mut |_, _| Ok(Control::Continue))
+        .unwrap();
+    assert!(
+        rel_err(
+            &block_on(exec.read(other.image.as_ref().unwrap())).unwrap(),
+            &a
+        ) > 1e-3
+    );
+    // Stopping after the first step skips the decode.
+    let stopped = pipe
+        .generate(&mut exec, &req, &mut |_, _| Ok(Control::Stop))
+        .unwrap();
+    assert!(stopped.stopped && stopped.image.is_none() && stopped.steps_run == 1);
+
+    let plan = pipe.check_memory(&exec, &req).unwrap();
+    let peak = plan.peak(false);
+    pipe.set_limits(Some(PlanLimits {
+        budget: Some(peak - 1),
+        ..PlanLimits::WEBGPU_DEFAULT
+    }));
+    let e = pipe
+        .generate(&mut exec, &req, &mut |_, _| panic!("no step may run"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains(&peak.to_string()), "{e}");
+    pipe.set_limits(None);
+
+    // Bad requests are errors naming the problem.
+    req.width = Some(17);
+    let e = pipe
+        .generate(&mut exec, &req, &mut |_, _| panic!("no step may run"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("width 17") && e.contains("multiple of 2"), "{e}");
+    req.width = None;
+    req.init = Some(InitImage {
+        image: Tensor::from_vec(&[1, 3, 16, 16], vec![0.5; 768]).unwrap(),
+        strength: 0.5,
+    });
+    req.solver = Some("pndm".into());
+    let e = pipe
+        .generate(&mut exec, &req, &mut |_, _| panic!("no step may run"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("pndm") && e.contains("ddim"), "{e}");
+    req.solver = Some("ddim".into());
+    req.init.as_mut().unwrap().strength = 1.5;
+    let e = pipe
+        .generate(&mut exec, &req, &mut |_, _| panic!("no step may run"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("strength"), "{e}");
+    req.solver = Some("no_such_solver".into());
+    assert!(pipe
+        .generate(&mut exec, &req, &mut |_, _| panic!("no step may run"))
+        .is_err());
+}
+
+fn sd_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
+        .arg("sd")
+        .args(args)
+        .output()
+        .expect("run webdiffusion")
+}
+
+/// `webdiffusion sd` on the tiny repository end to end (CPU backend: no adapter needed),
+/// then its refusals.
+#[test]
+fn sd_command_writes_a_png_and_refuses_bad_input() {
+    let tmp = std::env::temp_dir().join(format!("wd-sd-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let model = fixture("tiny-sd");
+    let model = model.to_str().unwrap();
+    let out = tmp.join("cat.png");
+    let out_s = out.to_str().unwrap();
+    let base = [
+        "--model",
+        model,
+        "--prompt",
+        "a photo of a cat",
+        "--steps",
+        "3",
+        "--seed",
+        "4",
+        "--backend",
+        "cpu",
+        "--out",
+        out_s,
+    ];
+    let r = sd_cli(&base);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    assert!(stderr.contains("step 3/"), "{stderr}");
+    let im = webdiffusion::image::decode_png(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!((im.width, im.height, im.channels), (16, 16, 3));
+    // No overwrite without --force; with it, the same seed gives the same file.
+    let r = sd_cli(&base);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && stderr.contains("already exists") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    let first = std::fs::read(&out).unwrap();
+    let mut forced = base.to_vec();
+    forced.push("--force");
+    assert!(sd_cli(&forced).status.success());
+    assert_eq!(std::fs::read(&out).unwrap(), first);
+
+    // Image-to-image from the golden's init.png (strength 0.6 over 5 steps runs 3).
+    let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/goldens/sd/init.png");
+    let out2 = tmp.join("i2i.png");
+    let r = sd_cli(&[
+        "--model",
+        model,
+        "--prompt",
+        "a red dog",
+        "--steps",
+        "5",
+        "--strength",
+        "0.6",
+        "--init",
+        init.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("ddim") && stderr.contains("step 3/3"),
+        "{stderr}"
+    );
+
+    let fresh = tmp.join("bad.png");
+    let fresh_s = fresh.to_str().unwrap();
+    let err = |extra: &[&str]| -> String {
+        let mut a = vec![
+            "--model",
+            model,
+            "--prompt",
+            "x",
+            "--backend",
+            "cpu",
+            "--out",
+            fresh_s,
+        ];
+        a.extend_from_slice(extra);
+        let r = sd_cli(&a);
+        assert!(!r.status.success(), "{extra:?} should fail");
+        String::from_utf8_lossy(&r.stderr).into_owned()
+    };
+    let e = err(&["--width", "17", "--height", "16"]);
+    assert!(e.contains("width 17") && e.contains("multiple of 2"), "{e}");
+    let e = err(&["--init", init.to_str().unwrap(), "--strength", "1.5"]);
+    assert!(e.contains("--strength") && e.contains("1.5"), "{e}");
+    let e = err(&["--solver", "frobnicate"]);
+    assert!(
+        e.contains("frobnicate") && e.contains("webdiffusion solvers"),
+        "{e}"
+    );
+    let e = err(&["--strength", "0.5"]);
+    assert!(e.contains("--init"), "{e}");
+    assert!(!fresh.exists());
+    // A repository without its VAE names the component.
+    let broken = tmp.join("broken");
+    copy_dir(&fixture("tiny-sd"), &broken);
+    std::fs::remove_dir_all(broken.join("vae")).unwrap();
+    let r = sd_cli(&[
+        "--model",
+        broken.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--out",
+        fresh_s,
+    ]);
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && e.contains("`vae`"), "{e}");
+    let _ = std::fs::remove_dir_all(&tmp);
 }

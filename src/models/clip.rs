@@ -213,7 +213,13 @@ impl ClipTextModel {
     /// Builds the encoder, taking its tensors (`text_model.…`, as SD checkpoints name them)
     /// from `w`: a missing one is `Error::MissingTensors` naming it, a wrong shape
     /// `Error::WeightShape`. Tensors of other modules (e.g. a projection) are left in `w`.
+    /// Checkpoints saved by transformers 5 drop the `text_model.` prefix; it is added back.
     pub fn from_weights(exec: &mut Exec, cfg: &ClipTextConfig, w: &mut Weights) -> Result<Self> {
+        if !w.contains("text_model.embeddings.token_embedding.weight")
+            && w.contains("embeddings.token_embedding.weight")
+        {
+            w.add_prefix("text_model.")?;
+        }
         let d = cfg.hidden_size;
         let token_embedding = exec.upload(&w.take(
             "text_model.embeddings.token_embedding.weight",

@@ -217,6 +217,34 @@ impl Weights {
         self.entries.contains_key(name)
     }
 
+    /// Renames every tensor not yet taken that does not start with `prefix` to
+    /// `prefix + name` (e.g. `text_model.` for a CLIP text model saved by transformers 5,
+    /// which drops it). A clash with a tensor already named so is an error naming both.
+    pub fn add_prefix(&mut self, prefix: &str) -> Result<()> {
+        let names: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|n| !n.starts_with(prefix))
+            .cloned()
+            .collect();
+        for name in names {
+            let to = format!("{prefix}{name}");
+            if self.entries.contains_key(&to) {
+                return Err(Error::invalid(
+                    "weights",
+                    format!(
+                        "{}: both `{name}` and `{to}` are present; remove one of them",
+                        self.source
+                    ),
+                ));
+            }
+            if let Some(e) = self.entries.remove(&name) {
+                self.entries.insert(to, e);
+            }
+        }
+        Ok(())
+    }
+
     /// Names not yet taken, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)

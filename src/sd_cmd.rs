@@ -1,0 +1,312 @@
+//! `webdiffusion sd`: text-to-image and image-to-image with a Stable Diffusion repository
+//! (diffusers layout) through [`SdPipeline`], writing a PNG; `--preview` shows the linear
+//! latent preview of every step in the live window.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use webdiffusion::image::{batch_to_images, decode_png, encode_png, prepare_output, write_atomic};
+use webdiffusion::pipeline::sd_run::{InitImage, Request, SdPipeline, SdStep, IMG2IMG_SOLVERS};
+use webdiffusion::pipeline::SdRepo;
+use webdiffusion::platform::block_on;
+use webdiffusion::preview::{self, PreviewOptions};
+use webdiffusion::sampling::solvers::{schedule_class_for, Control};
+use webdiffusion::Exec;
+
+use crate::cli_denoise::{make_exec, BackendArg};
+
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Examples:
+  webdiffusion sd --model stable-diffusion-v1-5 --prompt \"a photo of a cat\" --seed 7 --out cat.png
+  webdiffusion sd --model sd-turbo --prompt \"a red fox\" --steps 1 --guidance 0 \\
+      --solver euler_ancestral --timestep-spacing trailing --out fox.png
+  webdiffusion sd --model stable-diffusion-v1-5 --prompt \"an oil painting\" --init photo.png \\
+      --strength 0.6 --solver ddim --out painting.png")]
+pub struct SdArgs {
+    /// The repository folder (holding model_index.json, unet/, vae/, text_encoder/,
+    /// tokenizer/, scheduler/).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub prompt: String,
+    /// The negative prompt (used when --guidance is above 1).
+    #[arg(long, default_value = "")]
+    pub negative: String,
+    #[arg(long, default_value_t = 25)]
+    pub steps: usize,
+    /// Classifier-free guidance scale; 1 or less runs the prompt alone (as diffusers).
+    #[arg(long, default_value_t = 7.5)]
+    pub guidance: f64,
+    /// Solver (`webdiffusion solvers`). Default: the repository's scheduler (for --init, ddim
+    /// when that scheduler keeps a history, e.g. SD 1.5's PNDM).
+    #[arg(long)]
+    pub solver: Option<String>,
+    /// Replace the scheduler's timestep_spacing (`leading`, `trailing`, `linspace`):
+    /// `trailing` for SD-Turbo-style one-step sampling.
+    #[arg(long)]
+    pub timestep_spacing: Option<String>,
+    /// Leave out the last N text-encoder layers (diffusers' clip_skip).
+    #[arg(long, default_value_t = 0)]
+    pub clip_skip: usize,
+    /// Seed of the noise; random when not given (the seed used is printed either way).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Image width in pixels (a multiple of the VAE factor, 8 for SD). Default: the model's
+    /// (or the --init image's).
+    #[arg(long)]
+    pub width: Option<usize>,
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// A PNG to start from (image-to-image); its size is the output size.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// How much of the --init image to change, 0 to 1 (default 0.8).
+    #[arg(long)]
+    pub strength: Option<f64>,
+    /// Output PNG. Default: sd-<seed>.png.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Overwrite an existing output file.
+    #[arg(long)]
+    pub force: bool,
+    /// Open a window showing the linear latent preview after every step, then the image
+    /// until the window is closed (GPU backend only; needs a display).
+    #[arg(long)]
+    pub preview: bool,
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "gpu")]
+    pub backend: BackendArg,
+    /// No per-step progress lines.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn random_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    (t ^ (t >> 29)) % 1_000_000_000
+}
+
+/// The request from the arguments, checked as far as it can be before anything is loaded.
+fn request(a: &SdArgs, seed: u64) -> Result<Request> {
+    let mut req = Request::new(a.prompt.clone());
+    req.negative_prompt = a.negative.clone();
+    if a.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    req.steps = a.steps;
+    if !a.guidance.is_finite() {
+        bail!("--guidance must be a finite number, got {}", a.guidance);
+    }
+    req.guidance_scale = a.guidance;
+    req.seed = seed;
+    req.solver = a.solver.clone();
+    req.clip_skip = a.clip_skip;
+    req.width = a.width;
+    req.height = a.height;
+    if let Some(s) = &a.timestep_spacing {
+        req.scheduler_overrides.insert(
+            "timestep_spacing".into(),
+            serde_json::Value::from(s.as_str()),
+        );
+    }
+    if let Some(name) = &a.solver {
+        if schedule_class_for(name).is_none() {
+            bail!(
+                "--solver {name}: unknown solver; `webdiffusion solvers` lists the names (e.g. ddim, euler_ancestral, dpmpp_2m, lcm)"
+            );
+        }
+    }
+    match (&a.init, a.strength) {
+        (None, Some(_)) => bail!("--strength applies to image-to-image; give --init IMAGE.png too"),
+        (None, None) => {}
+        (Some(path), strength) => {
+            let strength = strength.unwrap_or(0.8);
+            if !(0.0..=1.0).contains(&strength) {
+                bail!("--strength must be between 0 and 1, got {strength}");
+            }
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("--init {}: cannot read it", path.display()))?;
+            let im = decode_png(&bytes).with_context(|| {
+                format!(
+                    "--init {}: not a PNG this tool reads (8-bit grey, RGB or RGBA)",
+                    path.display()
+                )
+            })?;
+            for (flag, given, has) in [
+                ("--width", a.width, im.width),
+                ("--height", a.height, im.height),
+            ] {
+                if let Some(v) = given.filter(|&v| v != has) {
+                    bail!(
+                        "{flag} {v} differs from the --init image's {has} (it is {}×{}); leave {flag} out or resize the image",
+                        im.width,
+                        im.height
+                    );
+                }
+            }
+            req.width = Some(im.width);
+            req.height = Some(im.height);
+            req.init = Some(InitImage::from_pixels(
+                im.width,
+                im.height,
+                im.channels,
+                &im.pixels,
+                strength,
+            )?);
+        }
+    }
+    Ok(req)
+}
+
+/// Image-to-image with the repository's scheduler when it keeps a history: DDIM instead.
+fn default_img2img_solver(model: &Path, req: &mut Request) -> Result<()> {
+    if req.init.is_none() || req.solver.is_some() {
+        return Ok(());
+    }
+    let text =
+        std::fs::read_to_string(model.join("scheduler/scheduler_config.json")).unwrap_or_default();
+    let class = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("_class_name")?.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let canonical = webdiffusion::sampling::solvers::ALIASES
+        .iter()
+        .find(|(a, _)| *a == class)
+        .map_or(class.as_str(), |(_, n)| *n);
+    if !IMG2IMG_SOLVERS.contains(&canonical) {
+        eprintln!(
+            "note: the repository's {class} keeps a history from step 0; image-to-image uses ddim (pass --solver to choose: {})",
+            IMG2IMG_SOLVERS.join(", ")
+        );
+        req.solver = Some("ddim".into());
+    }
+    Ok(())
+}
+
+fn progress(quiet: bool, s: &SdStep<'_>) {
+    if !quiet {
+        eprintln!("step {}/{}  t = {}", s.index + 1, s.total, s.timestep);
+    }
+}
+
+/// Loads, samples and writes the PNG on `exec`; `show` sees each step (the window).
+fn run_on(
+    exec: &mut Exec,
+    a: &SdArgs,
+    req: &Request,
+    out: &Path,
+    show: &mut dyn FnMut(&mut Exec, &SdStep<'_>) -> webdiffusion::Result<Control>,
+) -> Result<webdiffusion::Tensor> {
+    let t_load = Instant::now();
+    let mut pipe = SdPipeline::load_dir(exec, &a.model).with_context(|| {
+        format!(
+            "loading the Stable Diffusion repository {}",
+            a.model.display()
+        )
+    })?;
+    let (w, h) = (
+        req.width.unwrap_or(pipe.default_size().0),
+        req.height.unwrap_or(pipe.default_size().1),
+    );
+    eprintln!(
+        "model: {} on {}, loaded in {:.2} s",
+        a.model.display(),
+        exec.backend_name(),
+        t_load.elapsed().as_secs_f64()
+    );
+    let solver = pipe.solver(req)?;
+    println!(
+        "seed {}, solver {}, {} steps, guidance {}, {w}×{h}{}",
+        req.seed,
+        solver.name(),
+        req.steps,
+        req.guidance_scale,
+        req.init
+            .as_ref()
+            .map(|i| format!(", img2img strength {}", i.strength))
+            .unwrap_or_default()
+    );
+    let gpu = exec.gpu_context().cloned();
+    let t0 = Instant::now();
+    let result = pipe.generate(exec, req, &mut |exec, s| {
+        let c = show(exec, s)?;
+        if let Some(ctx) = &gpu {
+            let _ = ctx.device.poll(wgpu::PollType::wait_indefinitely());
+        }
+        progress(a.quiet, s);
+        Ok(c)
+    })?;
+    for w in &result.warnings {
+        eprintln!("warning: {w}");
+    }
+    let Some(image) = result.image else {
+        bail!(
+            "stopped after {} steps; nothing was written",
+            result.steps_run
+        );
+    };
+    let data = block_on(exec.read(&image))?;
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        bail!("the image contains non-finite values (first at element {i}); nothing was written");
+    }
+    let im = batch_to_images(image.shape(), &data)?.remove(0);
+    write_atomic(out, &encode_png(&im)?, a.force)?;
+    println!(
+        "{} steps in {:.2} s → {}",
+        result.steps_run,
+        t0.elapsed().as_secs_f64(),
+        out.display()
+    );
+    Ok(image)
+}
+
+pub fn run(a: SdArgs) -> Result<()> {
+    // A missing component or file is named before anything large is read.
+    SdRepo::open_dir(&a.model)?;
+    let seed = a.seed.unwrap_or_else(random_seed);
+    let mut req = request(&a, seed)?;
+    default_img2img_solver(&a.model, &mut req)?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("sd-{seed}.png")));
+    if !out.extension().is_some_and(|e| e == "png") {
+        bail!("--out {}: the file name must end in .png", out.display());
+    }
+    prepare_output(&out, a.force)?;
+    if a.preview && a.backend == BackendArg::Cpu {
+        bail!("--preview draws on the GPU; use it with --backend gpu");
+    }
+    if a.preview {
+        let opts = PreviewOptions::new(format!("webdiffusion sd — seed {seed}"));
+        preview::run(&opts, |ctx, sink| {
+            let mut exec = Exec::gpu(ctx);
+            let mut show = |exec: &mut Exec, s: &SdStep<'_>| -> webdiffusion::Result<Control> {
+                let rgb = s.preview(exec)?;
+                sink.show_image(exec, &rgb, &format!("step {}/{}", s.index + 1, s.total))?;
+                Ok(Control::Continue)
+            };
+            let image = run_on(&mut exec, &a, &req, &out, &mut show).map_err(to_lib)?;
+            sink.show_image(&mut exec, &image, "done: close the window to exit")?;
+            Ok(())
+        })?;
+        Ok(())
+    } else {
+        let mut exec = make_exec(a.backend)?;
+        run_on(&mut exec, &a, &req, &out, &mut |_, _| Ok(Control::Continue))?;
+        Ok(())
+    }
+}
+
+/// An anyhow error carried through the preview's library `Result`.
+fn to_lib(e: anyhow::Error) -> webdiffusion::Error {
+    webdiffusion::Error::InvalidArgument {
+        op: "sd",
+        message: format!("{e:#}"),
+    }
+}
