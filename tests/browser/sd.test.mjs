@@ -13,6 +13,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startDemoServer, DEFAULT_MOUNTS } from '../../scripts/demo-server.mjs';
+import { execFileSync } from 'node:child_process';
 import { launch, decodePng, requestsFor } from './web-helpers.mjs';
 
 const READY_MS = 120_000;
@@ -20,6 +21,8 @@ const LOAD_MS = 180_000;
 const RUN_MS = Number(process.env.WEBDIFFUSION_BROWSER_TIMEOUT_MS ?? 300_000);
 const ROOT = new URL('../../', import.meta.url).pathname;
 const GOLDENS = path.join(ROOT, 'tests/goldens/sd');
+const NATIVE = process.env.WEBDIFFUSION_BIN ??
+  path.join(process.env.CARGO_TARGET_DIR ?? path.join(ROOT, 'target'), 'release', 'webdiffusion');
 
 /** The float32 tensors of a safetensors file. */
 function readSafetensors(file) {
@@ -213,5 +216,51 @@ test('sd: a repository URL missing a component names it', { timeout: READY_MS + 
   // Nothing large was fetched before the error.
   assert.deepEqual(requestsFor(server.log, '.safetensors').filter((e) => e.path.startsWith('/broken-sd/')), []);
   assert.equal(await page.locator('#prompt-box').isVisible(), false);
+  await page.close();
+});
+
+test('sd: image-to-image from the page gives the native `webdiffusion sd` image for the same seed', { timeout: READY_MS + LOAD_MS + 2 * RUN_MS }, async (t) => {
+  assert.ok(fs.existsSync(NATIVE), `native binary ${NATIVE} not found (scripts/browser-test.sh builds it with cargo build --release)`);
+  const c = JSON.parse(fs.readFileSync(path.join(GOLDENS, 'cases.json'), 'utf8')).img2img;
+  const initPng = path.join(GOLDENS, 'init.png');
+  const init = await decodePng(fs.readFileSync(initPng));
+  const SEED = 11;
+  const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'webdiffusion-sd-')), 'native.png');
+  execFileSync(NATIVE, ['sd', '--model', path.join(ROOT, 'tests/fixtures/tiny-sd'), '--prompt', c.prompt, '--negative', c.negative_prompt,
+    '--steps', String(c.steps), '--guidance', String(c.guidance), '--solver', c.solver, '--init', initPng, '--strength', String(c.strength),
+    '--seed', String(SEED), '--out', out, '--force', '--quiet'], { stdio: 'pipe', timeout: RUN_MS });
+  const native = await decodePng(fs.readFileSync(out));
+  fs.rmSync(path.dirname(out), { recursive: true, force: true });
+
+  const page = await openDemo();
+  await page.waitForFunction(() => [...document.querySelectorAll('#model-choice option')].some((o) => o.value === 'tiny-sd/'), null, { timeout: 30_000 });
+  await page.selectOption('#model-choice', 'tiny-sd/');
+  await page.click('#load');
+  assert.equal(await waitState(page, ['loaded', 'error'], LOAD_MS), 'loaded', await context(page)());
+  await page.fill('#prompt', c.prompt);
+  await page.fill('#negative-prompt', c.negative_prompt);
+  await page.fill('#steps', String(c.steps));
+  await page.fill('#guidance', String(c.guidance));
+  await page.fill('#seed', String(SEED));
+  await page.selectOption('#solver', c.solver);
+  await page.evaluate(({ w, h, rgba, strength }) => {
+    window.demoHooks = { initImage: new ImageData(new Uint8ClampedArray(rgba), w, h), strength };
+  }, { w: init.width, h: init.height, rgba: [...init.data], strength: c.strength });
+  await page.click('#generate');
+  assert.equal(await waitState(page, ['done', 'error'], RUN_MS), 'done', await context(page)());
+  const r = await page.evaluate(() => ({ steps: window.demo.steps.length, result: window.demo.result }));
+  // ⌊5 · 0.6⌋ = 3 of the 5 steps run.
+  assert.equal(r.steps, Math.floor(c.steps * c.strength));
+  assert.deepEqual([r.result.width, r.result.height], [native.width, native.height]);
+  let sum = 0;
+  let max = 0;
+  for (let i = 0; i < r.result.gray.length; i++) {
+    const d = Math.abs(r.result.gray[i] - native.data[i * 4]);
+    sum += d;
+    max = Math.max(max, d);
+  }
+  const mean = sum / r.result.gray.length;
+  t.diagnostic(`img2img, browser vs native CLI (red channel): mean |diff| ${mean.toFixed(3)}, max ${max} of 255`);
+  assert.ok(mean <= 0.5 && max <= 2, `the browser's image-to-image differs from the native CLI: mean ${mean}, max ${max}`);
   await page.close();
 });
