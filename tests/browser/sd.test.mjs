@@ -6,7 +6,8 @@
 // page's test hook) gives diffusers' final latents and decoded image
 // (scripts/goldens/make_tiny_sd.py) to ≤ 1e-3 relative; the canvas changes after every
 // step (a screenshot per step, the engine held by onStep's promise). A second load comes from
-// the weight cache, and a repository missing a component names it.
+// the weight cache, a repository missing a component names it, and image-to-image from the
+// page gives the native `webdiffusion sd` image for the same seed (WEBDIFFUSION_BIN).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
