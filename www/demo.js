@@ -311,6 +311,11 @@ async function generate() {
       // Tests inject diffusers' initial latents to compare with its goldens.
       if (window.demoHooks?.initLatents) options.initLatents = window.demoHooks.initLatents;
       if (window.demoHooks?.raw) options.raw = true;
+      // Image-to-image from a test (the page itself has no image picker yet).
+      if (window.demoHooks?.initImage) {
+        options.initImage = window.demoHooks.initImage;
+        options.strength = window.demoHooks.strength;
+      }
     } else if ($('class-label').value !== '') {
       options.classLabel = Number($('class-label').value);
       if (!$('guidance').disabled) options.guidance = numberOf('guidance');

@@ -387,6 +387,12 @@ impl SdPipeline {
         &self.configs
     }
 
+    /// The UNet, for a front end that runs the step loop itself (the browser awaits between
+    /// steps, which [`Self::generate`]'s synchronous callback cannot).
+    pub fn unet_mut(&mut self) -> &mut UNet {
+        &mut self.unet
+    }
+
     pub fn tokenizer(&self) -> &ClipTokenizer {
         &self.tokenizer
     }
@@ -668,7 +674,7 @@ impl SdPipeline {
 
     /// diffusers' `scheduler.add_noise(x0, ε, t)` at step `first` as `(a, b)` of `a·x0 + b·ε`:
     /// (√ᾱ_t, √(1 − ᾱ_t)) for the ᾱ schedulers, (1, σ) for the σ ones (Euler family).
-    fn add_noise_coefficients(
+    pub fn add_noise_coefficients(
         &self,
         req: &Request,
         solver: &dyn Solver,

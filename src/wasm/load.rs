@@ -209,13 +209,6 @@ pub struct LoadCtx {
     pub reader: RefCell<Option<JsValue>>,
     /// Which tensors the model's builder reads on the host (see [`keep_on_host`]).
     pub keep_on_host: Cell<fn(&str) -> bool>,
-    /// A new name for a tensor as it arrives (`None`: keep it; see [`no_rename`]).
-    pub rename: Cell<fn(&str) -> Option<String>>,
-}
-
-/// The default of [`LoadCtx::rename`]: every tensor keeps the file's name.
-pub fn no_rename(_: &str) -> Option<String> {
-    None
 }
 
 impl LoadCtx {
@@ -484,6 +477,8 @@ pub async fn read_first_weights(
     for rel in candidates {
         let url = format!("{base}{rel}");
         let item = Item::Url(url.clone());
+        // Progress counts this component's tensors, as `tensorsTotal` does.
+        ctx.tensors_ready.set(0);
         if rel.ends_with(".index.json") {
             match read_sharded(ctx, &item, &[]).await {
                 Ok(w) => return Ok(Some((url, w))),
@@ -658,10 +653,7 @@ async fn stream_one(
     ctx.progress(&label, 0, opened.len);
     let got = read_all(ctx, opened, |chunk| {
         stream
-            .push_with(chunk, |mut t| {
-                if let Some(name) = (ctx.rename.get())(&t.name) {
-                    t.name = name;
-                }
+            .push_with(chunk, |t| {
                 if (ctx.keep_on_host.get())(&t.name) {
                     return w.insert(t);
                 }

@@ -497,7 +497,6 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
         uploaded: Cell::new(0),
         reader: RefCell::new(None),
         keep_on_host: Cell::new(load::keep_on_host),
-        rename: Cell::new(load::no_rename),
     };
 
     let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);

@@ -4,11 +4,14 @@
 //! (each tensor to the GPU as it arrives, through the same `fetch` hook and weight cache as
 //! any model), and `generate({ prompt, … })` runs text → CLIP → the solver loop with
 //! classifier-free guidance → VAE decode, drawing a linear latent → RGB preview on the
-//! canvas after every step and the decoded image at the end.
+//! canvas after every step and the decoded image at the end; `initImage` + `strength` is
+//! image-to-image.
 //!
-//! The sampling loop is the library's (`Solver::step` per step, `Guided` for CFG, the same
-//! scheduler configs and `initial_noise` as `webdiffusion sample`), written out here with an
-//! await per step so the page, `onStep` and `abort()` get their turns.
+//! The model is the native [`SdPipeline`] (built from the streamed weights; its prompt
+//! encoding, memory check, image-to-image noising, latent preview and VAE decode). Only the
+//! step loop is written out here, the same `Solver::step` per step as
+//! [`SdPipeline::generate`], with an await after each step so the page, `onStep` and
+//! `abort()` get their turns (that method's callback is synchronous).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,54 +25,30 @@ use super::load::{self, Item, LoadCtx};
 use super::{work_done, Inner, Preview, MAX_STEPS};
 use crate::exec::Exec;
 use crate::gpu::GpuContext;
-use crate::models::clip::{ClipTextConfig, ClipTextModel};
-use crate::models::{AutoencoderKl, Conditioning, UNet, VaeConfig};
-use crate::ops::Conv2d;
-use crate::pipeline::plan::PlanLimits;
+use crate::models::UNet;
+use crate::ops::{Concat, SolverUpdate};
 use crate::pipeline::repo::{weight_candidates, Needed, SdRepo};
-use crate::pipeline::sd::{Overrides, SdConfigs};
-use crate::sampling::solvers::{
-    initial_noise, scale_initial_noise, Denoiser, Noise, StepContext, StepInfo, ALIASES,
-};
+use crate::pipeline::sd::{img2img_steps, Overrides, SdConfigs};
+use crate::pipeline::sd_run::{InitImage, LatentPreview, Request, SdPipeline, IMG2IMG_SOLVERS};
+use crate::sampling::solvers::ALIASES;
+use crate::sampling::solvers::{initial_noise, Denoiser, Noise, Solver, StepContext, StepInfo};
 use crate::sampling::{FiniteWatch, Guided};
 use crate::tensor::Tensor;
 use crate::tokenizer::{pad_token_of, ClipTokenizer};
-use crate::weights::Weights;
 
 /// A loaded pipeline.
 pub struct SdModel {
-    pub configs: SdConfigs,
-    tokenizer: ClipTokenizer,
-    clip: ClipTextModel,
-    /// Moved into the denoiser for a run and back after it.
-    unet: Option<UNet>,
-    vae: AutoencoderKl,
-    /// (3, C, 1, 1) weights and (3) bias of the latent → RGB preview.
-    preview: (Tensor, Tensor),
+    pipe: SdPipeline,
+    /// The per-step linear preview (none for latents other than 4 channels).
+    preview: Option<LatentPreview>,
     pub load_ms: f64,
 }
-
-/// Latent → RGB factors for 4-channel SD 1.x/2.x latents (rows: latent channels; columns:
-/// R, G, B), the community's least-squares fit of decoded colours on latents, used for a
-/// cheap preview only (the final image always goes through the VAE).
-const SD_LATENT_RGB: [[f32; 3]; 4] = [
-    [0.3512, 0.2297, 0.3227],
-    [0.3250, 0.4974, 0.2350],
-    [-0.2829, 0.1762, 0.2721],
-    [-0.2120, -0.2616, -0.5177],
-];
 
 /// The tensors the SD components rearrange on the host: the UNet's and VAE attention's
 /// q/k/v and time projections (see [`load::keep_on_host`]) and the VAE's 1×1
 /// `quant_conv` / `post_quant_conv`, folded with the scaling factor.
 fn keep_on_host(name: &str) -> bool {
     load::keep_on_host(name) || name.contains("quant_conv.")
-}
-
-/// transformers 5 saves a `CLIPTextModel` without the `text_model.` prefix that SD
-/// checkpoints (and [`ClipTextModel::from_weights`]) use.
-fn clip_prefix(name: &str) -> Option<String> {
-    (!name.starts_with("text_model.")).then(|| format!("text_model.{name}"))
 }
 
 fn missing(base: &str, component: &str, file: &str) -> WdError {
@@ -119,115 +98,51 @@ pub async fn load(lctx: &LoadCtx, base: &str, index: &str) -> WdResult<(SdModel,
             }
         }
     }
-    let clip_cfg = ClipTextConfig::from_json(&configs.clip_json).map_err(|e| {
-        WdError::new(
-            Code::UnsupportedConfig,
-            format!("{base}text_encoder/config.json: {e}"),
-        )
-    })?;
-    let vae_cfg = VaeConfig::from_json(&configs.vae_json).map_err(|e| {
-        WdError::new(
-            Code::UnsupportedConfig,
-            format!("{base}vae/config.json: {e}"),
-        )
-    })?;
-
     let mut parameters = 0;
     let mut bytes = 0;
     lctx.keep_on_host.set(keep_on_host);
-    let weights = |component: &'static str| {
+    let mut files = Vec::with_capacity(3);
+    for component in ["text_encoder", "unet", "vae"] {
         let candidates: Vec<String> = weight_candidates(component)
             .iter()
             .map(|f| format!("{component}/{f}"))
             .collect();
-        async move {
-            let got = load::read_first_weights(lctx, base, &candidates).await?;
-            lctx.check()?;
-            got.map(|(_, w)| w)
-                .ok_or_else(|| missing(base, component, &candidates.join(" or ")))
-        }
-    };
-
-    lctx.rename.set(clip_prefix);
-    let mut w: Weights = weights("text_encoder").await?;
-    lctx.rename.set(load::no_rename);
-    parameters += w.numel();
-    bytes += w.byte_len();
-    let clip = ClipTextModel::from_weights(&mut lctx.exec.borrow_mut(), &clip_cfg, &mut w)?;
-    // transformers 4 keeps the constant position_ids buffer; not needed.
-    let _ = w.take(
-        "text_model.embeddings.position_ids",
-        &[1, clip_cfg.max_position_embeddings],
-    );
-    w.finish_unused(false)?;
-    drop(w);
-
-    let mut w = weights("unet").await?;
-    parameters += w.numel();
-    bytes += w.byte_len();
-    let unet = UNet::from_weights(
-        &mut lctx.exec.borrow_mut(),
-        &configs.unet.arch,
-        &mut w,
-        false,
-    )?;
-    drop(w);
-
-    let mut w = weights("vae").await?;
-    parameters += w.numel();
-    bytes += w.byte_len();
-    let vae = AutoencoderKl::from_weights(&mut lctx.exec.borrow_mut(), &vae_cfg, &mut w)?;
-    w.finish_unused(false)?;
-    drop(w);
-
-    let preview = preview_weights(&mut lctx.exec.borrow_mut(), vae_cfg.latent_channels)?;
-    Ok((
-        SdModel {
-            configs,
-            tokenizer,
-            clip,
-            unet: Some(unet),
-            vae,
-            preview,
-            load_ms: 0.0,
-        },
-        parameters,
-        bytes,
-    ))
-}
-
-/// The preview's 1×1 convolution: [`SD_LATENT_RGB`] for 4 latent channels, else the first
-/// three channels as they are.
-fn preview_weights(exec: &mut Exec, channels: usize) -> crate::Result<(Tensor, Tensor)> {
-    let mut w = vec![0.0f32; 3 * channels];
-    for rgb in 0..3 {
-        for c in 0..channels {
-            w[rgb * channels + c] = if channels == 4 {
-                SD_LATENT_RGB[c][rgb]
-            } else if c == rgb {
-                1.0
-            } else {
-                0.0
-            };
-        }
+        let w = load::read_first_weights(lctx, base, &candidates)
+            .await?
+            .map(|(_, w)| w)
+            .ok_or_else(|| missing(base, component, &candidates.join(" or ")))?;
+        lctx.check()?;
+        parameters += w.numel();
+        bytes += w.byte_len();
+        files.push(w);
     }
-    Ok((
-        exec.upload(&Tensor::from_vec(&[3, channels, 1, 1], w)?)?,
-        exec.upload(&Tensor::from_vec(&[3], vec![0.0; 3])?)?,
-    ))
+    let [mut te, mut unet, mut vae] = <[_; 3]>::try_from(files)
+        .map_err(|_| WdError::new(Code::Internal, "three weight files expected"))?;
+    let preview = LatentPreview::new(&mut lctx.exec.borrow_mut(), configs.vae.latent_channels)?;
+    let pipe = SdPipeline::from_weights(
+        &mut lctx.exec.borrow_mut(),
+        configs,
+        tokenizer,
+        &mut te,
+        &mut unet,
+        &mut vae,
+    )?;
+    let model = SdModel {
+        pipe,
+        preview,
+        load_ms: 0.0,
+    };
+    Ok((model, parameters, bytes))
 }
 
 impl SdModel {
-    /// The image size the UNet was trained at.
-    fn default_size(&self) -> (usize, usize) {
-        let f = self.vae.downscale();
-        let (h, w) = self.configs.unet.sample_size().unwrap_or((64, 64));
-        (h * f, w * f)
+    fn configs(&self) -> &SdConfigs {
+        self.pipe.configs()
     }
 
     /// The repository's scheduler as a solver name of the menu (`PNDMScheduler` → `pndm`).
     fn default_solver(&self) -> &str {
-        let class = self.configs.solver_name(None);
+        let class = self.configs().solver_name(None);
         ALIASES
             .iter()
             .find(|(alias, _)| *alias == class)
@@ -237,24 +152,24 @@ impl SdModel {
     /// `ModelInfo` of the pipeline.
     pub fn info(&self, parameters: u64, weight_bytes: u64) -> Object {
         let o = Object::new();
-        let repo = &self.configs.repo;
+        let repo = &self.configs().repo;
         js::set(&o, "className", repo.pipeline_class.as_str());
         js::set(&o, "kind", "stable-diffusion");
-        let (h, w) = self.default_size();
+        let (w, h) = self.pipe.default_size();
         js::set(&o, "width", w as f64);
         js::set(&o, "height", h as f64);
         js::set(&o, "channels", 3.0);
         js::set(
             &o,
             "latentChannels",
-            self.vae.config().latent_channels as f64,
+            self.configs().vae.latent_channels as f64,
         );
         js::set(&o, "numClassEmbeds", JsValue::NULL);
         js::set(&o, "nullClass", JsValue::NULL);
         js::set(&o, "parameters", parameters as f64);
         js::set(&o, "weightBytes", weight_bytes as f64);
         let prediction = self
-            .configs
+            .configs()
             .scheduler_config(None, &Overrides::new())
             .ok()
             .map(|c| c.prediction_type.name());
@@ -294,6 +209,8 @@ struct SdOptions {
     height: usize,
     overrides: Overrides,
     init_latents: Option<Vec<f32>>,
+    /// Image-to-image: the start image at the run's size, and strength.
+    init: Option<InitImage>,
     raw: bool,
     preview: Preview,
     on_step: Option<js_sys::Function>,
@@ -315,14 +232,7 @@ fn sd_options(model: &SdModel, options: &JsValue) -> WdResult<SdOptions> {
     for k in NOT_SD {
         if !js::is_absent(&js::get(options, k)) {
             return Err(WdError::bad_option(format!(
-                "option `{k}` does not apply to a Stable Diffusion pipeline: it samples with prompt, negativePrompt, steps, guidance, seed, width, height and solver"
-            )));
-        }
-    }
-    for k in ["initImage", "strength"] {
-        if !js::is_absent(&js::get(options, k)) {
-            return Err(WdError::bad_option(format!(
-                "option `{k}`: image-to-image is not in the browser engine yet (the native CLI has it); leave out initImage and strength"
+                "option `{k}` does not apply to a Stable Diffusion pipeline: it samples with prompt, negativePrompt, steps, guidance, seed, width, height, solver, initImage and strength"
             )));
         }
     }
@@ -341,9 +251,65 @@ fn sd_options(model: &SdModel, options: &JsValue) -> WdResult<SdOptions> {
         Some(s) => s,
         None => (js_sys::Math::random() * 1e9).floor() as u64,
     };
-    let (dh, dw) = model.default_size();
+    // Image-to-image: an ImageData (or { width, height, data } of RGBA bytes); the run's
+    // size is the image's unless given.
+    let image = js::get(options, "initImage");
+    let strength = js::opt_f64(options, "strength")?;
+    let pixels = if js::is_absent(&image) {
+        if strength.is_some() {
+            return Err(WdError::bad_option(
+                "option `strength` only applies to image-to-image: give initImage too",
+            ));
+        }
+        None
+    } else {
+        let dim = |k: &str| {
+            js::get(&image, k)
+                .as_f64()
+                .filter(|v| *v >= 1.0 && v.fract() == 0.0)
+        };
+        let data = js::get(&image, "data");
+        match (dim("width"), dim("height"), data.dyn_ref::<js_sys::Uint8ClampedArray>()) {
+            (Some(w), Some(h), Some(d)) => Some((w as usize, h as usize, d.to_vec())),
+            _ => {
+                return Err(WdError::bad_option(format!(
+                    "option `initImage` must be an ImageData (or {{ width, height, data: Uint8ClampedArray of RGBA bytes }}), got {}",
+                    js::describe(&image)
+                )))
+            }
+        }
+    };
+    let (dw, dh) = match &pixels {
+        Some((w, h, _)) => (*w, *h),
+        None => model.pipe.default_size(),
+    };
     let width = js::opt_uint(options, "width", 8192.0)?.map_or(dw, |v| v as usize);
     let height = js::opt_uint(options, "height", 8192.0)?.map_or(dh, |v| v as usize);
+    let init_image = match pixels {
+        Some((w, h, data)) => {
+            if (w, h) != (width, height) {
+                return Err(WdError::bad_option(format!(
+                    "option `initImage` is {w}×{h} but the run is {width}×{height}; resize the image (or leave out width and height)"
+                )));
+            }
+            if data.len() != w * h * 4 {
+                return Err(WdError::bad_option(format!(
+                    "option `initImage`: {} bytes of data for {w}×{h} RGBA pixels ({} expected)",
+                    data.len(),
+                    w * h * 4
+                )));
+            }
+            // diffusers' img2img default.
+            Some(InitImage::from_pixels(
+                w,
+                h,
+                4,
+                &data,
+                strength.unwrap_or(0.8),
+            )?)
+        }
+        None => None,
+    };
     let mut overrides = Overrides::new();
     if let Some(s) = js::opt_string(options, "timestepSpacing")? {
         if !["leading", "trailing", "linspace"].contains(&s.as_str()) {
@@ -386,6 +352,7 @@ fn sd_options(model: &SdModel, options: &JsValue) -> WdResult<SdOptions> {
         height,
         overrides,
         init_latents,
+        init: init_image,
         raw,
         preview,
         on_step: js::opt_function(options, "onStep")?,
@@ -441,6 +408,15 @@ pub async fn generate(
     r
 }
 
+/// The UNet by reference as a denoiser (guidance wraps it without taking it).
+struct UNetRef<'a>(&'a mut UNet);
+
+impl Denoiser for UNetRef<'_> {
+    fn denoise(&mut self, exec: &mut Exec, x: &Tensor, timestep: f64) -> crate::Result<Tensor> {
+        self.0.denoise(exec, x, timestep)
+    }
+}
+
 async fn run(
     inner: &Inner,
     ctx: &Arc<GpuContext>,
@@ -450,25 +426,61 @@ async fn run(
     t_start: f64,
 ) -> WdResult<JsValue> {
     let o = sd_options(model, options)?;
-    let guided = o.guidance > 1.0;
-    // Sizes and memory checked against this adapter before anything runs.
-    let plan = model
-        .configs
-        .plan_inputs()
-        .plan(o.width, o.height, 1, guided, false)?;
-    plan.check(&PlanLimits::from_caps(&ctx.caps), false)?;
-    let f = model.vae.downscale();
+    let mut req = Request::new(o.prompt.clone());
+    req.negative_prompt = o.negative.clone();
+    req.steps = o.steps;
+    req.guidance_scale = o.guidance;
+    req.seed = o.seed;
+    req.width = Some(o.width);
+    req.height = Some(o.height);
+    req.solver = o.solver.clone();
+    req.scheduler_overrides = o.overrides.clone();
+    let pipe = &mut model.pipe;
+    let rgb = model.preview.as_ref();
+    // Size, memory (the adapter's limits) and solver problems fail before any model runs.
+    pipe.check_memory(exec, &req)?;
+    let f = pipe.vae_factor();
     let shape = [
         1,
-        model.configs.unet.arch.in_channels,
+        pipe.configs().vae.latent_channels,
         o.height / f,
         o.width / f,
     ];
-    let mut solver = model
-        .configs
-        .solver(o.solver.as_deref(), &o.overrides, o.steps)?;
-    let x_t = match &o.init_latents {
-        Some(v) => {
+    let mut solver = pipe.solver(&req)?;
+    let range = match &o.init {
+        None => (0, solver.num_steps()),
+        Some(init) => {
+            let name = solver.name();
+            if !IMG2IMG_SOLVERS.contains(&name) {
+                return Err(WdError::bad_option(format!(
+                    "image-to-image starts part-way down the schedule, which the {name} solver does not do here; pick one of {}",
+                    IMG2IMG_SOLVERS.join(", ")
+                )));
+            }
+            let (first, n) = img2img_steps(o.steps, init.strength)?;
+            (first, first + n)
+        }
+    };
+
+    // Text → encoder hidden states (the negative prompt is the unconditional pass).
+    let t_text = js::now_ms();
+    let guided = req.guided();
+    let emb = pipe.encode_prompt(exec, &o.prompt, guided.then_some(o.negative.as_str()), 0)?;
+    for w in &emb.warnings {
+        web_sys::console::warn_1(&w.into());
+    }
+    let states = match &emb.uncond {
+        Some(u) => exec.run(&Concat::new(0), &[u, &emb.cond])?,
+        None => emb.cond.clone(),
+    };
+    exec.submit()?;
+    let text_ms = js::now_ms() - t_text;
+    inner.check_running("generate")?;
+
+    // The starting latents: given, drawn from the seed, or the noised init image (the
+    // same Philox streams as the native pipeline).
+    let x_t = match (&o.init, &o.init_latents) {
+        (None, Some(v)) => {
             let n: usize = shape.iter().product();
             if v.len() != n {
                 return Err(WdError::bad_option(format!(
@@ -478,92 +490,67 @@ async fn run(
                     o.height
                 )));
             }
-            scale_initial_noise(exec, solver.as_ref(), &Tensor::from_vec(&shape, v.clone())?)?
+            crate::sampling::solvers::scale_initial_noise(
+                exec,
+                solver.as_ref(),
+                &Tensor::from_vec(&shape, v.clone())?,
+            )?
         }
-        None => initial_noise(exec, solver.as_ref(), &shape, o.seed)?,
+        (None, None) => initial_noise(exec, solver.as_ref(), &shape, o.seed)?,
+        (Some(_), Some(_)) => {
+            return Err(WdError::bad_option(
+                "option `initLatents` is for text-to-image; image-to-image starts from initImage",
+            ))
+        }
+        (Some(init), None) => {
+            let e1 = exec.run(&SolverUpdate::noise(&shape, 1.0, o.seed, u32::MAX, 1), &[])?;
+            let encoded = pipe.encode_image(exec, &init.image, &e1)?;
+            let e2 = exec.run(&SolverUpdate::noise(&shape, 1.0, o.seed, u32::MAX, 2), &[])?;
+            let (a, b) = pipe.add_noise_coefficients(&req, solver.as_ref(), range.0)?;
+            exec.run(&SolverUpdate::linear(&[a, b]), &[&encoded, &e2])?
+        }
     };
 
-    // Text → encoder hidden states (the negative prompt is the unconditional pass).
-    let t_text = js::now_ms();
-    let cond_ids = model.tokenizer.encode(&o.prompt).ids;
-    let cond = model.clip.encode(exec, &cond_ids, 1, 0)?;
-    let uncond = if guided {
-        let ids = model.tokenizer.encode(&o.negative).ids;
-        Some(model.clip.encode(exec, &ids, 1, 0)?)
+    let mut steps_ms = Vec::with_capacity(range.1 - range.0);
+    pipe.unet_mut()
+        .set_encoder_hidden_states(exec, Some(&states))?;
+    let r = if guided {
+        let mut g = Guided::new(UNetRef(pipe.unet_mut()), o.guidance)?;
+        steps(
+            inner,
+            ctx,
+            exec,
+            rgb,
+            solver.as_mut(),
+            &mut g,
+            x_t,
+            range,
+            &o,
+            &mut steps_ms,
+        )
+        .await
     } else {
-        None
+        let mut u = UNetRef(pipe.unet_mut());
+        steps(
+            inner,
+            ctx,
+            exec,
+            rgb,
+            solver.as_mut(),
+            &mut u,
+            x_t,
+            range,
+            &o,
+            &mut steps_ms,
+        )
+        .await
     };
-    exec.submit()?;
-    let text_ms = js::now_ms() - t_text;
-    inner.check_running("generate")?;
-
-    let unet = model
-        .unet
-        .take()
-        .ok_or_else(|| WdError::new(Code::Internal, "the UNet is missing from the pipeline"))?;
-    let mut steps_ms = Vec::with_capacity(o.steps);
-    let r = match uncond {
-        Some(u) => {
-            let none = Conditioning {
-                class_labels: None,
-                encoder_hidden_states: Some(&u),
-            };
-            let c = Conditioning {
-                class_labels: None,
-                encoder_hidden_states: Some(&cond),
-            };
-            match Guided::for_unet(exec, unet, c, none, o.guidance) {
-                Ok(mut g) => {
-                    let r = steps(
-                        inner,
-                        ctx,
-                        exec,
-                        model,
-                        solver.as_mut(),
-                        &mut g,
-                        x_t,
-                        &o,
-                        &mut steps_ms,
-                    )
-                    .await;
-                    model.unet = Some(g.into_inner());
-                    r
-                }
-                // The UNet went into for_unet; a failure there is a bug, not bad input.
-                Err(e) => return Err(e.into()),
-            }
-        }
-        None => {
-            let mut unet = unet;
-            let r = match unet.set_encoder_hidden_states(exec, Some(&cond)) {
-                Ok(()) => {
-                    steps(
-                        inner,
-                        ctx,
-                        exec,
-                        model,
-                        solver.as_mut(),
-                        &mut unet,
-                        x_t,
-                        &o,
-                        &mut steps_ms,
-                    )
-                    .await
-                }
-                Err(e) => Err(e.into()),
-            };
-            model.unet = Some(unet);
-            r
-        }
-    };
-    if let Some(unet) = model.unet.as_mut() {
-        let _ = unet.set_encoder_hidden_states(exec, None);
-    }
+    let _ = pipe.unet_mut().set_encoder_hidden_states(exec, None);
     let latents = r?;
 
     inner.check_running("generate")?;
     let t_dec = js::now_ms();
-    let image = model.vae.decode(exec, &latents)?;
+    let image = pipe.decode(exec, &latents)?;
     exec.submit()?;
     if let Some(c) = inner.canvas.borrow_mut().as_mut() {
         c.draw(ctx, &[&image])?;
@@ -601,32 +588,32 @@ async fn run(
     js::set(&out, "timings", timings);
     js::set(&out, "seed", o.seed as f64);
     js::set(&out, "solver", solver.name());
-    js::set(&out, "steps", solver.num_steps() as f64);
+    js::set(&out, "steps", (range.1 - range.0) as f64);
     js::set(&out, "prompt", o.prompt.as_str());
     Ok(out.into())
 }
 
-/// The solver loop (as `sampling::solvers::sample`, one submit per step) with the preview
-/// and `onStep` after each step. Returns the final latents.
+/// The solver loop over `range` (as [`SdPipeline::generate`], one submit per step) with the
+/// preview and `onStep` after each step. Returns the final latents.
 #[allow(clippy::too_many_arguments)]
 async fn steps(
     inner: &Inner,
     ctx: &Arc<GpuContext>,
     exec: &mut Exec,
-    model: &SdModel,
-    solver: &mut dyn crate::sampling::solvers::Solver,
+    rgb: Option<&LatentPreview>,
+    solver: &mut dyn Solver,
     denoiser: &mut dyn Denoiser,
     x_t: Tensor,
+    range: (usize, usize),
     o: &SdOptions,
     steps_ms: &mut Vec<f64>,
 ) -> WdResult<Tensor> {
     let mut noise = Noise::Philox { seed: o.seed };
     let mut watch = FiniteWatch::new();
-    let total = solver.num_steps();
+    let total = range.1 - range.0;
     let mut x = x_t;
     exec.submit()?;
-    let rgb = Conv2d::new(1, 0).with_bias();
-    for i in 0..total {
+    for i in range.0..range.1 {
         inner.check_running("generate")?;
         let t0 = js::now_ms();
         let mut sctx = StepContext {
@@ -637,7 +624,7 @@ async fn steps(
         let out = solver.step(&mut sctx, denoiser, i, &x)?;
         x = out.prev_sample;
         let info = StepInfo {
-            index: i,
+            index: i - range.0,
             total,
             timestep: solver.timestep(i),
             x: &x,
@@ -650,10 +637,8 @@ async fn steps(
             Preview::None => None,
         };
         let has_canvas = inner.canvas.borrow().is_some();
-        let preview = match shown {
-            Some(t) if has_canvas => {
-                Some(exec.run(&rgb, &[t, &model.preview.0, &model.preview.1])?)
-            }
+        let preview = match (shown, rgb) {
+            (Some(t), Some(rgb)) if has_canvas => Some(rgb.rgb(exec, t)?),
             _ => None,
         };
         exec.submit()?;
@@ -667,7 +652,7 @@ async fn steps(
         steps_ms.push(ms);
         if let Some(f) = &o.on_step {
             let s = Object::new();
-            js::set(&s, "step", (i + 1) as f64);
+            js::set(&s, "step", (i - range.0 + 1) as f64);
             js::set(&s, "total", total as f64);
             js::set(&s, "ms", ms);
             js::set(&s, "timestep", solver.timestep(i));

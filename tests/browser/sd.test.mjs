@@ -6,13 +6,15 @@
 // page's test hook) gives diffusers' final latents and decoded image
 // (scripts/goldens/make_tiny_sd.py) to ≤ 1e-3 relative; the canvas changes after every
 // step (a screenshot per step, the engine held by onStep's promise). A second load comes from
-// the weight cache, and a repository missing a component names it.
+// the weight cache, a repository missing a component names it, and image-to-image from the
+// page gives the native `webdiffusion sd` image for the same seed (WEBDIFFUSION_BIN).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startDemoServer, DEFAULT_MOUNTS } from '../../scripts/demo-server.mjs';
+import { execFileSync } from 'node:child_process';
 import { launch, decodePng, requestsFor } from './web-helpers.mjs';
 
 const READY_MS = 120_000;
@@ -20,6 +22,8 @@ const LOAD_MS = 180_000;
 const RUN_MS = Number(process.env.WEBDIFFUSION_BROWSER_TIMEOUT_MS ?? 300_000);
 const ROOT = new URL('../../', import.meta.url).pathname;
 const GOLDENS = path.join(ROOT, 'tests/goldens/sd');
+const NATIVE = process.env.WEBDIFFUSION_BIN ??
+  path.join(process.env.CARGO_TARGET_DIR ?? path.join(ROOT, 'target'), 'release', 'webdiffusion');
 
 /** The float32 tensors of a safetensors file. */
 function readSafetensors(file) {
@@ -175,11 +179,11 @@ test('sd: the tiny repository from the demo page matches diffusers txt2img; the 
   const final = await canvasPixels(page);
   assert.ok(meanAbs(shown, final) > 0, 'the decoded image was not drawn');
 
-  // A seeded run without the hook: the same seed gives the same image.
+  // A seeded one-step run without the hook, twice: the same seed gives the same latents.
   await page.evaluate(() => {
     window.demoHooks = { raw: true };
   });
-  await page.fill('#steps', '2');
+  await page.fill('#steps', '1');
   await page.fill('#seed', '7');
   const runSeeded = async () => {
     await page.click('#generate');
@@ -192,7 +196,7 @@ test('sd: the tiny repository from the demo page matches diffusers txt2img; the 
   assert.ok(relErr(a, golden.latents.data) > 1e-2, 'a seeded run must not reproduce the injected latents');
 
   // A second load of the repository reads every weight file from the cache.
-  await page.waitForFunction(() => window.demo.cache.filter((e) => e.status === 'stored').length >= 3, null, { timeout: 30_000 });
+  await page.waitForFunction(() => window.demo.cache.filter((e) => e.status === 'stored' && e.url.endsWith('.safetensors')).length === 3, null, { timeout: 30_000 });
   const before = server.log.length;
   await page.click('#load');
   assert.equal(await waitState(page, ['loaded', 'error'], LOAD_MS), 'loaded', await context(page)());
@@ -213,5 +217,51 @@ test('sd: a repository URL missing a component names it', { timeout: READY_MS + 
   // Nothing large was fetched before the error.
   assert.deepEqual(requestsFor(server.log, '.safetensors').filter((e) => e.path.startsWith('/broken-sd/')), []);
   assert.equal(await page.locator('#prompt-box').isVisible(), false);
+  await page.close();
+});
+
+test('sd: image-to-image from the page gives the native `webdiffusion sd` image for the same seed', { timeout: READY_MS + LOAD_MS + 2 * RUN_MS }, async (t) => {
+  assert.ok(fs.existsSync(NATIVE), `native binary ${NATIVE} not found (scripts/browser-test.sh builds it with cargo build --release)`);
+  const c = JSON.parse(fs.readFileSync(path.join(GOLDENS, 'cases.json'), 'utf8')).img2img;
+  const initPng = path.join(GOLDENS, 'init.png');
+  const init = await decodePng(fs.readFileSync(initPng));
+  const SEED = 11;
+  const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'webdiffusion-sd-')), 'native.png');
+  execFileSync(NATIVE, ['sd', '--model', path.join(ROOT, 'tests/fixtures/tiny-sd'), '--prompt', c.prompt, '--negative', c.negative_prompt,
+    '--steps', String(c.steps), '--guidance', String(c.guidance), '--solver', c.solver, '--init', initPng, '--strength', String(c.strength),
+    '--seed', String(SEED), '--out', out, '--force', '--quiet'], { stdio: 'pipe', timeout: RUN_MS });
+  const native = await decodePng(fs.readFileSync(out));
+  fs.rmSync(path.dirname(out), { recursive: true, force: true });
+
+  const page = await openDemo();
+  await page.waitForFunction(() => [...document.querySelectorAll('#model-choice option')].some((o) => o.value === 'tiny-sd/'), null, { timeout: 30_000 });
+  await page.selectOption('#model-choice', 'tiny-sd/');
+  await page.click('#load');
+  assert.equal(await waitState(page, ['loaded', 'error'], LOAD_MS), 'loaded', await context(page)());
+  await page.fill('#prompt', c.prompt);
+  await page.fill('#negative-prompt', c.negative_prompt);
+  await page.fill('#steps', String(c.steps));
+  await page.fill('#guidance', String(c.guidance));
+  await page.fill('#seed', String(SEED));
+  await page.selectOption('#solver', c.solver);
+  await page.evaluate(({ w, h, rgba, strength }) => {
+    window.demoHooks = { initImage: new ImageData(new Uint8ClampedArray(rgba), w, h), strength };
+  }, { w: init.width, h: init.height, rgba: [...init.data], strength: c.strength });
+  await page.click('#generate');
+  assert.equal(await waitState(page, ['done', 'error'], RUN_MS), 'done', await context(page)());
+  const r = await page.evaluate(() => ({ steps: window.demo.steps.length, result: window.demo.result }));
+  // ⌊5 · 0.6⌋ = 3 of the 5 steps run.
+  assert.equal(r.steps, Math.floor(c.steps * c.strength));
+  assert.deepEqual([r.result.width, r.result.height], [native.width, native.height]);
+  let sum = 0;
+  let max = 0;
+  for (let i = 0; i < r.result.gray.length; i++) {
+    const d = Math.abs(r.result.gray[i] - native.data[i * 4]);
+    sum += d;
+    max = Math.max(max, d);
+  }
+  const mean = sum / r.result.gray.length;
+  t.diagnostic(`img2img, browser vs native CLI (red channel): mean |diff| ${mean.toFixed(3)}, max ${max} of 255`);
+  assert.ok(mean <= 0.5 && max <= 2, `the browser's image-to-image differs from the native CLI: mean ${mean}, max ${max}`);
   await page.close();
 });
