@@ -7,7 +7,10 @@
 #      headless Chromium (tests/browser/bench.mjs, pages/bench.html);
 # then writes the combined tables as markdown and JSON.
 #
-#   scripts/bench.sh [--quick] [--out DIR]      (default DIR: .cache/bench/<UTC time>)
+#   scripts/bench.sh [--quick] [--no-build] [--out DIR]   (default DIR: .cache/bench/<UTC time>)
+#
+# --no-build uses the web/pkg and native binary already there ($WEBDIFFUSION_BIN, default
+# target/release/webdiffusion) instead of building them.
 #
 # Idempotent: installs what is missing into .cache/ (the Python venv pinned in
 # scripts/bench-requirements.txt, onnxruntime-web pinned in scripts/bench-web/, the e2e
@@ -20,11 +23,13 @@ say() { printf 'bench: %s (%ss)\n' "$*" "$((SECONDS - start))"; }
 
 quick=()
 out=""
+build=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=(--quick) ;;
+    --no-build) build=0 ;;
     --out) out=${2:?--out needs a folder}; shift ;;
-    *) echo "bench: unknown argument $1 (use --quick, --out DIR)" >&2; exit 2 ;;
+    *) echo "bench: unknown argument $1 (use --quick, --no-build, --out DIR)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -59,11 +64,17 @@ fi
 chromium=${WEBDIFFUSION_CHROMIUM:-/usr/bin/chromium}
 [ -x "$chromium" ] || { echo "bench: $chromium is missing; scripts/browser-test.sh installs it" >&2; exit 1; }
 
-say "building the native release binary and web/pkg"
-cargo build --release --bin webdiffusion --quiet
 target_dir=${CARGO_TARGET_DIR:-target}
-bin="$target_dir/release/webdiffusion"
-scripts/build-wasm.sh
+bin=${WEBDIFFUSION_BIN:-$target_dir/release/webdiffusion}
+if [ "$build" = 1 ]; then
+  say "building the native release binary and web/pkg"
+  cargo build --release --bin webdiffusion --quiet
+  bin="$target_dir/release/webdiffusion"
+  scripts/build-wasm.sh
+fi
+[ -x "$bin" ] || { echo "bench: no native binary at $bin; leave out --no-build" >&2; exit 1; }
+[ -f web/pkg/webdiffusion.js ] || { echo "bench: web/pkg is missing; leave out --no-build" >&2; exit 1; }
+echo "bench: native binary $bin" > "$out/binary.txt"
 
 onnx=.cache/onnx
 if [ ! -f "$onnx/export.json" ] ||

@@ -164,6 +164,8 @@ impl UnetBench {
     }
 
     /// One UNet forward of the input set by `setInput`, read back.
+    // The borrow is held across the await on purpose: a second call meanwhile gets "busy".
+    #[allow(clippy::await_holding_refcell_ref)]
     pub async fn forward(&self) -> Result<Vec<f32>, JsValue> {
         let mut guard = self
             .state
@@ -188,6 +190,8 @@ impl UnetBench {
     /// own compute pass (so it includes a pass boundary per dispatch). `undefined` without
     /// `TIMESTAMP_QUERY`.
     #[wasm_bindgen(js_name = gpuSumMs)]
+    // The borrow is held across the await on purpose: a second call meanwhile gets "busy".
+    #[allow(clippy::await_holding_refcell_ref)]
     pub async fn gpu_sum_ms(&self) -> Result<Option<f64>, JsValue> {
         let mut guard = self
             .state
@@ -215,6 +219,8 @@ impl UnetBench {
 
     /// Draws one sample (batch 1, class `label`) with `solver` in `steps` steps from the noise
     /// of `seed`, as `webdiffusion sample` does, and reads it back.
+    // The borrow is held across the await on purpose: a second call meanwhile gets "busy".
+    #[allow(clippy::await_holding_refcell_ref)]
     pub async fn sample(
         &self,
         solver: String,
