@@ -275,7 +275,7 @@ pub fn run(a: SdArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("sd-{seed}.png")));
-    if !out.extension().is_some_and(|e| e == "png") {
+    if out.extension().is_none_or(|e| e != "png") {
         bail!("--out {}: the file name must end in .png", out.display());
     }
     prepare_output(&out, a.force)?;
