@@ -1,5 +1,5 @@
 // The browser bench page (pages/bench.html, driven by bench.mjs for scripts/bench.sh) must not
-// rot: a quick run of our side (one UNet forward at batch 1, one 2-step DDIM sample) in
+// rot: a quick run of our side (one UNet forward at batch 1, one 4-step DDIM sample) in
 // headless Chromium, with a finite output and timings. The ONNX Runtime Web side needs the
 // exported graph and onnxruntime-web in .cache/ (scripts/bench.sh installs both, with torch);
 // when both are there it runs too, and its output must match ours.

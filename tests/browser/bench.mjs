@@ -62,7 +62,7 @@ function handle(req, res) {
 }
 
 const options = quick
-  ? { batches: [1], repeats: 1, solvers: ['ddim'], steps: 2, sampleRepeats: 1, ort: useOrt, ortEp }
+  ? { batches: [1], repeats: 1, solvers: ['ddim'], steps: 4, sampleRepeats: 1, ort: useOrt, ortEp } // 4 steps as `webdiffusion bench --quick`
   : { ort: useOrt, ortEp, repeats: Number(value('--repeats', 5)), sampleRepeats: Number(value('--sample-repeats', 2)) };
 const server = await startServer({ handle });
 const extraFlags = (process.env.WEBDIFFUSION_CHROMIUM_FLAGS ?? '').split(' ').filter(Boolean);
