@@ -744,7 +744,9 @@ fn bench_kernels() {
 #[test]
 fn conv2d_relu_clips_after_scale_and_residual() {
     let mut rng = Rng::new(406);
-    let cases: &[([usize; 4], [usize; 4], usize, usize, bool)] = &[
+    // (x, weight, stride, padding, residual)
+    type ReluCase = ([usize; 4], [usize; 4], usize, usize, bool);
+    let cases: &[ReluCase] = &[
         ([2, 5, 9, 11], [13, 5, 3, 3], 1, 1, true),
         ([1, 6, 7, 13], [3, 6, 3, 3], 1, 1, false),
         ([2, 6, 5, 9], [11, 6, 1, 1], 1, 0, true),
