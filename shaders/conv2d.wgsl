@@ -1,6 +1,7 @@
 // 2-D convolution (PyTorch `F.conv2d`, groups = 1, zero padding), direct and register-blocked:
 //     out[s, co, oy, ox] = scale · (bias[co] + residual[s, co, oy, ox]
 //         + Σ_{ci, ky, kx} weight[co, ci, ky, kx] · x[s, ci, oy·sh + ky − ph, ox·sw + kx − pw])
+// then max(·, 0) when RELU is set.
 // with Ho = (H + 2·ph − kh) / sh + 1 and Wo likewise.
 //
 // Each invocation computes a TC × 4 tile: TC consecutive output channels (4 or 8) times four
@@ -51,6 +52,8 @@ override POINTWISE: bool = false;
 // weight holds f16 pairs packed in u32 words (`pack2x16float` layout: element 2i in the low
 // half of word i) instead of f32 bits; `unpack2x16float` needs no `shader-f16` feature.
 override PACKED_W: bool = false;
+// max(out, 0) after the scale: a conv + ReLU, or relu(conv + residual), in one pass.
+override RELU: bool = false;
 
 // Output pixels per invocation: one vec4 along a row.
 const TP: u32 = 4u;
@@ -111,6 +114,13 @@ fn load_x(row: u32, ix: i32) -> f32 {
     return select(0.0, v, ix >= 0 && ix < i32(p.w));
 }
 
+fn epilogue(v: f32) -> f32 {
+    if (RELU) {
+        return max(v, 0.0);
+    }
+    return v;
+}
+
 // Store channel co0 + c (if it exists) for the first `cols` pixels at output offset `o`.
 fn store(c: u32, co0: u32, o: u32, cols: u32, v: vec4<f32>) {
     let co = co0 + c;
@@ -127,7 +137,7 @@ fn store(c: u32, co0: u32, o: u32, cols: u32, v: vec4<f32>) {
         if (HAS_RESIDUAL) {
             r += residual[p.res_off + oc + i];
         }
-        out[p.out_off + oc + i] = r * p.scale;
+        out[p.out_off + oc + i] = epilogue(r * p.scale);
     }
 }
 
@@ -273,6 +283,6 @@ fn conv2d_tiled16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
         var v = acc;
         if (HAS_BIAS) { v += bias[co]; }
         if (HAS_RESIDUAL) { v += residual[p.res_off + o]; }
-        out[p.out_off + o] = v * p.scale;
+        out[p.out_off + o] = epilogue(v * p.scale);
     }
 }

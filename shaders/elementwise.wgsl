@@ -59,6 +59,7 @@ fn unary_fn(op: u32, x: f32) -> f32 {
         case 4u: { return gelu_tanh(x); }
         case 5u: { return quick_gelu(x); }
         case 6u: { return exp(x); }
+        case 7u: { return tanh(clamp(x, -10.0, 10.0)); } // see gelu_tanh for the clamp
         default: { return x; }
     }
 }

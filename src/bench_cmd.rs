@@ -30,6 +30,10 @@ pub struct BenchArgs {
     /// How Linear and Conv2d weights are stored on the GPU: `f32` or `f16` (packed pairs).
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
     weights: String,
+    /// Do not request `shader-f16`: packed f16 weights are then unpacked from u32 words
+    /// (`unpack2x16float`, the browser path) instead of read as `f16`.
+    #[arg(long)]
+    no_shader_f16: bool,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -183,7 +187,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if batches.contains(&0) || steps == 0 {
         bail!("--batch sizes and --steps must be at least 1");
     }
-    let ctx = block_on(GpuContext::new(&GpuOptions::default()))?;
+    let opts = GpuOptions {
+        want_f16: !args.no_shader_f16,
+        ..GpuOptions::default()
+    };
+    let ctx = block_on(GpuContext::new(&opts))?;
     println!("{}", ctx.caps.summary());
     let mut exec = Exec::gpu(ctx.clone());
 
@@ -200,8 +208,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "model: {} ({h}×{w}, {} weight bytes)\nweight load: {:.1} ms, {:.1} MB/s (safetensors → GPU buffers, finished on the GPU)",
         m.name, m.weight_bytes, m.load_ms, mb_s
     );
+    let path = match (dtype, ctx.caps.shader_f16) {
+        (WeightDtype::F16Packed, true) => ", read as f16 (shader-f16)",
+        (WeightDtype::F16Packed, false) => ", unpacked with unpack2x16float (no shader-f16)",
+        _ => "",
+    };
     println!(
-        "weights on the GPU: {} bytes ({})",
+        "weights on the GPU: {} bytes ({}{path})",
         m.device_bytes, args.weights
     );
     let mut report = json!({
@@ -211,6 +224,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "resolution": [h, w],
         "weight_bytes": m.weight_bytes,
         "weight_dtype": args.weights,
+        "shader_f16": ctx.caps.shader_f16,
         "weight_device_bytes": m.device_bytes,
         "weight_load_ms": m.load_ms,
         "weight_load_mb_per_s": mb_s,

@@ -147,6 +147,105 @@ fn packed_conv_matches_cpu_on_odd_shapes() {
     }
 }
 
+/// The native `shader-f16` kernels (matmul_f16.wgsl / conv2d_f16.wgsl, on a device that
+/// granted the feature) against the `unpack2x16float` path (a device created without it, as
+/// in a browser on SwiftShader), on the same packed weights and odd shapes: f16 → f32 is exact
+/// either way and the arithmetic is the same, so the outputs must agree to 1e-6 (they are
+/// in fact bit-identical on lavapipe). Also checks that each device compiled the kernel
+/// family it should.
+#[test]
+fn native_f16_kernels_match_the_unpack_path() {
+    use webdiffusion::{GpuContext, GpuOptions};
+    let Some(native) = gpu() else { return };
+    if !native.caps.shader_f16 {
+        eprintln!("skipping: the adapter does not offer shader-f16");
+        return;
+    }
+    let unpack = block_on(GpuContext::new(&GpuOptions {
+        want_f16: false,
+        ..GpuOptions::default()
+    }))
+    .unwrap();
+    assert!(
+        !unpack.caps.shader_f16,
+        "want_f16: false must not request shader-f16"
+    );
+    let mut outs: Vec<Vec<Vec<f32>>> = Vec::new();
+    // Identical weights and inputs for each device: the same seed.
+    for ctx in [&native, &unpack] {
+        let mut rng = Rng::new(29);
+        let mut exec = Exec::gpu(ctx.clone());
+        let mut res = Vec::new();
+        for (k, n, rows) in [(37usize, 13usize, 15usize), (5, 3, 1), (64, 33, 9)] {
+            let tensors = [
+                ("l.weight", vec![n, k], weight_values(&mut rng, n * k)),
+                ("l.bias", vec![n], rng.vec(n, -1.0, 1.0)),
+            ];
+            let mut w = weights(WeightDtype::F16Packed, &tensors);
+            let layer = Linear::load(&mut exec, &mut w, "l", k, n, true).unwrap();
+            let x = exec
+                .upload(&Tensor::from_vec(&[rows, k], rng.vec(rows * k, -1.0, 1.0)).unwrap())
+                .unwrap();
+            let r = exec
+                .upload(&Tensor::from_vec(&[rows, n], rng.vec(rows * n, -1.0, 1.0)).unwrap())
+                .unwrap();
+            let y = layer.forward(&mut exec, &x).unwrap();
+            res.push(read(&mut exec, &y));
+            let y = layer.forward_residual(&mut exec, &x, &r).unwrap();
+            res.push(read(&mut exec, &y));
+        }
+        for (cin, cout, kk, stride, pad, h, wd) in [
+            (3usize, 5usize, 3usize, 1usize, 1usize, 9usize, 7usize),
+            (7, 3, 1, 1, 0, 5, 11),
+            (5, 9, 3, 2, 1, 11, 9),
+            (4, 17, 3, 1, 1, 6, 6),
+        ] {
+            let tensors = [
+                (
+                    "c.weight",
+                    vec![cout, cin, kk, kk],
+                    weight_values(&mut rng, cout * cin * kk * kk),
+                ),
+                ("c.bias", vec![cout], rng.vec(cout, -1.0, 1.0)),
+            ];
+            let mut w = weights(WeightDtype::F16Packed, &tensors);
+            let layer = Conv2d::load(&mut exec, &mut w, "c", cin, cout, kk, stride, pad).unwrap();
+            let x = exec
+                .upload(
+                    &Tensor::from_vec(&[2, cin, h, wd], rng.vec(2 * cin * h * wd, -1.0, 1.0))
+                        .unwrap(),
+                )
+                .unwrap();
+            let y = layer.forward(&mut exec, &x).unwrap();
+            res.push(read(&mut exec, &y));
+        }
+        outs.push(res);
+    }
+    for (i, (a, b)) in outs[0].iter().zip(&outs[1]).enumerate() {
+        let e = rel_err(a, b);
+        let bits = a
+            .iter()
+            .zip(b)
+            .filter(|(x, y)| x.to_bits() != y.to_bits())
+            .count();
+        eprintln!(
+            "case {i}: native vs unpack rel err {e:.2e}, {bits} of {} values differ in bits",
+            a.len()
+        );
+        assert!(e <= 1e-6, "case {i}: native f16 vs unpack {e}");
+    }
+    let compiled = native.compiled_shaders();
+    assert!(
+        compiled.contains(&"matmul_f16") && compiled.contains(&"conv2d_f16"),
+        "native device compiled {compiled:?}"
+    );
+    let compiled = unpack.compiled_shaders();
+    assert!(
+        !compiled.iter().any(|s| s.ends_with("_f16")),
+        "unpack device compiled {compiled:?}"
+    );
+}
+
 #[test]
 fn bundled_model_with_f16_weights_matches_f32() {
     let mut exec = match gpu() {

@@ -61,3 +61,61 @@ fn params_structs_match_wgsl_layout() {
         );
     }
 }
+
+/// The text of WGSL function `name` in `src`: from `fn name(` to the closing brace at the
+/// start of a line.
+fn wgsl_fn<'a>(src: &'a str, name: &str) -> Option<&'a str> {
+    let start = src.find(&format!("\nfn {name}("))? + 1;
+    let end = src[start..].find("\n}\n")? + start + 2;
+    Some(&src[start..end])
+}
+
+/// The native-f16 kernels are their f32 files' register-blocked kernels with only the
+/// weight load changed: every other function must stay textually identical, so a fix to
+/// one cannot silently miss the other.
+#[test]
+fn f16_kernels_match_their_f32_twins() {
+    for (f32_name, f16_name, load, fns) in [
+        (
+            "conv2d",
+            "conv2d_f16",
+            "load_w",
+            &["tap", "load_x", "epilogue", "store", "conv2d"][..],
+        ),
+        ("matmul", "matmul_f16", "load_b", &["store", "matmul"][..]),
+    ] {
+        let a = webdiffusion::shaders::source(f32_name).unwrap();
+        let b = webdiffusion::shaders::source(f16_name).unwrap();
+        assert!(b.contains("enable f16;"), "{f16_name}: no `enable f16;`");
+        assert!(
+            wgsl_fn(b, load).is_some_and(|f| f.contains("f32(") && !f.contains("unpack2x16float")),
+            "{f16_name}: {load} must convert f16 natively"
+        );
+        for f in fns {
+            let (x, y) = (wgsl_fn(a, f), wgsl_fn(b, f));
+            assert!(x.is_some(), "{f32_name}: fn {f} not found");
+            assert_eq!(
+                x, y,
+                "fn {f} differs between {f32_name}.wgsl and {f16_name}.wgsl"
+            );
+        }
+        // The params struct and the overrides other than the packing flag are the same too.
+        let head = |s: &str| -> Vec<String> {
+            let st = s.find("\nstruct ").unwrap();
+            let end = s[st..].find("\n}\n").unwrap() + st;
+            let mut v: Vec<String> = s[st..end].lines().map(str::to_string).collect();
+            v.extend(
+                s.lines()
+                    .filter(|l| l.starts_with("override ") && !l.contains("PACKED_"))
+                    .map(str::to_string),
+            );
+            v
+        };
+        let (ha, hb) = (head(a), head(b));
+        assert!(ha.len() > 10, "{f32_name}: header not found");
+        assert_eq!(
+            ha, hb,
+            "params struct / overrides differ: {f32_name} vs {f16_name}"
+        );
+    }
+}

@@ -59,6 +59,19 @@ pub(crate) struct PipelineCache {
 }
 
 impl GpuContext {
+    /// The shader files compiled on this context so far, sorted (which kernel family a
+    /// device really ran, e.g. `conv2d_f16` where it has `shader-f16`).
+    pub fn compiled_shaders(&self) -> Vec<&'static str> {
+        let modules = self
+            .pipelines
+            .modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<&'static str> = modules.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
     /// The pipeline for `key`, compiled on first use.
     pub fn pipeline(
         &self,

@@ -6,7 +6,7 @@
 //! the weights module's error, naming the tensor) and uploaded once at load time.
 
 mod blocks;
-mod layers;
+pub(crate) mod layers;
 mod transformer;
 
 pub use blocks::{AttentionBlock, Downsample2D, ResnetBlock2D, TimeEmbedding, Upsample2D};

@@ -31,6 +31,9 @@ use crate::error::{Error, Result};
 use crate::gpu::{BindingLayout, GpuContext, PipelineKey, Recorder};
 
 pub const SHADER: &str = "conv2d";
+/// The register-blocked `conv2d` kernel reading packed-f16 weights as `f16`
+/// (`enable f16;`), chosen when the device has `shader-f16`.
+pub const SHADER_F16: &str = "conv2d_f16";
 /// Invocations per workgroup, in both convolution shaders.
 pub(crate) const WG: u32 = 64;
 /// Output pixels along a row per invocation (a `vec4` in the shader).
@@ -64,7 +67,7 @@ pub struct Conv2dParams {
 /// Register-blocked candidates, (WG, TC), before the adapter's limits filter them.
 const CANDIDATES: [(u32, u32); 5] = [(64, 8), (64, 4), (32, 8), (128, 8), (128, 4)];
 
-/// `out = scale · (conv2d(x, weight) [+ bias] [+ residual])`.
+/// `out = scale · (conv2d(x, weight) [+ bias] [+ residual])`, then `max(out, 0)` if `relu`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Conv2d {
     /// (sh, sw).
@@ -83,6 +86,9 @@ pub struct Conv2d {
     /// ([`crate::weights::pack_f16`]); the CPU reference reads f32 values already rounded
     /// through f16, so both backends compute the same thing.
     pub packed_weight: bool,
+    /// `max(·, 0)` on the result, after the scale (a conv followed by ReLU, or TAESD's
+    /// `relu(conv(h) + skip)`, in one pass).
+    pub relu: bool,
 }
 
 impl Conv2d {
@@ -96,7 +102,14 @@ impl Conv2d {
             scale: 1.0,
             kernel: Kernel::Tuned,
             packed_weight: false,
+            relu: false,
         }
+    }
+
+    /// Apply ReLU to the result (see `relu`).
+    pub fn with_relu(mut self) -> Self {
+        self.relu = true;
+        self
     }
 
     /// The weight is packed f16 on the GPU (see `packed_weight`).
@@ -328,7 +341,8 @@ impl Op for Conv2d {
                         let a = &acc[c * g.wo..(c + 1) * g.wo];
                         for (ox, &v) in a.iter().enumerate() {
                             let r = res.map_or(0.0, |r| r[o + ox] as f64);
-                            out[o + ox] = ((v + b + r) * self.scale as f64) as f32;
+                            let y = ((v + b + r) * self.scale as f64) as f32;
+                            out[o + ox] = if self.relu { y.max(0.0) } else { y };
                         }
                     }
                 }
@@ -385,7 +399,8 @@ impl Conv2d {
             g.sh,
             g.sw,
             tune::bucket(g.n * g.ho * g.wo),
-            self.packed_weight as u8
+            // 0 f32, 1 packed f16 unpacked, 2 packed f16 read natively (conv2d_f16.wgsl).
+            self.packed_weight as u8 * (1 + ctx.caps.shader_f16 as u8)
         );
         let key = tune::key(ctx, "conv2d", &bucket);
         let mut scratch: Option<Vec<wgpu::Buffer>> = None;
@@ -445,19 +460,26 @@ impl Conv2d {
         if pointwise {
             (k.h, k.w, k.ho, k.wo) = (1, g.h * g.w, 1, g.h * g.w);
         }
+        // Packed-f16 weights are read natively where the device has `shader-f16`
+        // (conv2d_f16.wgsl, no PACKED_W there), through `unpack2x16float` otherwise.
+        let native_f16 = !baseline && self.packed_weight && ctx.caps.shader_f16;
         let key = if baseline {
             PipelineKey::new(SHADER, "conv2d_tiled16")
         } else {
-            PipelineKey::new(SHADER, "conv2d")
+            PipelineKey::new(if native_f16 { SHADER_F16 } else { SHADER }, "conv2d")
                 .with("WG", wg as f64)
                 .with("TC", tc as f64)
                 .with("UNIT_SW", (g.sw == 1) as u32 as f64)
                 .with("POINTWISE", pointwise as u32 as f64)
         };
+        let key = match native_f16 {
+            true => key,
+            false => key.with("PACKED_W", self.packed_weight as u32 as f64),
+        };
         let pipeline = ctx.pipeline(
             &key.with("HAS_BIAS", self.has_bias as u32 as f64)
                 .with("HAS_RESIDUAL", self.has_residual as u32 as f64)
-                .with("PACKED_W", self.packed_weight as u32 as f64),
+                .with("RELU", self.relu as u32 as f64),
             // Always x, weight, bias, residual: unused slots are bound to another input.
             BindingLayout {
                 inputs: 4,

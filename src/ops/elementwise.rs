@@ -36,6 +36,8 @@ pub enum UnaryOp {
     QuickGelu = 5,
     /// `eˣ` (the VAE posterior's standard deviation from its log-variance).
     Exp = 6,
+    /// `tanh(x)` (TAESD's soft clamp of its input latents, `3·tanh(x/3)`).
+    Tanh = 7,
 }
 
 impl UnaryOp {
@@ -55,6 +57,7 @@ impl UnaryOp {
                 (x64 / (1.0 + (-1.702 * x64).exp())) as f32
             }
             UnaryOp::Exp => x.exp(),
+            UnaryOp::Tanh => (x as f64).tanh() as f32,
         }
     }
 }

@@ -28,6 +28,9 @@ use crate::gpu::{fold_workgroups, BindingLayout, GpuContext, PipelineKey, Record
 use crate::tensor::numel;
 
 pub const SHADER: &str = "matmul";
+/// The `matmul` kernel reading packed-f16 weights as `f16` (`enable f16;`), chosen when the
+/// device has `shader-f16`.
+pub const SHADER_F16: &str = "matmul_f16";
 /// The default workgroup (WG_X invocations along N, WG_Y along M); each invocation computes
 /// 4×4 outputs, so a workgroup covers a 64×64 output tile (measured at 2–4 GFLOP/s on
 /// lavapipe, see TESTING.md). Used when tuning is off.
@@ -404,7 +407,8 @@ impl Matmul {
             tune::bucket(g.n),
             tune::bucket(g.k),
             self.transpose_b as u8,
-            self.packed_b as u8
+            // 0 f32, 1 packed f16 unpacked, 2 packed f16 read natively (matmul_f16.wgsl).
+            self.packed_b as u8 * (1 + ctx.caps.shader_f16 as u8)
         );
         let key = tune::key(ctx, "matmul", &bucket);
         let mut scratch: Option<Vec<wgpu::Buffer>> = None;
@@ -451,14 +455,24 @@ impl Matmul {
         let chunks = self.plan_chunks(&shapes, limit, align)?;
         let (key, tile_n, tile_m) = match kernel {
             Kernel::Baseline => (
-                PipelineKey::new(SHADER, "matmul_tiled16"),
+                PipelineKey::new(SHADER, "matmul_tiled16")
+                    .with("PACKED_B", self.packed_b as u32 as f64),
                 BASE_TILE,
                 BASE_TILE,
+            ),
+            // Packed-f16 weights read natively where the device has `shader-f16`.
+            Kernel::Tiles(wx, wy) if self.packed_b && ctx.caps.shader_f16 => (
+                PipelineKey::new(SHADER_F16, "matmul")
+                    .with("WG_X", wx as f64)
+                    .with("WG_Y", wy as f64),
+                BLOCK * wx as usize,
+                BLOCK * wy as usize,
             ),
             Kernel::Tiles(wx, wy) => (
                 PipelineKey::new(SHADER, "matmul")
                     .with("WG_X", wx as f64)
-                    .with("WG_Y", wy as f64),
+                    .with("WG_Y", wy as f64)
+                    .with("PACKED_B", self.packed_b as u32 as f64),
                 BLOCK * wx as usize,
                 BLOCK * wy as usize,
             ),
@@ -469,8 +483,7 @@ impl Matmul {
         };
         let pipeline = ctx.pipeline(
             &key.with("HAS_BIAS", self.bias as u32 as f64)
-                .with("HAS_RESIDUAL", self.residual as u32 as f64)
-                .with("PACKED_B", self.packed_b as u32 as f64),
+                .with("HAS_RESIDUAL", self.residual as u32 as f64),
             BindingLayout {
                 inputs: 4,
                 outputs: 1,

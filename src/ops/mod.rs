@@ -98,6 +98,10 @@ pub fn param_layouts() -> Vec<(&'static str, usize)> {
         ),
         (conv2d::SHADER, std::mem::size_of::<conv2d::Conv2dParams>()),
         (
+            conv2d::SHADER_F16,
+            std::mem::size_of::<conv2d::Conv2dParams>(),
+        ),
+        (
             conv_transpose2d::SHADER,
             std::mem::size_of::<conv_transpose2d::ConvTranspose2dParams>(),
         ),
@@ -124,6 +128,10 @@ pub fn param_layouts() -> Vec<(&'static str, usize)> {
         ),
         (concat::SHADER, std::mem::size_of::<concat::ConcatParams>()),
         (matmul::SHADER, std::mem::size_of::<matmul::MatmulParams>()),
+        (
+            matmul::SHADER_F16,
+            std::mem::size_of::<matmul::MatmulParams>(),
+        ),
         (
             attention::SHADER,
             std::mem::size_of::<attention::AttentionParams>(),

@@ -736,3 +736,48 @@ fn bench_kernels() {
         eprintln!("ratio {:.2}", r[1] / r[0]);
     }
 }
+
+/// The fused ReLU clips the scaled conv + bias + residual: the CPU reference against the
+/// unfused op clipped by hand (about half the outputs are negative, so a ReLU that were
+/// dropped or applied before the residual would show), and every GPU kernel variant
+/// (including the pointwise path and the baseline) against the CPU.
+#[test]
+fn conv2d_relu_clips_after_scale_and_residual() {
+    let mut rng = Rng::new(406);
+    // (x, weight, stride, padding, residual)
+    type ReluCase = ([usize; 4], [usize; 4], usize, usize, bool);
+    let cases: &[ReluCase] = &[
+        ([2, 5, 9, 11], [13, 5, 3, 3], 1, 1, true),
+        ([1, 6, 7, 13], [3, 6, 3, 3], 1, 1, false),
+        ([2, 6, 5, 9], [11, 6, 1, 1], 1, 0, true),
+    ];
+    for &(xs, ws, s, p, res) in cases {
+        let mut op = Conv2d::new(s, p).with_bias().with_scale(0.5);
+        op.has_residual = res;
+        let ins = conv_inputs(&mut rng, &op, &xs, &ws);
+        let refs: Vec<&Tensor> = ins.iter().collect();
+        let plain = cpu_run(&op, &refs);
+        let relu = op.with_relu();
+        let clipped = cpu_run(&relu, &refs);
+        let negatives = plain.iter().filter(|v| **v < 0.0).count();
+        assert!(
+            negatives * 4 > plain.len(),
+            "too few negative outputs to test"
+        );
+        for (p, c) in plain.iter().zip(&clipped) {
+            assert_eq!(p.max(0.0), *c);
+        }
+        for k in [
+            Kernel::Tuned,
+            Kernel::Baseline,
+            Kernel::Tiles(64, 4),
+            Kernel::Tiles(32, 8),
+        ] {
+            check(
+                &format!("conv2d relu {xs:?} * {ws:?} res {res} {k:?}"),
+                &relu.with_kernel(k),
+                &refs,
+            );
+        }
+    }
+}

@@ -18,6 +18,7 @@ fn unary_ops_match_cpu() {
         UnaryOp::GeluErf,
         UnaryOp::GeluTanh,
         UnaryOp::QuickGelu,
+        UnaryOp::Tanh,
     ] {
         let u = Unary {
             op,
@@ -49,6 +50,17 @@ fn gelu_reference_values() {
     // approximate="tanh": gelu(1.0) = 0.8411920, gelu(-2.0) = -0.04540231
     assert!((UnaryOp::GeluTanh.apply(1.0) - 0.841192).abs() < 1e-6);
     assert!((UnaryOp::GeluTanh.apply(-2.0) + 0.04540231).abs() < 1e-6);
+    // torch.tanh(torch.tensor([-20., -1.5, 0.25, 3.])) (float64 printed to f32 precision);
+    // -20 is past the shader's ±10 clamp, where tanh is ±1 in f32.
+    for (x, w) in [
+        (-20.0f32, -1.0f32),
+        (-1.5, -0.905_148_24),
+        (0.25, 0.244_918_67),
+        (3.0, 0.995_054_8),
+    ] {
+        let g = UnaryOp::Tanh.apply(x);
+        assert!((g - w).abs() < 1e-7, "tanh({x}) = {g}, want {w}");
+    }
     // transformers' QuickGELUActivation in float64 at -3, 1, 2.5.
     for (x, w) in [
         (-3.0f32, -0.018_071_31_f32),
