@@ -402,6 +402,28 @@ mod tests {
     }
 
     #[test]
+    fn add_prefix_renames_the_unprefixed_and_refuses_a_clash() {
+        let mut w = Weights::new("a.safetensors");
+        w.insert(ready("embeddings.w", &[1], &[1.0])).unwrap();
+        w.insert(ready("text_model.b", &[1], &[2.0])).unwrap();
+        w.add_prefix("text_model.").unwrap();
+        let names: Vec<&str> = w.names().collect();
+        assert_eq!(names, ["text_model.b", "text_model.embeddings.w"]);
+        assert_eq!(
+            w.take("text_model.embeddings.w", &[1])
+                .unwrap()
+                .cpu_data()
+                .unwrap(),
+            &[1.0]
+        );
+        let mut w = Weights::new("a.safetensors");
+        w.insert(ready("x", &[1], &[1.0])).unwrap();
+        w.insert(ready("p.x", &[1], &[2.0])).unwrap();
+        let e = w.add_prefix("p.").unwrap_err().to_string();
+        assert!(e.contains("`x`") && e.contains("`p.x`"), "{e}");
+    }
+
+    #[test]
     fn device_entries_are_handed_out_as_they_are_and_counted() {
         let mut w = Weights::new("a.safetensors");
         w.insert(ready("host", &[2], &[1.0, 2.0])).unwrap();
