@@ -339,3 +339,53 @@ fn every_kernel_variant_matches_cpu() {
         );
     }
 }
+
+/// Throughput of the tuned register-blocked matmul against the plain 16×16 workgroup-memory
+/// tiled kernel (`Kernel::Baseline`) on the same adapter, at transformer-sized products
+/// (`nn.Linear` as in SD's attention projections, fewer rows so lavapipe finishes). Not a
+/// test: `cargo test --test ops bench_matmul_kernels -- --ignored --nocapture`
+/// (BENCHMARKS.md, "Kernels: baseline vs register-blocked").
+#[test]
+#[ignore]
+fn bench_matmul_kernels() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng::new(8);
+    for &(m, k, n) in &[
+        (1024usize, 320usize, 320usize),
+        (4096, 320, 320),
+        (256, 1280, 1280),
+    ] {
+        let a = rng.tensor(&[m, k]);
+        let w = rng.tensor(&[n, k]);
+        let mut ex = Exec::gpu(ctx.clone());
+        let ga = ex.upload(&a).unwrap();
+        let gw = ex.upload(&w).unwrap();
+        let flop = 2.0 * (m * k * n) as f64;
+        let mut rates = Vec::new();
+        for kernel in [Kernel::Baseline, Kernel::Tuned] {
+            let op = Matmul::linear(false).with_kernel(kernel);
+            let run = |ex: &mut Exec| {
+                let o = ex.run(&op, &[&ga, &gw]).unwrap();
+                webdiffusion::platform::block_on(ex.read(&o)).unwrap();
+            };
+            run(&mut ex); // compile + warm-up
+            let mut times = Vec::new();
+            for _ in 0..3 {
+                let t0 = std::time::Instant::now();
+                run(&mut ex);
+                times.push(t0.elapsed().as_secs_f64());
+            }
+            times.sort_by(f64::total_cmp);
+            let gflops = flop / times[1] / 1e9;
+            eprintln!(
+                "matmul {m}x{k} · ({n}x{k})ᵀ {kernel:?}: median {:.1} ms, {gflops:.2} GFLOP/s",
+                times[1] * 1e3
+            );
+            rates.push(gflops);
+        }
+        eprintln!(
+            "matmul {m}x{k}x{n}: tuned / baseline = {:.2}",
+            rates[1] / rates[0]
+        );
+    }
+}
