@@ -75,6 +75,10 @@ pub struct SdArgs {
     /// until the window is closed (GPU backend only; needs a display).
     #[arg(long)]
     pub preview: bool,
+    /// With --preview: a tiny autoencoder folder (diffusers `AutoencoderTiny`, e.g.
+    /// madebyollin/taesd: config.json + safetensors) whose decode replaces the linear preview.
+    #[arg(long, value_name = "DIR")]
+    pub preview_decoder: Option<PathBuf>,
     /// Where to run.
     #[arg(long, value_enum, default_value = "gpu")]
     pub backend: BackendArg,
@@ -209,6 +213,11 @@ fn run_on(
             a.model.display()
         )
     })?;
+    if let Some(dir) = &a.preview_decoder {
+        let d = webdiffusion::models::TinyDecoder::load_dir(exec, dir)
+            .with_context(|| format!("loading the --preview-decoder folder {}", dir.display()))?;
+        pipe.set_preview_decoder(Some(d))?;
+    }
     let (w, h) = (
         req.width.unwrap_or(pipe.default_size().0),
         req.height.unwrap_or(pipe.default_size().1),
@@ -281,6 +290,9 @@ pub fn run(a: SdArgs) -> Result<()> {
     prepare_output(&out, a.force)?;
     if a.preview && a.backend == BackendArg::Cpu {
         bail!("--preview draws on the GPU; use it with --backend gpu");
+    }
+    if a.preview_decoder.is_some() && !a.preview {
+        bail!("--preview-decoder only changes the --preview window; add --preview");
     }
     if a.preview {
         let opts = PreviewOptions::new(format!("webdiffusion sd — seed {seed}"));

@@ -597,3 +597,46 @@ fn sd_command_writes_a_png_and_refuses_bad_input() {
     assert!(!r.status.success() && e.contains("`vae`"), "{e}");
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// A tiny autoencoder set as the preview decoder replaces the linear preview: every step's
+/// preview is the TAESD decode of that step's x₀ (checked against a second copy of the
+/// decoder run on the same x₀), at full image size; the final image is still the VAE's.
+#[test]
+fn taesd_preview_decoder_replaces_the_linear_preview() {
+    use webdiffusion::models::TinyDecoder;
+    let mut exec = exec();
+    let mut pipe = SdPipeline::load_dir(&mut exec, &fixture("tiny-sd")).unwrap();
+    let taesd = fixture("tiny-taesd");
+    let reference = TinyDecoder::load_dir(&mut exec, &taesd).unwrap();
+    pipe.set_preview_decoder(Some(TinyDecoder::load_dir(&mut exec, &taesd).unwrap()))
+        .unwrap();
+    let mut req = Request::new("a cat");
+    req.steps = 2;
+    req.seed = 3;
+    req.solver = Some("ddim".into());
+    let mut checked = 0;
+    let out = pipe
+        .generate(&mut exec, &req, &mut |exec, s| {
+            let rgb = s.preview(exec)?;
+            let want = reference.decode(exec, s.x0)?;
+            assert_eq!(rgb.shape(), want.shape());
+            let up = reference.config().upscale();
+            assert_eq!(rgb.shape()[2], up * s.x0.shape()[2], "decoder-size preview");
+            let (got, want) = (block_on(exec.read(&rgb))?, block_on(exec.read(&want))?);
+            assert!(rel_err(&got, &want) < 1e-6, "{}", rel_err(&got, &want));
+            let linear = latent_rgb_cpu(s.x0.shape(), &block_on(exec.read(s.x0))?)?;
+            assert_ne!(got.len(), linear.len(), "not the linear preview");
+            checked += 1;
+            Ok(Control::Continue)
+        })
+        .unwrap();
+    assert_eq!(checked, 2);
+    assert_eq!(out.image.unwrap().shape(), &[1, 3, 16, 16]);
+    // Back to the linear preview.
+    pipe.set_preview_decoder(None).unwrap();
+    pipe.generate(&mut exec, &req, &mut |exec, s| {
+        assert_eq!(s.preview(exec)?.shape(), &[1, 3, 8, 8]);
+        Ok(Control::Continue)
+    })
+    .unwrap();
+}

@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::exec::Exec;
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::unet2d_condition::UNet2DConditionModel;
+use crate::models::TinyDecoder;
 use crate::models::{AutoencoderKl, UNet, VaeConfig};
 use crate::nn::Conv2d;
 use crate::ops::{Concat, SolverUpdate, Unary};
@@ -249,12 +250,18 @@ pub struct SdStep<'a> {
     pub latents: &'a Tensor,
     pub x0: &'a Tensor,
     preview: Option<&'a LatentPreview>,
+    decoder: Option<&'a TinyDecoder>,
 }
 
 impl SdStep<'_> {
-    /// The linear RGB preview of the x₀ prediction, (1, 3, h, w) in about [−1, 1]: one small
-    /// dispatch recorded on `exec` (submitted with the step).
+    /// The preview of the x₀ prediction in about [−1, 1], recorded on `exec` (submitted with
+    /// the step): the tiny autoencoder's decode, (1, 3, H, W) at full size, when one was set
+    /// with [`SdPipeline::set_preview_decoder`], else the linear RGB approximation,
+    /// (1, 3, h, w) at latent size (one small dispatch).
     pub fn preview(&self, exec: &mut Exec) -> Result<Tensor> {
+        if let Some(d) = self.decoder {
+            return d.decode_preview(exec, self.x0, 1);
+        }
         match self.preview {
             Some(p) => p.rgb(exec, self.x0),
             None => Err(Error::invalid(
@@ -290,6 +297,8 @@ pub struct SdPipeline {
     unet: UNet,
     vae: AutoencoderKl,
     preview: Option<LatentPreview>,
+    /// A tiny autoencoder (TAESD) that replaces the linear preview when the user supplies it.
+    preview_decoder: Option<TinyDecoder>,
     limits: Option<PlanLimits>,
 }
 
@@ -332,6 +341,7 @@ impl SdPipeline {
             unet: unet.into_inner(),
             vae,
             preview,
+            preview_decoder: None,
             limits: None,
         })
     }
@@ -381,6 +391,27 @@ impl SdPipeline {
         let mut unet = load(&files.unet)?;
         let mut vae = load(&files.vae)?;
         Self::from_weights(exec, configs, tokenizer, &mut te, &mut unet, &mut vae)
+    }
+
+    /// Uses a tiny autoencoder (TAESD, [`TinyDecoder`]) for the per-step previews instead of
+    /// the linear approximation (`None`: back to linear). Its latent space must be the VAE's.
+    pub fn set_preview_decoder(&mut self, decoder: Option<TinyDecoder>) -> Result<()> {
+        if let Some(d) = &decoder {
+            let (got, want) = (
+                d.config().latent_channels,
+                self.vae.config().latent_channels,
+            );
+            if got != want {
+                return Err(Error::invalid(
+                    "stable diffusion",
+                    format!(
+                        "the preview decoder takes {got}-channel latents but this repository's VAE makes {want}: use the tiny autoencoder trained for this model family (TAESD for SD 1.x/2.x)"
+                    ),
+                ));
+            }
+        }
+        self.preview_decoder = decoder;
+        Ok(())
     }
 
     pub fn configs(&self) -> &SdConfigs {
@@ -648,6 +679,7 @@ impl SdPipeline {
                 latents: &x,
                 x0: &out.x0,
                 preview: self.preview.as_ref(),
+                decoder: self.preview_decoder.as_ref(),
             };
             let control = on_step(exec, &info);
             exec.submit()?;
