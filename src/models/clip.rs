@@ -45,13 +45,7 @@ pub struct ClipTextConfig {
 }
 
 fn config_err(key: &str, expected: &str, got: String, hint: &str) -> Error {
-    Error::Config {
-        file: "text_encoder/config.json".into(),
-        key: key.into(),
-        expected: expected.into(),
-        got,
-        hint: hint.into(),
-    }
+    super::config::config_error("text_encoder/config.json", key, expected, got, hint)
 }
 
 impl ClipTextConfig {

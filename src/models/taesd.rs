@@ -62,13 +62,7 @@ pub struct TaesdConfig {
 }
 
 fn config_err(key: &str, expected: &str, got: String, hint: &str) -> Error {
-    Error::Config {
-        file: "taesd config.json".into(),
-        key: key.into(),
-        expected: expected.into(),
-        got,
-        hint: hint.into(),
-    }
+    super::config::config_error("taesd config.json", key, expected, got, hint)
 }
 
 impl Default for TaesdConfig {

@@ -41,13 +41,7 @@ pub struct VaeConfig {
 }
 
 fn config_err(key: &str, expected: &str, got: String, hint: &str) -> Error {
-    Error::Config {
-        file: "vae/config.json".into(),
-        key: key.into(),
-        expected: expected.into(),
-        got,
-        hint: hint.into(),
-    }
+    super::config::config_error("vae/config.json", key, expected, got, hint)
 }
 
 impl VaeConfig {
