@@ -169,8 +169,11 @@ struct VaeGolden(webdiffusion::weights::Weights);
 
 impl VaeGolden {
     fn load() -> Self {
+        Self::load_file("vae.safetensors")
+    }
+    fn load_file(file: &str) -> Self {
         use webdiffusion::weights::{LoadOptions, Weights};
-        Self(Weights::load_file(golden("vae.safetensors"), &LoadOptions::default()).unwrap())
+        Self(Weights::load_file(golden(file), &LoadOptions::default()).unwrap())
     }
     fn get(&mut self, name: &str) -> webdiffusion::Tensor {
         let shape = self.0.shape(name).unwrap().to_vec();
@@ -220,6 +223,65 @@ fn vae_matches_diffusers() {
         let s = vae.encode_sample(&mut exec, &img, &n).unwrap();
         check(&mut exec, "encode sample", s, &sampled);
     }
+}
+
+/// Tiled decode and encode against diffusers' own tiling (`enable_tiling` with
+/// `tile_sample_min_size` 8 and 16 on the factor-2 tiny VAE; goldens by
+/// `scripts/goldens/make_vae_tiling_goldens.py`): many tiles, non-square inputs, and a last
+/// row of tiles thinner than the blend extent. The untiled outputs differ from these by
+/// 0.1–1.3, so a tiling that is off by one row or blends the wrong way fails.
+#[test]
+fn vae_tiled_matches_diffusers_tiling() {
+    use webdiffusion::models::{AutoencoderKl, VaeTiles};
+    use webdiffusion::platform::block_on;
+    use webdiffusion::Exec;
+    let mut g = VaeGolden::load_file("vae_tiled.safetensors");
+    let (latents, image, noise) = (g.get("latents"), g.get("image"), g.get("noise"));
+    let plain = g.get("decoded_plain");
+    let mut want = std::collections::HashMap::new();
+    for t in [8usize, 16] {
+        for what in ["decoded", "mean", "sampled"] {
+            let k = format!("{what}_{t}");
+            want.insert(k.clone(), g.get(&k));
+        }
+    }
+    let mut execs = vec![("cpu", Exec::cpu())];
+    if let Some(ctx) = common::gpu() {
+        execs.push(("gpu", Exec::gpu(ctx)));
+    }
+    for (name, mut exec) in execs {
+        let vae = AutoencoderKl::load_dir(&mut exec, fixture("tiny-vae")).unwrap();
+        let mut check = |exec: &mut Exec, what: &str, got: webdiffusion::Tensor, want: &[f32]| {
+            let got = block_on(exec.read(&got)).unwrap();
+            let e = rel_err(&got, want);
+            eprintln!("vae tiled {name} {what}: rel err {e:.2e}");
+            assert!(e <= 1e-5, "{name} {what}: rel err {e:.2e}");
+        };
+        let z = exec.upload(&latents).unwrap();
+        let img = exec.upload(&image).unwrap();
+        let n = exec.upload(&noise).unwrap();
+        // A tile at least as large as the input is the untiled pass, as in diffusers.
+        let whole = VaeTiles::new(40, 2).unwrap();
+        let x = vae.decode_tiled(&mut exec, &z, Some(whole)).unwrap();
+        check(&mut exec, "decode, one tile", x, plain.cpu_data().unwrap());
+        for t in [8usize, 16] {
+            let tiles = Some(VaeTiles::new(t, 2).unwrap());
+            let w = &want[&format!("decoded_{t}")];
+            let x = vae.decode_tiled(&mut exec, &z, tiles).unwrap();
+            assert_eq!(x.shape(), w.shape());
+            check(&mut exec, &format!("decode {t}"), x, w.cpu_data().unwrap());
+            let w = &want[&format!("mean_{t}")];
+            let m = vae.encode_tiled(&mut exec, &img, tiles).unwrap();
+            assert_eq!(m.shape(), w.shape());
+            check(&mut exec, &format!("mean {t}"), m, w.cpu_data().unwrap());
+            let w = &want[&format!("sampled_{t}")];
+            let s = vae.encode_sample_tiled(&mut exec, &img, &n, tiles).unwrap();
+            check(&mut exec, &format!("sample {t}"), s, w.cpu_data().unwrap());
+        }
+    }
+    // Tile sizes that would not add up to the image are refused with the rule.
+    let msg = VaeTiles::new(12, 2).err().unwrap().to_string();
+    assert!(msg.contains("multiple of 8") && msg.contains("e.g. 8"), "{msg}");
 }
 
 #[test]

@@ -16,7 +16,7 @@ pub use mixer::{MixerConfig, MixerScoreNet};
 pub use taesd::{TaesdConfig, TinyDecoder};
 pub use unet2d::{Conditioning, UNet, UNet2DModel};
 pub use unet2d_condition::UNet2DConditionModel;
-pub use vae::{AutoencoderKl, VaeConfig};
+pub use vae::{AutoencoderKl, VaeConfig, VaeTiles};
 
 /// The `_class_name` of a model's config.json text (`None` when it is not JSON or has
 /// none): how the CLI and the browser engine tell a diffusers UNet folder from the

@@ -6,6 +6,15 @@
 //! decode: post_quant_conv → conv_in → mid → up blocks (resnets, nearest 2× + conv)
 //!         → group_norm + SiLU → conv_out
 //! ```
+//! **Tiling** ([`VaeTiles`], diffusers' `enable_tiling`): an image too large for one pass
+//! (at 512×512 SD's decoder holds a 256-channel 512×512 activation, 256 MiB, over WebGPU's
+//! default 128 MiB per binding) is decoded as overlapping latent tiles of `tile/f` latent
+//! pixels every `⌊0.75·tile/f⌋`; each tile's top and left `⌊0.25·tile⌋` pixels are
+//! cross-faded with the (already blended) tile above and to the left, and the first
+//! `tile − ⌊0.25·tile⌋` rows and columns of each are kept — diffusers' `tiled_decode`, step
+//! for step, so its output (not the untiled one) is the reference. Encoding tiles the image
+//! the same way and blends the posterior moments (`tiled_encode`).
+//!
 //! The latent scaling of the SD pipelines (`z = raw / scaling_factor + shift_factor` before
 //! decoding, `(mean − shift_factor) · scaling_factor` after encoding) is folded into the 1×1
 //! `post_quant_conv` and `quant_conv` weights at load time, so it costs no dispatch.
@@ -17,7 +26,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::exec::Exec;
 use crate::nn::{AttentionBlock, Conv2d, Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D};
-use crate::ops::{Binary, BinaryOp, Clamp, Unary, UnaryOp};
+use crate::ops::{Binary, BinaryOp, BlendEdge, Clamp, Concat, Crop2d, Unary, UnaryOp};
 use crate::tensor::Tensor;
 use crate::weights::{LoadOptions, Weights};
 
@@ -194,6 +203,94 @@ impl VaeConfig {
             block_out_channels,
         })
     }
+}
+
+/// diffusers' `AutoencoderKL` tiling: square tiles of `tile` image pixels (its
+/// `tile_sample_min_size`; `tile / f` latent pixels, its `tile_latent_min_size`) that overlap
+/// by a quarter (`tile_overlap_factor = 0.25`). See the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VaeTiles {
+    pub tile: usize,
+}
+
+/// diffusers' `tile_overlap_factor`.
+const TILE_OVERLAP: f64 = 0.25;
+
+impl VaeTiles {
+    /// Tiles of `tile` pixels for a VAE with downsampling factor `factor`: a multiple of
+    /// 4·factor, so that the quarter overlap is whole latent pixels and the kept parts of the
+    /// tiles add up to the image (otherwise diffusers' own arithmetic would not).
+    pub fn new(tile: usize, factor: usize) -> Result<Self> {
+        if tile == 0 || !tile.is_multiple_of(4 * factor) {
+            return Err(Error::invalid(
+                "vae tiling",
+                format!(
+                    "the tile size {tile} is not a positive multiple of {} (4 × the VAE's factor {factor}); use e.g. {}",
+                    4 * factor,
+                    (tile / (4 * factor)).max(1) * 4 * factor
+                ),
+            ));
+        }
+        Ok(Self { tile })
+    }
+
+    /// (tile size, stride) on the input side and (blend extent, kept size) on the output
+    /// side, for an input `scale_in` times the output's resolution (decode: latents in,
+    /// `1/f`; encode: pixels in, `f`), as diffusers computes them (`int` truncation).
+    fn geometry(&self, factor: usize, decode: bool) -> (usize, usize, usize, usize) {
+        let (tile_in, tile_out) = match decode {
+            true => (self.tile / factor, self.tile),
+            false => (self.tile, self.tile / factor),
+        };
+        let stride = (tile_in as f64 * (1.0 - TILE_OVERLAP)) as usize;
+        let blend = (tile_out as f64 * TILE_OVERLAP) as usize;
+        (tile_in, stride.max(1), blend, tile_out - blend)
+    }
+}
+
+/// Runs `f` on overlapping `tile × tile` crops of `x` (N, C, H, W) every `stride` and
+/// stitches the outputs: each blended with the finished output above (`blend_v`) and to the
+/// left (`blend_h`) over `blend` rows/columns, its first `keep` rows and columns kept.
+fn tiled(
+    exec: &mut Exec,
+    x: &Tensor,
+    (tile, stride, blend, keep): (usize, usize, usize, usize),
+    f: &mut dyn FnMut(&mut Exec, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let s = x.shape();
+    let (h, w) = (s[2], s[3]);
+    let mut above: Vec<Tensor> = Vec::new();
+    let mut strips = Vec::new();
+    for i in (0..h).step_by(stride) {
+        let mut row: Vec<Tensor> = Vec::new();
+        for j in (0..w).step_by(stride) {
+            let crop = Crop2d::new(i, j, tile.min(h - i), tile.min(w - j));
+            let piece = exec.run(&crop, &[x])?;
+            let mut out = f(exec, &piece)?;
+            if let Some(a) = above.get(row.len()) {
+                out = exec.run(&BlendEdge::top(blend), &[a, &out])?;
+            }
+            if let Some(l) = row.last() {
+                out = exec.run(&BlendEdge::left(blend), &[l, &out])?;
+            }
+            row.push(out);
+            // Each tile is a whole network pass: submit it so one recording never holds
+            // them all.
+            exec.submit()?;
+        }
+        let kept = row
+            .iter()
+            .map(|t| {
+                let o = t.shape();
+                exec.run(&Crop2d::new(0, 0, keep.min(o[2]), keep.min(o[3])), &[t])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&Tensor> = kept.iter().collect();
+        strips.push(exec.run(&Concat::new(3), &refs)?);
+        above = row;
+    }
+    let refs: Vec<&Tensor> = strips.iter().collect();
+    exec.run(&Concat::new(2), &refs)
 }
 
 /// `UNetMidBlock2D` with no time embedding: resnet, optional single-head attention, resnet.
@@ -489,7 +586,29 @@ impl AutoencoderKl {
     /// Latents as the sampler leaves them (scaled by `scaling_factor`) → images in about
     /// [−1, 1], (N, out_channels, H·f, W·f).
     pub fn decode(&self, exec: &mut Exec, latents: &Tensor) -> Result<Tensor> {
+        self.decode_tiled(exec, latents, None)
+    }
+
+    /// [`Self::decode`], in overlapping tiles when `tiles` is set and the latents are larger
+    /// than one tile in either dimension (as diffusers' `decode` with tiling enabled).
+    pub fn decode_tiled(
+        &self,
+        exec: &mut Exec,
+        latents: &Tensor,
+        tiles: Option<VaeTiles>,
+    ) -> Result<Tensor> {
         self.check("latents", latents, self.cfg.latent_channels, 1)?;
+        let s = latents.shape();
+        match tiles {
+            Some(t) if s[2].max(s[3]) > t.tile / self.downscale() => {
+                let g = t.geometry(self.downscale(), true);
+                tiled(exec, latents, g, &mut |e, z| self.decode_whole(e, z))
+            }
+            _ => self.decode_whole(exec, latents),
+        }
+    }
+
+    fn decode_whole(&self, exec: &mut Exec, latents: &Tensor) -> Result<Tensor> {
         let z = self.post_quant.forward(exec, latents)?;
         let mut h = self.dec_conv_in.forward(exec, &z)?;
         h = self.dec_mid.forward(exec, &h)?;
@@ -505,9 +624,22 @@ impl AutoencoderKl {
         self.dec_conv_out.forward(exec, &h)
     }
 
-    /// The encoder up to `conv_out`: the posterior moments (N, 2·latent, H/f, W/f).
-    fn moments(&self, exec: &mut Exec, image: &Tensor) -> Result<Tensor> {
+    /// The encoder up to `conv_out`: the posterior moments (N, 2·latent, H/f, W/f), in
+    /// tiles when `tiles` is set and the image is larger than one tile (diffusers'
+    /// `tiled_encode`; our `quant_conv` comes after the blend, which it commutes with).
+    fn moments(&self, exec: &mut Exec, image: &Tensor, tiles: Option<VaeTiles>) -> Result<Tensor> {
         self.check("image", image, self.cfg.in_channels, self.downscale())?;
+        let s = image.shape();
+        match tiles {
+            Some(t) if s[2].max(s[3]) > t.tile => {
+                let g = t.geometry(self.downscale(), false);
+                tiled(exec, image, g, &mut |e, x| self.moments_whole(e, x))
+            }
+            _ => self.moments_whole(exec, image),
+        }
+    }
+
+    fn moments_whole(&self, exec: &mut Exec, image: &Tensor) -> Result<Tensor> {
         let mut h = self.enc_conv_in.forward(exec, image)?;
         for stage in &self.enc_stages {
             for r in &stage.resnets {
@@ -525,7 +657,17 @@ impl AutoencoderKl {
     /// Image (N, in_channels, H, W) in [−1, 1] → the posterior mean as sampler latents
     /// (`(mean − shift_factor) · scaling_factor`).
     pub fn encode(&self, exec: &mut Exec, image: &Tensor) -> Result<Tensor> {
-        let m = self.moments(exec, image)?;
+        self.encode_tiled(exec, image, None)
+    }
+
+    /// [`Self::encode`], in tiles when `tiles` is set (see [`Self::moments`]).
+    pub fn encode_tiled(
+        &self,
+        exec: &mut Exec,
+        image: &Tensor,
+        tiles: Option<VaeTiles>,
+    ) -> Result<Tensor> {
+        let m = self.moments(exec, image, tiles)?;
         self.quant_mean.forward(exec, &m)
     }
 
@@ -533,7 +675,18 @@ impl AutoencoderKl {
     /// σ = exp(logvar/2) and logvar clamped to [−30, 20] as diffusers does; `noise` has the
     /// latents' shape.
     pub fn encode_sample(&self, exec: &mut Exec, image: &Tensor, noise: &Tensor) -> Result<Tensor> {
-        let m = self.moments(exec, image)?;
+        self.encode_sample_tiled(exec, image, noise, None)
+    }
+
+    /// [`Self::encode_sample`], in tiles when `tiles` is set (see [`Self::moments`]).
+    pub fn encode_sample_tiled(
+        &self,
+        exec: &mut Exec,
+        image: &Tensor,
+        noise: &Tensor,
+        tiles: Option<VaeTiles>,
+    ) -> Result<Tensor> {
+        let m = self.moments(exec, image, tiles)?;
         let mean = self.quant_mean.forward(exec, &m)?;
         if noise.shape() != mean.shape() {
             return Err(Error::shape(

@@ -30,6 +30,7 @@ pub mod resize;
 pub mod slice;
 pub mod solver_update;
 pub mod threshold;
+pub mod tile;
 pub mod timestep;
 pub mod transpose;
 pub mod tune;
@@ -51,6 +52,7 @@ pub use resize::ResizeNearest;
 pub use slice::SliceBatch;
 pub use solver_update::SolverUpdate;
 pub use threshold::{AbsQuantile, Clamp, ThresholdRows};
+pub use tile::{BlendEdge, Crop2d, Edge};
 pub use timestep::TimestepEmbedding;
 pub use transpose::Transpose;
 
@@ -142,6 +144,8 @@ pub fn param_layouts() -> Vec<(&'static str, usize)> {
         ),
         (reduce::SHADER, std::mem::size_of::<reduce::ReduceParams>()),
         (resize::SHADER, std::mem::size_of::<resize::ResizeParams>()),
+        (tile::CROP_SHADER, std::mem::size_of::<tile::CropParams>()),
+        (tile::BLEND_SHADER, std::mem::size_of::<tile::BlendParams>()),
     ]
 }
 
