@@ -112,3 +112,74 @@ fn resize_nearest_matches_cpu_and_pytorch() {
         .run(&ResizeNearest::new(3, 3), &[&rng.tensor(&[2, 3, 4])])
         .is_err());
 }
+
+#[test]
+fn crop2d_matches_cpu_on_odd_shapes() {
+    use webdiffusion::ops::Crop2d;
+    let x = Tensor::from_vec(&[1, 1, 3, 4], (0..12).map(|v| v as f32).collect()).unwrap();
+    let out = check_op("crop 2×2 at (1, 1)", &Crop2d::new(1, 1, 2, 2), &[&x], 0.0, 0.0);
+    assert_eq!(out, [5.0, 6.0, 9.0, 10.0]);
+    let mut rng = Rng::new(35);
+    let x = rng.tensor(&[2, 3, 7, 11]);
+    for (top, left, h, w) in [(0, 0, 7, 11), (3, 5, 4, 6), (6, 10, 1, 1), (0, 4, 5, 7)] {
+        check_op(
+            &format!("crop {h}×{w} at ({top}, {left})"),
+            &Crop2d::new(top, left, h, w),
+            &[&x],
+            0.0,
+            0.0,
+        );
+    }
+    for bad in [Crop2d::new(5, 0, 3, 1), Crop2d::new(0, 9, 1, 3), Crop2d::new(0, 0, 0, 1)] {
+        let msg = Exec::cpu().run(&bad, &[&x]).err().unwrap().to_string();
+        assert!(msg.contains("crop2d") && msg.contains("(2, 3, 7, 11)"), "{msg}");
+    }
+}
+
+#[test]
+fn blend_edge_matches_cpu_and_diffusers_formula() {
+    use webdiffusion::ops::BlendEdge;
+    // blend_v(a, b, 2) of a = rows [0, 1, 2] and b = rows [10, 20, 30] (one column):
+    // b[0] = a[1]·1 + b[0]·0 = 1, b[1] = a[2]·0.5 + b[1]·0.5 = 11, b[2] = 30.
+    let a = Tensor::from_vec(&[1, 1, 3, 1], vec![0.0, 1.0, 2.0]).unwrap();
+    let b = Tensor::from_vec(&[1, 1, 3, 1], vec![10.0, 20.0, 30.0]).unwrap();
+    let out = check_op("blend_v 3 rows", &BlendEdge::top(2), &[&a, &b], 0.0, 0.0);
+    assert_eq!(out, [1.0, 11.0, 30.0]);
+    // The extent shrinks to the thinner tile: a 1-row b takes a's last row whole.
+    let b1 = Tensor::from_vec(&[1, 1, 1, 1], vec![10.0]).unwrap();
+    let out = check_op("blend_v thin b", &BlendEdge::top(2), &[&a, &b1], 0.0, 0.0);
+    assert_eq!(out, [2.0]);
+    let mut rng = Rng::new(36);
+    for (sa, sb, top, e) in [
+        ([2, 3, 7, 5], [2, 3, 6, 5], true, 3),
+        ([2, 3, 2, 5], [2, 3, 6, 5], true, 4),
+        ([1, 5, 9, 13], [1, 5, 9, 7], false, 5),
+        ([1, 5, 9, 13], [1, 5, 9, 2], false, 5),
+        ([3, 2, 4, 4], [3, 2, 4, 4], false, 1),
+    ] {
+        let (a, b) = (rng.tensor(&sa), rng.tensor(&sb));
+        let op = if top {
+            BlendEdge::top(e)
+        } else {
+            BlendEdge::left(e)
+        };
+        let out = check_op(&format!("blend {sa:?} {sb:?} {op:?}"), &op, &[&a, &b], 1e-6, 1e-6);
+        // Rows/columns past the extent are b's, untouched.
+        let (bd, (h, w)) = (b.cpu_data().unwrap(), (sb[2], sb[3]));
+        let e = e.min(if top { sa[2].min(h) } else { sa[3].min(w) });
+        for (i, (&o, &v)) in out.iter().zip(bd).enumerate() {
+            let (y, x) = ((i / w) % h, i % w);
+            if (top && y >= e) || (!top && x >= e) {
+                assert_eq!(o, v, "blend {sa:?} {sb:?}: element {i}");
+            }
+        }
+    }
+    let (a, b) = (rng.tensor(&[1, 2, 4, 5]), rng.tensor(&[1, 2, 4, 6]));
+    let msg = Exec::cpu()
+        .run(&BlendEdge::top(2), &[&a, &b])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("blend_edge") && msg.contains("W equal"), "{msg}");
+    assert!(Exec::cpu().run(&BlendEdge::left(2), &[&a, &b]).is_ok());
+}
