@@ -211,18 +211,14 @@ pub fn print_model_info(
 /// against this adapter's limits when there is one.
 pub fn print_sd_plan(
     dir: &Path,
-    width: usize,
-    height: usize,
-    batch: usize,
+    (width, height, batch): (usize, usize, usize),
+    vae_tiling: &str,
     low_power: bool,
 ) -> Result<()> {
-    use webdiffusion::pipeline::plan::PlanLimits;
+    use webdiffusion::pipeline::plan::{PlanLimits, VaeTiling};
+    let tiling = VaeTiling::parse(vae_tiling)?;
     let inputs = webdiffusion::pipeline::sd::plan_inputs_for_dir(dir)?;
     println!("stable diffusion repository: {}", dir.display());
-    let plan = inputs.plan(width, height, batch, true, false)?;
-    for line in plan.report() {
-        println!("{line}");
-    }
     let ctx = webdiffusion::platform::block_on(webdiffusion::GpuContext::new(
         &webdiffusion::GpuOptions {
             high_performance: !low_power,
@@ -236,9 +232,24 @@ pub fn print_sd_plan(
             "WebGPU's default limits (no adapter)",
         ),
     };
-    match plan.check(&limits, false) {
-        Ok(()) => println!("fits {name}"),
-        Err(e) => println!("does not fit {name}: {e}"),
+    match inputs.plan_checked(width, height, batch, true, false, tiling, Some(&limits)) {
+        Ok(plan) => {
+            for line in plan.report() {
+                println!("{line}");
+            }
+            println!("fits {name}");
+        }
+        Err(e) => {
+            let tile = match tiling {
+                VaeTiling::Tile(t) => Some(t),
+                _ => None,
+            };
+            let plan = inputs.plan_tiled(width, height, batch, true, false, tile)?;
+            for line in plan.report() {
+                println!("{line}");
+            }
+            println!("does not fit {name}: {e}");
+        }
     }
     Ok(())
 }

@@ -68,6 +68,10 @@ mod cli {
             /// Image height for the Stable Diffusion memory plan.
             #[arg(long, default_value_t = 512)]
             height: usize,
+            /// VAE tiling for the Stable Diffusion memory plan: `auto` (tiles only when the
+            /// whole pass does not fit), `off`, or a tile size in pixels.
+            #[arg(long, default_value = "auto")]
+            vae_tiling: String,
         },
         /// Run a diffusers UNet once on a .npy input and write its output as .npy.
         Denoise(crate::cli_denoise::DenoiseArgs),
@@ -99,6 +103,7 @@ mod cli {
                 repo,
                 width,
                 height,
+                vae_tiling,
             } => {
                 let sd_dir = repo.clone().or_else(|| {
                     model
@@ -106,7 +111,12 @@ mod cli {
                         .filter(|d| d.join("model_index.json").is_file())
                 });
                 if let Some(dir) = &sd_dir {
-                    return crate::cli_denoise::print_sd_plan(dir, width, height, batch, low_power);
+                    return crate::cli_denoise::print_sd_plan(
+                        dir,
+                        (width, height, batch),
+                        &vae_tiling,
+                        low_power,
+                    );
                 }
                 if let Some(dir) = &model {
                     let res = resolution.map(|r| (r[0], r[1]));

@@ -79,6 +79,11 @@ pub struct SdArgs {
     /// madebyollin/taesd: config.json + safetensors) whose decode replaces the linear preview.
     #[arg(long, value_name = "DIR")]
     pub preview_decoder: Option<PathBuf>,
+    /// VAE decode/encode in overlapping tiles (diffusers' enable_tiling): `auto` (only when
+    /// the whole pass would exceed the adapter's limits), `off`, or a tile size in pixels (a
+    /// multiple of 32 for SD).
+    #[arg(long, default_value = "auto", value_name = "auto|off|PIXELS")]
+    pub vae_tiling: String,
     /// Where to run.
     #[arg(long, value_enum, default_value = "gpu")]
     pub backend: BackendArg,
@@ -112,6 +117,8 @@ fn request(a: &SdArgs, seed: u64) -> Result<Request> {
     req.clip_skip = a.clip_skip;
     req.width = a.width;
     req.height = a.height;
+    req.vae_tiling = webdiffusion::pipeline::VaeTiling::parse(&a.vae_tiling)
+        .map_err(|e| anyhow::anyhow!("--vae-tiling: {e}"))?;
     if let Some(s) = &a.timestep_spacing {
         req.scheduler_overrides.insert(
             "timestep_spacing".into(),
@@ -252,6 +259,16 @@ fn run_on(
     })?;
     for w in &result.warnings {
         eprintln!("warning: {w}");
+    }
+    if let Some(t) = result.vae_tile {
+        eprintln!(
+            "note: the VAE ran in {t}×{t}-pixel tiles overlapping by a quarter (diffusers' enable_tiling){}",
+            if a.vae_tiling == "auto" {
+                ": the whole pass does not fit this adapter's limits (`webdiffusion info` shows the plan)"
+            } else {
+                ""
+            }
+        );
     }
     let Some(image) = result.image else {
         bail!(

@@ -281,7 +281,10 @@ fn vae_tiled_matches_diffusers_tiling() {
     }
     // Tile sizes that would not add up to the image are refused with the rule.
     let msg = VaeTiles::new(12, 2).err().unwrap().to_string();
-    assert!(msg.contains("multiple of 8") && msg.contains("e.g. 8"), "{msg}");
+    assert!(
+        msg.contains("multiple of 8") && msg.contains("e.g. 8"),
+        "{msg}"
+    );
 }
 
 #[test]

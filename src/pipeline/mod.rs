@@ -7,6 +7,6 @@ pub mod repo;
 pub mod sd;
 pub mod sd_run;
 
-pub use plan::{MemoryPlan, PlanInputs, PlanLimits};
+pub use plan::{MemoryPlan, PlanInputs, PlanLimits, VaeTiling};
 pub use repo::SdRepo;
 pub use sd_run::{Request, SdOutput, SdPipeline, SdStep};

@@ -108,6 +108,40 @@ pub struct MemoryPlan {
     pub cfg: bool,
     pub weights: Vec<WeightPlan>,
     pub stages: Vec<StagePlan>,
+    /// The VAE decodes (and encodes) in tiles of this many pixels ([`VaeTiling`]); `None`:
+    /// whole.
+    pub vae_tile: Option<usize>,
+}
+
+/// How the VAE decodes and encodes: whole, or in diffusers-style overlapping tiles
+/// ([`crate::models::VaeTiles`]), which bound its activations by the tile instead of the
+/// image. Tiled output is diffusers' `enable_tiling` output, not the untiled one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VaeTiling {
+    /// Whole when the untiled plan fits the limits, else the largest tile (a multiple of
+    /// 4× the VAE factor) with which the plan does.
+    #[default]
+    Auto,
+    /// Always whole; a plan that does not fit is refused.
+    Off,
+    /// Tiles of this many pixels (when the image is larger than one tile).
+    Tile(usize),
+}
+
+impl VaeTiling {
+    /// `auto`, `off`, or a tile size in pixels.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "off" | "none" => Ok(Self::Off),
+            n => n.parse::<usize>().map(Self::Tile).map_err(|_| {
+                Error::invalid(
+                    "vae tiling",
+                    format!("{s:?} is not `auto`, `off` or a tile size in pixels (e.g. 256)"),
+                )
+            }),
+        }
+    }
 }
 
 /// The limits a plan is checked against.
@@ -144,6 +178,11 @@ impl MemoryPlan {
             .iter()
             .map(|w| if f16 { w.bytes_f16 } else { w.bytes_f32 })
             .sum()
+    }
+
+    /// The VAE tiling this plan was made for, as the VAE takes it.
+    pub fn vae_tiles(&self) -> Option<crate::models::VaeTiles> {
+        self.vae_tile.map(|tile| crate::models::VaeTiles { tile })
     }
 
     pub fn activation_peak(&self) -> u64 {
@@ -208,7 +247,11 @@ impl MemoryPlan {
                         limit,
                         value,
                         needed,
-                        "lower --width/--height (or decode in tiles), or use an adapter with larger limits",
+                        if s.stage.starts_with("vae") {
+                            "lower --width/--height, let the VAE run in tiles (--vae-tiling auto or a tile size), or use an adapter with larger limits"
+                        } else {
+                            "lower --width/--height or use an adapter with larger limits"
+                        },
                     ));
                 }
             }
@@ -263,6 +306,16 @@ impl MemoryPlan {
                     "; `{n}` {} gathered by rows",
                     mib(*b)
                 ))
+            ));
+        }
+        if let Some(t) = self.vae_tile {
+            v.push(format!(
+                "  vae decode{} in {t}×{t}-pixel tiles overlapping by a quarter (diffusers' enable_tiling)",
+                if self.stages.iter().any(|s| s.stage == "vae_encode") {
+                    " and encode"
+                } else {
+                    ""
+                }
             ));
         }
         for s in &self.stages {
@@ -864,9 +917,9 @@ impl PlanInputs {
         }
     }
 
-    /// The plan for `batch` images of `width × height` pixels; `cfg`: guidance doubles the
-    /// UNet batch; `img2img`: the VAE encoder runs too. Errors when the size is not a
-    /// multiple of the VAE factor.
+    /// The plan for `batch` images of `width × height` pixels with the VAE run whole; `cfg`:
+    /// guidance doubles the UNet batch; `img2img`: the VAE encoder runs too. Errors when the
+    /// size is not a multiple of the VAE factor.
     pub fn plan(
         &self,
         width: usize,
@@ -875,17 +928,35 @@ impl PlanInputs {
         cfg: bool,
         img2img: bool,
     ) -> Result<MemoryPlan> {
+        self.plan_tiled(width, height, batch, cfg, img2img, None)
+    }
+
+    /// [`Self::plan`] with the VAE in tiles of `vae_tile` pixels (see [`VaeTiling`]); a tile
+    /// at least as large as the image is the untiled pass.
+    pub fn plan_tiled(
+        &self,
+        width: usize,
+        height: usize,
+        batch: usize,
+        cfg: bool,
+        img2img: bool,
+        vae_tile: Option<usize>,
+    ) -> Result<MemoryPlan> {
         let f = self.vae.factor();
         check_size(width, height, f)?;
+        if let Some(t) = vae_tile {
+            crate::models::VaeTiles::new(t, f)?;
+        }
+        let vae_tile = vae_tile.filter(|&t| t < width.max(height));
         let (lh, lw) = (height / f, width / f);
         let b2 = if cfg { 2 * batch } else { batch };
         let mut stages = vec![
             clip_stage(&self.clip, b2, self.clip.positions),
             unet_stage(&self.unet, b2, lh, lw, self.clip.positions),
-            vae_decode_stage(&self.vae, lh, lw),
+            vae_decode_tiled_stage(&self.vae, height, width, vae_tile),
         ];
         if img2img {
-            stages.push(vae_encode_stage(&self.vae, height, width));
+            stages.push(vae_encode_tiled_stage(&self.vae, height, width, vae_tile));
         }
         Ok(MemoryPlan {
             width,
@@ -898,8 +969,88 @@ impl PlanInputs {
                 WeightPlan::from_list("vae", &self.vae_tensors),
             ],
             stages,
+            vae_tile,
         })
     }
+
+    /// The plan for `tiling`, checked against `limits` (when given): with
+    /// [`VaeTiling::Auto`], the untiled plan when it fits, else the one with the largest
+    /// VAE tile that fits; the untiled plan's error when none does.
+    #[allow(clippy::too_many_arguments)]
+    pub fn plan_checked(
+        &self,
+        width: usize,
+        height: usize,
+        batch: usize,
+        cfg: bool,
+        img2img: bool,
+        tiling: VaeTiling,
+        limits: Option<&PlanLimits>,
+    ) -> Result<MemoryPlan> {
+        let plan = |tile| self.plan_tiled(width, height, batch, cfg, img2img, tile);
+        let check = |p: MemoryPlan| match limits {
+            Some(l) => p.check(l, false).map(|()| p),
+            None => Ok(p),
+        };
+        match tiling {
+            VaeTiling::Off => check(plan(None)?),
+            VaeTiling::Tile(t) => check(plan(Some(t))?),
+            VaeTiling::Auto => {
+                let err = match check(plan(None)?) {
+                    Ok(p) => return Ok(p),
+                    Err(e) => e,
+                };
+                let step = 4 * self.vae.factor();
+                let largest = (width.max(height) - 1) / step * step;
+                for t in (1..=largest / step).rev().map(|k| k * step) {
+                    if let Ok(p) = check(plan(Some(t))?) {
+                        return Ok(p);
+                    }
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
+/// The VAE decode stage at `h × w` pixels, whole or in `tile`-pixel tiles: one tile's pass
+/// plus the finished tiles of two rows of tiles and the stitched image twice (row strips and
+/// the final concatenation).
+fn vae_decode_tiled_stage(v: &VaeDims, h: usize, w: usize, tile: Option<usize>) -> StagePlan {
+    let f = v.factor();
+    let Some(t) = tile else {
+        return vae_decode_stage(v, h / f, w / f);
+    };
+    let mut s = vae_decode_stage(v, t.min(h) / f, t.min(w) / f);
+    let c = v.out_channels as u64;
+    let per_row = (w / f).div_ceil(tile_stride(t / f)) as u64;
+    let image = c * (h * w) as u64 * 4;
+    s.bytes += 2 * per_row * c * (t * t) as u64 * 4 + 2 * image;
+    s.largest = s.largest.max(image);
+    s.largest_per_image = s.largest_per_image.max(image);
+    s
+}
+
+/// The VAE encode stage, whole or tiled (the tiles' moments are stitched as in
+/// [`vae_decode_tiled_stage`]).
+fn vae_encode_tiled_stage(v: &VaeDims, h: usize, w: usize, tile: Option<usize>) -> StagePlan {
+    let Some(t) = tile else {
+        return vae_encode_stage(v, h, w);
+    };
+    let f = v.factor();
+    let mut s = vae_encode_stage(v, t.min(h), t.min(w));
+    let c = 2 * v.latent_channels as u64;
+    let per_row = w.div_ceil(tile_stride(t)) as u64;
+    let moments = c * ((h / f) * (w / f)) as u64 * 4;
+    s.bytes += 2 * per_row * c * ((t / f) * (t / f)) as u64 * 4 + 2 * moments;
+    s.largest = s.largest.max(moments);
+    s.largest_per_image = s.largest_per_image.max(moments);
+    s
+}
+
+/// diffusers' tile stride: `int(tile · (1 − 0.25))`.
+fn tile_stride(tile: usize) -> usize {
+    ((tile as f64 * 0.75) as usize).max(1)
 }
 
 /// Width and height must be positive multiples of the VAE factor.

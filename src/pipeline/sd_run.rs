@@ -30,7 +30,7 @@ use crate::exec::Exec;
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::unet2d_condition::UNet2DConditionModel;
 use crate::models::TinyDecoder;
-use crate::models::{AutoencoderKl, UNet, VaeConfig};
+use crate::models::{AutoencoderKl, UNet, VaeConfig, VaeTiles};
 use crate::nn::Conv2d;
 use crate::ops::{Concat, SolverUpdate, Unary};
 use crate::sampling::guidance::Guided;
@@ -43,7 +43,7 @@ use crate::tensor::Tensor;
 use crate::tokenizer::ClipTokenizer;
 use crate::weights::Weights;
 
-use super::plan::{MemoryPlan, PlanInputs, PlanLimits};
+use super::plan::{MemoryPlan, PlanInputs, PlanLimits, VaeTiling};
 use super::sd::{img2img_steps, Overrides, SdConfigs};
 
 /// The linear latent → RGB approximation of Stable Diffusion 1.x/2.x latents (the 4×3 fit
@@ -135,6 +135,7 @@ pub struct PromptEmbeddings {
 }
 
 /// An image to start from (image-to-image).
+#[derive(Clone)]
 pub struct InitImage {
     /// (1, 3, H, W) with values in [0, 1] (diffusers' image processor input), H × W the
     /// request's size.
@@ -179,7 +180,7 @@ impl InitImage {
 
 /// Noise given instead of drawn (tests comparing with diffusers' torch draws). Each part
 /// left out is drawn from Philox as usual.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct GivenNoise {
     /// Unit-variance initial latents (1, C, h, w), scaled by `init_noise_sigma` here.
     pub init_latents: Option<Tensor>,
@@ -191,6 +192,7 @@ pub struct GivenNoise {
 }
 
 /// One generation.
+#[derive(Clone)]
 pub struct Request {
     pub prompt: String,
     /// Used only with guidance (scale > 1); empty means the empty prompt, as diffusers.
@@ -210,6 +212,8 @@ pub struct Request {
     pub clip_skip: usize,
     pub init: Option<InitImage>,
     pub given_noise: Option<GivenNoise>,
+    /// Whole or tiled VAE passes (default: tiles only when the whole pass would not fit).
+    pub vae_tiling: VaeTiling,
 }
 
 impl Request {
@@ -228,6 +232,7 @@ impl Request {
             clip_skip: 0,
             init: None,
             given_noise: None,
+            vae_tiling: VaeTiling::Auto,
         }
     }
 
@@ -286,6 +291,8 @@ pub struct SdOutput {
     /// The solver used (its `webdiffusion solvers` name).
     pub solver: &'static str,
     pub warnings: Vec<String>,
+    /// The VAE ran in tiles of this many pixels (see [`VaeTiling`]).
+    pub vae_tile: Option<usize>,
 }
 
 /// The loaded pipeline; see the module docs.
@@ -446,21 +453,24 @@ impl SdPipeline {
         self.limits = limits;
     }
 
-    /// The memory plan of `req` (size, guidance, img2img), checked against the limits:
-    /// an error names the tensor or stage, the limit and both numbers.
+    /// The memory plan of `req` (size, guidance, img2img, VAE tiling), checked against the
+    /// limits: an error names the tensor or stage, the limit and both numbers. Its
+    /// [`MemoryPlan::vae_tiles`] is what [`Self::decode`] and [`Self::encode_image`] take.
     pub fn check_memory(&self, exec: &Exec, req: &Request) -> Result<MemoryPlan> {
         let (w, h) = self.size(req);
-        let plan = self
-            .plan_inputs
-            .plan(w, h, 1, req.guided(), req.init.is_some())?;
         let limits = self.limits.or_else(|| {
             exec.gpu_context()
                 .map(|ctx| PlanLimits::from_caps(&ctx.caps))
         });
-        if let Some(l) = limits {
-            plan.check(&l, false)?;
-        }
-        Ok(plan)
+        self.plan_inputs.plan_checked(
+            w,
+            h,
+            1,
+            req.guided(),
+            req.init.is_some(),
+            req.vae_tiling,
+            limits.as_ref(),
+        )
     }
 
     fn size(&self, req: &Request) -> (usize, usize) {
@@ -502,18 +512,31 @@ impl SdPipeline {
         })
     }
 
-    /// The VAE decoder: latents (N, C, h, w) → images (N, 3, H, W) in about [−1, 1].
-    pub fn decode(&self, exec: &mut Exec, latents: &Tensor) -> Result<Tensor> {
-        self.vae.decode(exec, latents)
+    /// The VAE decoder: latents (N, C, h, w) → images (N, 3, H, W) in about [−1, 1]; in
+    /// tiles when `tiles` is set (the plan's [`MemoryPlan::vae_tiles`]).
+    pub fn decode(
+        &self,
+        exec: &mut Exec,
+        latents: &Tensor,
+        tiles: Option<VaeTiles>,
+    ) -> Result<Tensor> {
+        self.vae.decode_tiled(exec, latents, tiles)
     }
 
     /// An image (N, 3, H, W) in [0, 1] → sampler latents: a sample of the VAE posterior,
     /// `mean + σ·noise` (noise (N, C, h, w) unit normal), as diffusers' img2img draws it.
-    pub fn encode_image(&self, exec: &mut Exec, image: &Tensor, noise: &Tensor) -> Result<Tensor> {
+    /// In tiles when `tiles` is set, as [`Self::decode`].
+    pub fn encode_image(
+        &self,
+        exec: &mut Exec,
+        image: &Tensor,
+        noise: &Tensor,
+        tiles: Option<VaeTiles>,
+    ) -> Result<Tensor> {
         let image = exec.upload(image)?;
         let image = exec.run(&Unary::affine(2.0, -1.0), &[&image])?;
         let noise = exec.upload(noise)?;
-        self.vae.encode_sample(exec, &image, &noise)
+        self.vae.encode_sample_tiled(exec, &image, &noise, tiles)
     }
 
     /// The linear RGB preview of latents (see [`LATENT_RGB_FACTORS`]).
@@ -557,7 +580,7 @@ impl SdPipeline {
         }
         let (width, height) = self.size(req);
         // Size, memory and solver problems fail before any model runs.
-        self.check_memory(exec, req)?;
+        let tiles = self.check_memory(exec, req)?.vae_tiles();
         let f = self.vae_factor();
         let lc = self.vae.config().latent_channels;
         let shape = [1, lc, height / f, width / f];
@@ -631,7 +654,7 @@ impl SdPipeline {
                         &[],
                     )?,
                 };
-                let encoded = self.encode_image(exec, &init.image, &e1)?;
+                let encoded = self.encode_image(exec, &init.image, &e1, tiles)?;
                 let e2 = match given.and_then(|g| g.forward.as_ref()) {
                     Some(t) => exec.upload(t)?,
                     None => exec.run(
@@ -691,7 +714,7 @@ impl SdPipeline {
         let image = if stopped {
             None
         } else {
-            Some(self.vae.decode(exec, &x)?)
+            Some(self.vae.decode_tiled(exec, &x, tiles)?)
         };
         exec.submit()?;
         Ok(SdOutput {
@@ -701,6 +724,7 @@ impl SdPipeline {
             stopped,
             solver: solver.name(),
             warnings: emb.warnings,
+            vae_tile: tiles.map(|t| t.tile),
         })
     }
 

@@ -438,7 +438,7 @@ async fn run(
     let pipe = &mut model.pipe;
     let rgb = model.preview.as_ref();
     // Size, memory (the adapter's limits) and solver problems fail before any model runs.
-    pipe.check_memory(exec, &req)?;
+    let tiles = pipe.check_memory(exec, &req)?.vae_tiles();
     let f = pipe.vae_factor();
     let shape = [
         1,
@@ -504,7 +504,7 @@ async fn run(
         }
         (Some(init), None) => {
             let e1 = exec.run(&SolverUpdate::noise(&shape, 1.0, o.seed, u32::MAX, 1), &[])?;
-            let encoded = pipe.encode_image(exec, &init.image, &e1)?;
+            let encoded = pipe.encode_image(exec, &init.image, &e1, tiles)?;
             let e2 = exec.run(&SolverUpdate::noise(&shape, 1.0, o.seed, u32::MAX, 2), &[])?;
             let (a, b) = pipe.add_noise_coefficients(&req, solver.as_ref(), range.0)?;
             exec.run(&SolverUpdate::linear(&[a, b]), &[&encoded, &e2])?
@@ -550,7 +550,7 @@ async fn run(
 
     inner.check_running("generate")?;
     let t_dec = js::now_ms();
-    let image = pipe.decode(exec, &latents)?;
+    let image = pipe.decode(exec, &latents, tiles)?;
     exec.submit()?;
     if let Some(c) = inner.canvas.borrow_mut().as_mut() {
         c.draw(ctx, &[&image])?;

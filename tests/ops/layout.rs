@@ -117,7 +117,13 @@ fn resize_nearest_matches_cpu_and_pytorch() {
 fn crop2d_matches_cpu_on_odd_shapes() {
     use webdiffusion::ops::Crop2d;
     let x = Tensor::from_vec(&[1, 1, 3, 4], (0..12).map(|v| v as f32).collect()).unwrap();
-    let out = check_op("crop 2×2 at (1, 1)", &Crop2d::new(1, 1, 2, 2), &[&x], 0.0, 0.0);
+    let out = check_op(
+        "crop 2×2 at (1, 1)",
+        &Crop2d::new(1, 1, 2, 2),
+        &[&x],
+        0.0,
+        0.0,
+    );
     assert_eq!(out, [5.0, 6.0, 9.0, 10.0]);
     let mut rng = Rng::new(35);
     let x = rng.tensor(&[2, 3, 7, 11]);
@@ -130,9 +136,16 @@ fn crop2d_matches_cpu_on_odd_shapes() {
             0.0,
         );
     }
-    for bad in [Crop2d::new(5, 0, 3, 1), Crop2d::new(0, 9, 1, 3), Crop2d::new(0, 0, 0, 1)] {
+    for bad in [
+        Crop2d::new(5, 0, 3, 1),
+        Crop2d::new(0, 9, 1, 3),
+        Crop2d::new(0, 0, 0, 1),
+    ] {
         let msg = Exec::cpu().run(&bad, &[&x]).err().unwrap().to_string();
-        assert!(msg.contains("crop2d") && msg.contains("(2, 3, 7, 11)"), "{msg}");
+        assert!(
+            msg.contains("crop2d") && msg.contains("(2, 3, 7, 11)"),
+            "{msg}"
+        );
     }
 }
 
@@ -163,7 +176,13 @@ fn blend_edge_matches_cpu_and_diffusers_formula() {
         } else {
             BlendEdge::left(e)
         };
-        let out = check_op(&format!("blend {sa:?} {sb:?} {op:?}"), &op, &[&a, &b], 1e-6, 1e-6);
+        let out = check_op(
+            &format!("blend {sa:?} {sb:?} {op:?}"),
+            &op,
+            &[&a, &b],
+            1e-6,
+            1e-6,
+        );
         // Rows/columns past the extent are b's, untouched.
         let (bd, (h, w)) = (b.cpu_data().unwrap(), (sb[2], sb[3]));
         let e = e.min(if top { sa[2].min(h) } else { sa[3].min(w) });
@@ -180,6 +199,9 @@ fn blend_edge_matches_cpu_and_diffusers_formula() {
         .err()
         .unwrap()
         .to_string();
-    assert!(msg.contains("blend_edge") && msg.contains("W equal"), "{msg}");
+    assert!(
+        msg.contains("blend_edge") && msg.contains("W equal"),
+        "{msg}"
+    );
     assert!(Exec::cpu().run(&BlendEdge::left(2), &[&a, &b]).is_ok());
 }
