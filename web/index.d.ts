@@ -221,6 +221,11 @@ export interface GenerateOptions {
   initLatents?: Float32Array;
   /** Stable Diffusion: also return the final `latents` and the decoded `image` as floats. */
   raw?: boolean;
+  /** Stable Diffusion: decode (and encode) with the VAE in overlapping tiles, as diffusers'
+   * `enable_tiling`: "auto" (default: only when the whole pass would exceed the adapter's
+   * limits, e.g. SD-1.5 at 512×512 under WebGPU's 128 MiB per binding), "off", or a tile
+   * size in pixels (a multiple of 4 × the VAE factor, 32 for SD). */
+  vaeTiling?: 'auto' | 'off' | number;
 }
 
 export interface GenerateResult {
@@ -238,6 +243,8 @@ export interface GenerateResult {
    * output_type="latent") and the VAE's image, NCHW in about [-1, 1]. */
   latents?: Float32Array;
   image?: Float32Array;
+  /** Stable Diffusion: the VAE tile size in pixels when the VAE ran in tiles, else null. */
+  vaeTile?: number | null;
 }
 
 export declare class Engine {

@@ -311,6 +311,10 @@ async function generate() {
       // Tests inject diffusers' initial latents to compare with its goldens.
       if (window.demoHooks?.initLatents) options.initLatents = window.demoHooks.initLatents;
       if (window.demoHooks?.raw) options.raw = true;
+      // Tests also pick the size and the VAE tiling (the page keeps the model's size).
+      for (const k of ['width', 'height', 'vaeTiling']) {
+        if (window.demoHooks?.[k] !== undefined) options[k] = window.demoHooks[k];
+      }
       // Image-to-image from a test (the page itself has no image picker yet).
       if (window.demoHooks?.initImage) {
         options.initImage = window.demoHooks.initImage;

@@ -30,6 +30,7 @@ use crate::ops::{Concat, SolverUpdate};
 use crate::pipeline::repo::{weight_candidates, Needed, SdRepo};
 use crate::pipeline::sd::{img2img_steps, Overrides, SdConfigs};
 use crate::pipeline::sd_run::{InitImage, LatentPreview, Request, SdPipeline, IMG2IMG_SOLVERS};
+use crate::pipeline::VaeTiling;
 use crate::sampling::solvers::ALIASES;
 use crate::sampling::solvers::{initial_noise, Denoiser, Noise, Solver, StepContext, StepInfo};
 use crate::sampling::{FiniteWatch, Guided};
@@ -214,6 +215,7 @@ struct SdOptions {
     raw: bool,
     preview: Preview,
     on_step: Option<js_sys::Function>,
+    vae_tiling: VaeTiling,
 }
 
 /// Options a Stable Diffusion run does not take (they belong to the other model kinds).
@@ -232,7 +234,7 @@ fn sd_options(model: &SdModel, options: &JsValue) -> WdResult<SdOptions> {
     for k in NOT_SD {
         if !js::is_absent(&js::get(options, k)) {
             return Err(WdError::bad_option(format!(
-                "option `{k}` does not apply to a Stable Diffusion pipeline: it samples with prompt, negativePrompt, steps, guidance, seed, width, height, solver, initImage and strength"
+                "option `{k}` does not apply to a Stable Diffusion pipeline: it samples with prompt, negativePrompt, steps, guidance, seed, width, height, solver, initImage, strength and vaeTiling"
             )));
         }
     }
@@ -331,6 +333,17 @@ fn sd_options(model: &SdModel, options: &JsValue) -> WdResult<SdOptions> {
         )));
     };
     let raw = js::get(options, "raw").as_bool().unwrap_or(false);
+    let tiling = js::get(options, "vaeTiling");
+    let vae_tiling = if js::is_absent(&tiling) {
+        VaeTiling::Auto
+    } else if let Some(s) = tiling.as_string() {
+        VaeTiling::parse(&s).map_err(|e| WdError::bad_option(format!("option `vaeTiling`: {e}")))?
+    } else {
+        match js::opt_uint(options, "vaeTiling", 65536.0)? {
+            Some(t) => VaeTiling::Tile(t as usize),
+            None => VaeTiling::Auto,
+        }
+    };
     let preview = match js::opt_string(options, "preview")?.as_deref() {
         None | Some("x0") => Preview::X0,
         Some("xt") => Preview::Xt,
@@ -356,6 +369,7 @@ fn sd_options(model: &SdModel, options: &JsValue) -> WdResult<SdOptions> {
         raw,
         preview,
         on_step: js::opt_function(options, "onStep")?,
+        vae_tiling,
     })
 }
 
@@ -435,6 +449,7 @@ async fn run(
     req.height = Some(o.height);
     req.solver = o.solver.clone();
     req.scheduler_overrides = o.overrides.clone();
+    req.vae_tiling = o.vae_tiling;
     let pipe = &mut model.pipe;
     let rgb = model.preview.as_ref();
     // Size, memory (the adapter's limits) and solver problems fail before any model runs.
@@ -590,6 +605,10 @@ async fn run(
     js::set(&out, "solver", solver.name());
     js::set(&out, "steps", (range.1 - range.0) as f64);
     js::set(&out, "prompt", o.prompt.as_str());
+    match tiles {
+        Some(t) => js::set(&out, "vaeTile", t.tile as f64),
+        None => js::set(&out, "vaeTile", JsValue::NULL),
+    }
     Ok(out.into())
 }
 

@@ -195,6 +195,29 @@ test('sd: the tiny repository from the demo page matches diffusers txt2img; the 
   assert.deepEqual(a, b, 'the same seed gave different latents');
   assert.ok(relErr(a, golden.latents.data) > 1e-2, 'a seeded run must not reproduce the injected latents');
 
+  // diffusers' VAE tiling (make_tiny_sd_tiled.py): 40×24 pixels in 16-pixel tiles.
+  const ct = cases.txt2img_tiled;
+  const gt = readSafetensors(path.join(GOLDENS, 'txt2img_tiled.safetensors'));
+  await page.fill('#prompt', ct.prompt);
+  await page.fill('#negative-prompt', ct.negative_prompt);
+  await page.fill('#steps', String(ct.steps));
+  await page.fill('#guidance', String(ct.guidance));
+  await page.evaluate(([init, w, h, tile]) => {
+    window.demoHooks = { initLatents: new Float32Array(init), raw: true, width: w, height: h, vaeTiling: tile };
+  }, [[...gt.init_latents.data], ct.width, ct.height, ct.vae_tile]);
+  await page.click('#generate');
+  assert.equal(await waitState(page, ['done', 'error'], RUN_MS), 'done', await context(page)());
+  const rt = await page.evaluate(() => window.demo.result);
+  const eLatT = relErr(rt.latents, gt.latents.data);
+  const eImgT = relErr(rt.image, gt.image.data);
+  t.diagnostic(`tiled VAE vs diffusers: latents rel err ${eLatT.toExponential(2)}, image rel err ${eImgT.toExponential(2)}`);
+  assert.equal(rt.vaeTile, ct.vae_tile);
+  assert.deepEqual([rt.width, rt.height], [ct.width, ct.height]);
+  assert.ok(eLatT <= 1e-3 && eImgT <= 1e-3, `tiled run differs from diffusers: ${eLatT} ${eImgT}`);
+  await page.evaluate(() => {
+    window.demoHooks = {};
+  });
+
   // A second load of the repository reads every weight file from the cache.
   await page.waitForFunction(() => window.demo.cache.filter((e) => e.status === 'stored' && e.url.endsWith('.safetensors')).length === 3, null, { timeout: 30_000 });
   const before = server.log.length;
