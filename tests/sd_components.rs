@@ -251,7 +251,7 @@ fn vae_tiled_matches_diffusers_tiling() {
     }
     for (name, mut exec) in execs {
         let vae = AutoencoderKl::load_dir(&mut exec, fixture("tiny-vae")).unwrap();
-        let mut check = |exec: &mut Exec, what: &str, got: webdiffusion::Tensor, want: &[f32]| {
+        let check = |exec: &mut Exec, what: &str, got: webdiffusion::Tensor, want: &[f32]| {
             let got = block_on(exec.read(&got)).unwrap();
             let e = rel_err(&got, want);
             eprintln!("vae tiled {name} {what}: rel err {e:.2e}");
