@@ -361,7 +361,7 @@ async function generate() {
     const mean = stepsMs.length ? stepsMs.reduce((a, b) => a + b, 0) / stepsMs.length : 0;
     const gray = [];
     for (let i = 0; i < result.pixels.length; i += 4) gray.push(result.pixels[i]);
-    demo.result = { width: result.width, height: result.height, seed: result.seed, solver: result.solver, timings: result.timings, gray };
+    demo.result = { width: result.width, height: result.height, seed: result.seed, solver: result.solver, timings: result.timings, vaeTile: result.vaeTile ?? null, gray };
     if (result.latents) demo.result.latents = [...result.latents];
     if (result.image) demo.result.image = [...result.image];
     $('step-text').textContent =
