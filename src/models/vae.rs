@@ -237,7 +237,7 @@ impl VaeTiles {
     /// (tile size, stride) on the input side and (blend extent, kept size) on the output
     /// side, for an input `scale_in` times the output's resolution (decode: latents in,
     /// `1/f`; encode: pixels in, `f`), as diffusers computes them (`int` truncation).
-    fn geometry(&self, factor: usize, decode: bool) -> (usize, usize, usize, usize) {
+    pub(crate) fn geometry(&self, factor: usize, decode: bool) -> (usize, usize, usize, usize) {
         let (tile_in, tile_out) = match decode {
             true => (self.tile / factor, self.tile),
             false => (self.tile, self.tile / factor),

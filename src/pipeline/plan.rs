@@ -1023,7 +1023,8 @@ fn vae_decode_tiled_stage(v: &VaeDims, h: usize, w: usize, tile: Option<usize>) 
     };
     let mut s = vae_decode_stage(v, t.min(h) / f, t.min(w) / f);
     let c = v.out_channels as u64;
-    let per_row = (w / f).div_ceil(tile_stride(t / f)) as u64;
+    let (_, stride, _, _) = crate::models::VaeTiles { tile: t }.geometry(f, true);
+    let per_row = (w / f).div_ceil(stride) as u64;
     let image = c * (h * w) as u64 * 4;
     s.bytes += 2 * per_row * c * (t * t) as u64 * 4 + 2 * image;
     s.largest = s.largest.max(image);
@@ -1040,17 +1041,13 @@ fn vae_encode_tiled_stage(v: &VaeDims, h: usize, w: usize, tile: Option<usize>) 
     let f = v.factor();
     let mut s = vae_encode_stage(v, t.min(h), t.min(w));
     let c = 2 * v.latent_channels as u64;
-    let per_row = w.div_ceil(tile_stride(t)) as u64;
+    let (_, stride, _, _) = crate::models::VaeTiles { tile: t }.geometry(f, false);
+    let per_row = w.div_ceil(stride) as u64;
     let moments = c * ((h / f) * (w / f)) as u64 * 4;
     s.bytes += 2 * per_row * c * ((t / f) * (t / f)) as u64 * 4 + 2 * moments;
     s.largest = s.largest.max(moments);
     s.largest_per_image = s.largest_per_image.max(moments);
     s
-}
-
-/// diffusers' tile stride: `int(tile · (1 − 0.25))`.
-fn tile_stride(tile: usize) -> usize {
-    ((tile as f64 * 0.75) as usize).max(1)
 }
 
 /// Width and height must be positive multiples of the VAE factor.
