@@ -153,6 +153,37 @@ impl Exec {
         }
     }
 
+    /// A weight of logical shape `shape` given as packed f16 words (see
+    /// [`pack_f16`](crate::weights::pack_f16)), stored as the packed-weight ops read it: the
+    /// words on the GPU, the values widened to f32 on the CPU.
+    pub fn upload_words(&self, label: &str, shape: &[usize], words: &[u32]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if words.len() != n.div_ceil(2) {
+            return Err(Error::invalid(
+                "upload",
+                format!(
+                    "`{label}`: {} packed words cannot hold {n} f16 values",
+                    words.len()
+                ),
+            ));
+        }
+        match &self.backend {
+            Backend::Gpu(ctx) => {
+                let buf = ctx.upload(label, bytemuck::cast_slice(words))?;
+                Ok(Tensor::from_gpu(shape.to_vec(), buf))
+            }
+            Backend::Cpu => {
+                let values = words
+                    .iter()
+                    .flat_map(|&w| [w & 0xffff, w >> 16])
+                    .take(n)
+                    .map(|h| half::f16::from_bits(h as u16).to_f32())
+                    .collect();
+                Tensor::from_vec(shape, values)
+            }
+        }
+    }
+
     /// Run one op. On the GPU the dispatch is recorded; nothing is submitted.
     pub fn run<O: Op + ?Sized>(&mut self, op: &O, inputs: &[&Tensor]) -> Result<Tensor> {
         let name = op.name();

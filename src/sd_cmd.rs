@@ -84,6 +84,11 @@ pub struct SdArgs {
     /// multiple of 32 for SD).
     #[arg(long, default_value = "auto", value_name = "auto|off|PIXELS")]
     pub vae_tiling: String,
+    /// How Linear/Conv2d weights are kept on the GPU: `auto` (packed f16 for weights the
+    /// checkpoint stores in f16, which is lossless; f32 otherwise), `f16` (pack them all:
+    /// half the memory, f16 precision) or `f32`.
+    #[arg(long, default_value = "auto", value_name = "auto|f16|f32")]
+    pub weights: String,
     /// Where to run.
     #[arg(long, value_enum, default_value = "gpu")]
     pub backend: BackendArg,
@@ -214,7 +219,8 @@ fn run_on(
     show: &mut dyn FnMut(&mut Exec, &SdStep<'_>) -> webdiffusion::Result<Control>,
 ) -> Result<webdiffusion::Tensor> {
     let t_load = Instant::now();
-    let mut pipe = SdPipeline::load_dir(exec, &a.model).with_context(|| {
+    let dtype = webdiffusion::weights::WeightDtype::parse(&a.weights)?;
+    let mut pipe = SdPipeline::load_dir_with(exec, &a.model, dtype).with_context(|| {
         format!(
             "loading the Stable Diffusion repository {}",
             a.model.display()
@@ -230,10 +236,12 @@ fn run_on(
         req.height.unwrap_or(pipe.default_size().1),
     );
     eprintln!(
-        "model: {} on {}, loaded in {:.2} s",
+        "model: {} on {}, loaded in {:.2} s ({:.1} MiB of weights, storage {})",
         a.model.display(),
         exec.backend_name(),
-        t_load.elapsed().as_secs_f64()
+        t_load.elapsed().as_secs_f64(),
+        pipe.weight_bytes() as f64 / (1024.0 * 1024.0),
+        dtype.name()
     );
     let solver = pipe.solver(req)?;
     println!(

@@ -103,6 +103,11 @@ export interface LoadOptions {
   signal?: AbortSignal;
   /** package: hears the weight cache (hits, misses, quota warnings). */
   onCache?(e: CacheEvent): void;
+  /** How Linear/Conv2d weights of a UNet or Stable Diffusion repository are kept on the GPU:
+   * 'auto' (default: packed f16 for weights the file stores in f16, which is lossless and
+   * half the memory of widening them; f32 otherwise), 'f16' (pack every one: half the
+   * memory, f16 precision for f32 files) or 'f32'. No `shader-f16` feature is needed. */
+  weights?: 'auto' | 'f16' | 'f32';
 }
 
 /** A model folder URL, file URLs, or files the user picked (config.json, scheduler_config.json,
@@ -130,7 +135,10 @@ export interface ModelInfo {
   numClassEmbeds: number | null;
   nullClass: number | null;
   parameters: number;
+  /** Bytes of the weight files' tensors as stored in them. */
   weightBytes: number;
+  /** Stable Diffusion: bytes the weights take on the GPU (packed f16 counts 2 a value). */
+  gpuWeightBytes?: number;
   predictionType: string | null;
   /** "consistency" for GuidedUNetModel (its only sampler). */
   defaultSolver: string;

@@ -201,7 +201,7 @@ class WorkerBackend {
   }
 
   async load(source, options) {
-    const { onProgress, onCache, fetch, signal } = options;
+    const { onProgress, onCache, fetch, signal, weights } = options;
     const id = this.nextId; // the id call() is about to use
     if (fetch) this.userFetch.set(id, fetch);
     this.onCache = onCache ?? null;
@@ -210,7 +210,7 @@ class WorkerBackend {
     try {
       return await this.call(
         'load',
-        { source, onProgress: !!onProgress, proxyFetch: !!fetch, signal: !!signal, signalAborted: !!signal?.aborted },
+        { source, weights, onProgress: !!onProgress, proxyFetch: !!fetch, signal: !!signal, signalAborted: !!signal?.aborted },
         [],
         { onProgress },
       );

@@ -86,7 +86,12 @@ export class LocalEngine {
     return call(() =>
       this.wasm.load(
         source,
-        defined({ onProgress: options.onProgress, fetch: options.fetch ? this.fetch.using(options.fetch) : this.fetch, signal: options.signal }),
+        defined({
+          onProgress: options.onProgress,
+          fetch: options.fetch ? this.fetch.using(options.fetch) : this.fetch,
+          signal: options.signal,
+          weights: options.weights,
+        }),
       ),
     );
   }

@@ -55,6 +55,7 @@ async function run(id, op, args) {
     case 'load': {
       // Engine-wide, not tied to this request: storing ends after the load resolved.
       const options = { onCache: (data) => post({ type: 'cache', data }) };
+      if (args.weights !== undefined) options.weights = args.weights;
       if (args.onProgress) options.onProgress = (data) => post({ id, event: 'progress', data });
       if (args.proxyFetch) options.fetch = proxiedFetch(id);
       if (args.signal) {

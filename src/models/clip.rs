@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::exec::Exec;
+use crate::nn::layers::take;
 use crate::nn::{LayerNorm, Linear};
 use crate::ops::{Attention, Binary, BinaryOp, GatherRows, Unary, UnaryOp};
 use crate::tensor::Tensor;
@@ -215,14 +216,18 @@ impl ClipTextModel {
             w.add_prefix("text_model.")?;
         }
         let d = cfg.hidden_size;
-        let token_embedding = exec.upload(&w.take(
+        let token_embedding = take(
+            exec,
+            w,
             "text_model.embeddings.token_embedding.weight",
             &[cfg.vocab_size, d],
-        )?)?;
-        let position_embedding = exec.upload(&w.take(
+        )?;
+        let position_embedding = take(
+            exec,
+            w,
             "text_model.embeddings.position_embedding.weight",
             &[cfg.max_position_embeddings, d],
-        )?)?;
+        )?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| ClipLayer::load(exec, cfg, w, &format!("text_model.encoder.layers.{i}")))
             .collect::<Result<Vec<_>>>()?;

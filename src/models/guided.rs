@@ -25,6 +25,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::exec::Exec;
+use crate::nn::blocks::split_scale_shift;
 use crate::nn::{Conv2d, GroupNorm, Linear};
 use crate::ops::attention::MAX_HEAD_DIM;
 use crate::ops::{
@@ -223,11 +224,6 @@ fn silu(exec: &mut Exec, x: &Tensor) -> Result<Tensor> {
     exec.run(&Unary::new(UnaryOp::Silu), &[x])
 }
 
-fn host(t: &Tensor) -> Result<&[f32]> {
-    t.cpu_data()
-        .ok_or_else(|| Error::invalid("weights", "a freshly taken weight is not on the CPU"))
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum UpDown {
     None,
@@ -261,21 +257,7 @@ impl ResBlock {
         let p = |s: &str| format!("{prefix}.{s}");
         let (g, eps) = (cfg.norm_groups, cfg.norm_eps);
         let e = cfg.time_embed_dim;
-        let wt = w.take(&p("emb_layers.1.weight"), &[2 * cout, e])?;
-        let b = w.take(&p("emb_layers.1.bias"), &[2 * cout])?;
-        let (wt, b) = (host(&wt)?, host(&b)?);
-        let half = cout * e;
-        let scale_b: Vec<f32> = b[..cout].iter().map(|v| v + 1.0).collect();
-        let scale1 = Linear::from_tensors(
-            exec,
-            Tensor::from_vec(&[cout, e], wt[..half].to_vec())?,
-            Some(Tensor::from_vec(&[cout], scale_b)?),
-        )?;
-        let shift = Linear::from_tensors(
-            exec,
-            Tensor::from_vec(&[cout, e], wt[half..].to_vec())?,
-            Some(Tensor::from_vec(&[cout], b[cout..].to_vec())?),
-        )?;
+        let (scale1, shift) = split_scale_shift(exec, w, &p("emb_layers.1"), cout, e)?;
         let skip = if cin != cout {
             Some(Conv2d::load(
                 exec,

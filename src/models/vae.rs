@@ -25,10 +25,11 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::exec::Exec;
+use crate::nn::layers::place_weight;
 use crate::nn::{AttentionBlock, Conv2d, Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D};
 use crate::ops::{Binary, BinaryOp, BlendEdge, Clamp, Concat, Crop2d, Unary, UnaryOp};
 use crate::tensor::Tensor;
-use crate::weights::{LoadOptions, Weights};
+use crate::weights::{Dtype, LoadOptions, Weights};
 
 /// diffusers' resnet and norm epsilon inside the VAE (not configurable there).
 const EPS: f64 = 1e-6;
@@ -366,6 +367,27 @@ fn host_weight(w: &mut Weights, name: &str, shape: &[usize]) -> Result<Vec<f32>>
     })
 }
 
+/// A 1×1 conv from a matrix and bias with constants folded in: its values are no longer the
+/// stored ones, so it stays f32 unless the weight storage forces f16 (see `place_weight`).
+fn folded_pointwise(
+    exec: &mut Exec,
+    w: &mut Weights,
+    name: &str,
+    shape: &[usize],
+    matrix: Vec<f32>,
+    bias: Vec<f32>,
+) -> Result<Conv2d> {
+    let weight = place_weight(
+        exec,
+        w,
+        name,
+        Tensor::from_vec(shape, matrix)?,
+        Dtype::F32,
+        false,
+    )?;
+    Conv2d::pointwise_from(exec, w, weight, Tensor::from_vec(&[shape[0]], bias)?)
+}
+
 /// A 1×1 conv `name` (cout × cin) as a host matrix and bias, or the identity when absent.
 fn pointwise_or_identity(
     w: &mut Weights,
@@ -474,21 +496,21 @@ impl AutoencoderKl {
         let sf = cfg.scaling_factor as f32;
         let shift = cfg.shift_factor as f32;
         let half = l * 2 * l;
-        let quant_mean = Conv2d::pointwise_from(
+        let quant_mean = folded_pointwise(
             exec,
-            Tensor::from_vec(
-                &[l, 2 * l, 1, 1],
-                qm[..half].iter().map(|x| x * sf).collect(),
-            )?,
-            Tensor::from_vec(&[l], qb[..l].iter().map(|b| (b - shift) * sf).collect())?,
+            w,
+            "quant_conv.weight",
+            &[l, 2 * l, 1, 1],
+            qm[..half].iter().map(|x| x * sf).collect(),
+            qb[..l].iter().map(|b| (b - shift) * sf).collect(),
         )?;
-        let quant_half_logvar = Conv2d::pointwise_from(
+        let quant_half_logvar = folded_pointwise(
             exec,
-            Tensor::from_vec(
-                &[l, 2 * l, 1, 1],
-                qm[half..].iter().map(|x| x * 0.5).collect(),
-            )?,
-            Tensor::from_vec(&[l], qb[l..].iter().map(|b| b * 0.5).collect())?,
+            w,
+            "quant_conv.weight",
+            &[l, 2 * l, 1, 1],
+            qm[half..].iter().map(|x| x * 0.5).collect(),
+            qb[l..].iter().map(|b| b * 0.5).collect(),
         )?;
 
         // P·(raw/sf + shift) + b = (P/sf)·raw + (b + shift·Σ_j P_ij).
@@ -496,10 +518,13 @@ impl AutoencoderKl {
         let pbias: Vec<f32> = (0..l)
             .map(|i| pb[i] + shift * pm[i * l..(i + 1) * l].iter().sum::<f32>())
             .collect();
-        let post_quant = Conv2d::pointwise_from(
+        let post_quant = folded_pointwise(
             exec,
-            Tensor::from_vec(&[l, l, 1, 1], pm.iter().map(|x| x / sf).collect())?,
-            Tensor::from_vec(&[l], pbias)?,
+            w,
+            "post_quant_conv.weight",
+            &[l, l, 1, 1],
+            pm.iter().map(|x| x / sf).collect(),
+            pbias,
         )?;
 
         let dec_conv_in = Conv2d::load(exec, w, "decoder.conv_in", l, clast, 3, 1, 1)?;

@@ -1,7 +1,7 @@
 //! diffusers' UNet building blocks (`src/diffusers/models/resnet.py`, `attention_processor.py`,
 //! `embeddings.py`, `downsampling.py`, `upsampling.py` at 0.42.1), each composed of ops only.
 
-use super::layers::{Conv2d, GroupNorm, Linear};
+use super::layers::{joint_dtype, place_weight, take_weight, Conv2d, GroupNorm, Linear};
 use crate::error::{Error, Result};
 use crate::exec::Exec;
 use crate::ops::attention::MAX_HEAD_DIM;
@@ -98,21 +98,8 @@ impl ResnetBlock2D {
                 true,
             )?),
             true => {
-                let wt = w.take(&p("time_emb_proj.weight"), &[2 * cout, temb_channels])?;
-                let b = w.take(&p("time_emb_proj.bias"), &[2 * cout])?;
-                let (wt, b) = (host(&wt)?, host(&b)?);
-                let half = cout * temb_channels;
-                let scale_b: Vec<f32> = b[..cout].iter().map(|v| v + 1.0).collect();
-                let scale1 = Linear::from_tensors(
-                    exec,
-                    Tensor::from_vec(&[cout, temb_channels], wt[..half].to_vec())?,
-                    Some(Tensor::from_vec(&[cout], scale_b)?),
-                )?;
-                let shift = Linear::from_tensors(
-                    exec,
-                    Tensor::from_vec(&[cout, temb_channels], wt[half..].to_vec())?,
-                    Some(Tensor::from_vec(&[cout], b[cout..].to_vec())?),
-                )?;
+                let (scale1, shift) =
+                    split_scale_shift(exec, w, &p("time_emb_proj"), cout, temb_channels)?;
                 TimeProj::ScaleShift { scale1, shift }
             }
         };
@@ -245,6 +232,33 @@ impl ResnetBlock2D {
     }
 }
 
+/// A `Linear(e, 2·cout)` whose output is split into scale and shift halves
+/// (`scale_shift` time embeddings), as two layers: `scale + 1` (the one folded into the
+/// first bias) and `shift`. The weight halves keep the stored values, so they may stay
+/// packed f16.
+pub(crate) fn split_scale_shift(
+    exec: &mut Exec,
+    w: &mut Weights,
+    prefix: &str,
+    cout: usize,
+    e: usize,
+) -> Result<(Linear, Linear)> {
+    let wname = format!("{prefix}.weight");
+    let (wt, dtype) = w.take_with_dtype(&wname, &[2 * cout, e])?;
+    let b = w.take(&format!("{prefix}.bias"), &[2 * cout])?;
+    let (wt, b) = (host(&wt)?, host(&b)?);
+    let half = cout * e;
+    let scale_b: Vec<f32> = b[..cout].iter().map(|v| v + 1.0).collect();
+    let mut layer = |rows: &[f32], bias: Vec<f32>| -> Result<Linear> {
+        let weight = Tensor::from_vec(&[cout, e], rows.to_vec())?;
+        let placed = place_weight(exec, w, &wname, weight, dtype, true)?;
+        Linear::from_parts(exec, w, placed, Some(Tensor::from_vec(&[cout], bias)?))
+    };
+    let scale1 = layer(&wt[..half], scale_b)?;
+    let shift = layer(&wt[half..], b[cout..].to_vec())?;
+    Ok((scale1, shift))
+}
+
 fn host(t: &Tensor) -> Result<&[f32]> {
     t.cpu_data()
         .ok_or_else(|| Error::invalid("weights", "a freshly taken weight is not on the CPU"))
@@ -303,20 +317,27 @@ impl AttentionBlock {
         };
         let mut qkv_w = Vec::with_capacity(3 * inner * c);
         let mut qkv_b = Vec::with_capacity(3 * inner);
+        let mut dtypes = Vec::with_capacity(3);
         for name in ["to_q", "to_k", "to_v"] {
-            let wt = w.take(&p(&format!("{name}.weight")), &[inner, c])?;
+            let (wt, dtype) = w.take_with_dtype(&p(&format!("{name}.weight")), &[inner, c])?;
             let b = w.take(&p(&format!("{name}.bias")), &[inner])?;
             qkv_w.extend_from_slice(host(&wt)?);
             qkv_b.extend_from_slice(host(&b)?);
+            dtypes.push(dtype);
         }
-        let qkv = Conv2d::pointwise_from(
+        let qkv_weight = place_weight(
             exec,
+            w,
+            &p("to_qkv.weight"),
             Tensor::from_vec(&[3 * inner, c, 1, 1], qkv_w)?,
-            Tensor::from_vec(&[3 * inner], qkv_b)?,
+            joint_dtype(dtypes),
+            true,
         )?;
-        let ow = w.take(&p("to_out.0.weight"), &[c, inner])?;
+        let qkv =
+            Conv2d::pointwise_from(exec, w, qkv_weight, Tensor::from_vec(&[3 * inner], qkv_b)?)?;
+        let (ow, packed) = take_weight(exec, w, &p("to_out.0.weight"), &[c, inner])?;
         let ob = w.take(&p("to_out.0.bias"), &[c])?;
-        let out = Conv2d::pointwise_from(exec, ow.reshape(&[c, inner, 1, 1])?, ob)?;
+        let out = Conv2d::pointwise_from(exec, w, (ow.reshape(&[c, inner, 1, 1])?, packed), ob)?;
         Ok(Self {
             norm,
             qkv,

@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::exec::Exec;
 use crate::ops::{Conv2d as Conv2dOp, GroupNorm as GroupNormOp, LayerNorm as LayerNormOp, Matmul};
 use crate::tensor::Tensor;
-use crate::weights::{round_f16, WeightDtype, Weights};
+use crate::weights::{pack_f16, round_f16, Dtype, Stored, Weights};
 
 /// Takes `name` with `shape` from the checkpoint and puts it on the executor's backend.
 pub(crate) fn take(
@@ -21,31 +21,105 @@ pub(crate) fn take(
 /// Takes a Linear or Conv2d weight in the storage the checkpoint asks for
 /// ([`Weights::weight_dtype`]); the flag says whether it is packed f16 on the GPU (the op
 /// must be told). On the CPU a packed weight is f32 values rounded through f16, so the two
-/// backends agree.
+/// backends agree. A weight the browser loader already put on the GPU is used as it is
+/// (packed or not, as the loader chose with the same rule).
 pub(crate) fn take_weight(
     exec: &mut Exec,
     w: &mut Weights,
     name: &str,
     shape: &[usize],
 ) -> Result<(Tensor, bool)> {
-    if w.weight_dtype() != WeightDtype::F16Packed {
-        return Ok((take(exec, w, name, shape)?, false));
+    match w.take_stored(name, shape)? {
+        Stored::Device { tensor, packed, .. } => {
+            let n = tensor.numel() as u64;
+            w.add_device_bytes(if packed { n.div_ceil(2) * 4 } else { n * 4 });
+            Ok((tensor, packed))
+        }
+        Stored::Host(t) => {
+            if !w.weight_dtype().packs(t.dtype(), true) {
+                let host = t.into_tensor()?;
+                w.add_device_bytes(host.byte_len());
+                return Ok((exec.upload(&host)?, false));
+            }
+            if let Some(ctx) = exec.gpu_context().cloned() {
+                let words = t.to_f16_words()?;
+                let buf = ctx.upload(name, bytemuck::cast_slice(&words))?;
+                w.add_device_bytes(words.len() as u64 * 4);
+                return Ok((Tensor::from_gpu(shape.to_vec(), buf), true));
+            }
+            let host = t.into_tensor()?;
+            w.add_device_bytes(host.byte_len());
+            let values = host.cpu_data().unwrap_or_default();
+            Ok((Tensor::from_vec(shape, round_f16(values))?, true))
+        }
     }
+}
+
+/// A Linear or Conv2d weight the model assembled on the host from checkpoint tensors
+/// (q/k/v stacked, a projection split, constants folded in), stored as the weight storage
+/// says: `stored` is the dtype of its sources (f16 only when all of them were), `exact`
+/// whether its values are still theirs (stacking and splitting keep them; folding does not).
+/// Returns the tensor and whether it is packed f16.
+pub(crate) fn place_weight(
+    exec: &mut Exec,
+    w: &mut Weights,
+    name: &str,
+    weight: Tensor,
+    stored: Dtype,
+    exact: bool,
+) -> Result<(Tensor, bool)> {
+    let Some(values) = weight.cpu_data() else {
+        // Already on the GPU as f32 (a loader that uploaded it whole).
+        w.add_device_bytes(weight.byte_len());
+        return Ok((weight, false));
+    };
+    if !w.weight_dtype().packs(stored, exact) {
+        w.add_device_bytes(weight.byte_len());
+        return Ok((exec.upload(&weight)?, false));
+    }
+    let rounded = round_f16(values);
     if let Some(ctx) = exec.gpu_context().cloned() {
-        let words = w.take_f16_words(name, shape)?;
+        let words = pack_checked(name, &rounded)?;
         let buf = ctx.upload(name, bytemuck::cast_slice(&words))?;
         w.add_device_bytes(words.len() as u64 * 4);
-        return Ok((Tensor::from_gpu(shape.to_vec(), buf), true));
+        return Ok((Tensor::from_gpu(weight.shape().to_vec(), buf), true));
     }
-    let t = w.take(name, shape)?;
-    let values = t.cpu_data().ok_or_else(|| {
-        Error::invalid(
+    w.add_device_bytes(weight.byte_len());
+    Ok((Tensor::from_vec(weight.shape(), rounded)?, true))
+}
+
+/// `values` (already rounded through f16) packed, or an error naming `name` when some are
+/// beyond f16's range.
+fn pack_checked(name: &str, values: &[f32]) -> Result<Vec<u32>> {
+    if let Some((i, x)) = values.iter().enumerate().find(|(_, x)| x.is_infinite()) {
+        return Err(Error::invalid(
             "weights",
-            format!("tensor `{name}` is already on the GPU; it cannot be used by the CPU executor"),
-        )
-    })?;
+            format!(
+                "weight `{name}` has a value beyond float16's range (±65504) at index {i} ({x}); load it with the weight storage `f32`"
+            ),
+        ));
+    }
+    Ok(pack_f16(values))
+}
+
+/// The dtype a weight assembled from `parts` counts as stored in: f16 only when every part
+/// was.
+pub(crate) fn joint_dtype(parts: impl IntoIterator<Item = Dtype>) -> Dtype {
+    let mut all_f16 = true;
+    for d in parts {
+        all_f16 &= d == Dtype::F16;
+    }
+    if all_f16 {
+        Dtype::F16
+    } else {
+        Dtype::F32
+    }
+}
+
+/// A bias or other small tensor assembled on the host, uploaded as f32 and counted.
+pub(crate) fn place(exec: &mut Exec, w: &mut Weights, t: &Tensor) -> Result<Tensor> {
     w.add_device_bytes(t.byte_len());
-    Ok((Tensor::from_vec(shape, round_f16(values))?, true))
+    exec.upload(t)
 }
 
 /// `nn.Linear(in_features, out_features, bias)`: x (…, in) → (…, out); weight `<p>.weight`
@@ -84,18 +158,19 @@ impl Linear {
         })
     }
 
-    /// A layer from host tensors already split or adjusted by the caller.
-    pub(crate) fn from_tensors(
+    /// A layer from a weight already placed ([`take_weight`] or [`place_weight`]: the
+    /// tensor and whether it is packed f16) and a host bias, which is uploaded.
+    pub(crate) fn from_parts(
         exec: &mut Exec,
-        weight: Tensor,
+        w: &mut Weights,
+        (weight, packed): (Tensor, bool),
         bias: Option<Tensor>,
     ) -> Result<Self> {
-        let weight = exec.upload(&weight)?;
-        let bias = bias.map(|b| exec.upload(&b)).transpose()?;
+        let bias = bias.map(|b| place(exec, w, &b)).transpose()?;
         Ok(Self {
             weight,
             bias,
-            packed: false,
+            packed,
         })
     }
 
@@ -193,8 +268,23 @@ impl Conv2d {
         })
     }
 
-    /// A 1×1 convolution from host tensors (weight (Cout, Cin, 1, 1), bias (Cout)).
-    pub(crate) fn pointwise_from(exec: &mut Exec, weight: Tensor, bias: Tensor) -> Result<Self> {
+    /// A 1×1 convolution from a weight already placed ([`take_weight`] or [`place_weight`]:
+    /// (Cout, Cin, 1, 1) and whether it is packed f16) and a host bias (Cout).
+    pub(crate) fn pointwise_from(
+        exec: &mut Exec,
+        w: &mut Weights,
+        (weight, packed): (Tensor, bool),
+        bias: Tensor,
+    ) -> Result<Self> {
+        Ok(Self {
+            op: Conv2dOp::new(1, 0).with_bias().with_packed_weight(packed),
+            weight,
+            bias: place(exec, w, &bias)?,
+        })
+    }
+
+    /// A 1×1 convolution with f32 weights not from a checkpoint (a fixed projection).
+    pub(crate) fn pointwise_f32(exec: &mut Exec, weight: Tensor, bias: Tensor) -> Result<Self> {
         Ok(Self {
             op: Conv2dOp::new(1, 0).with_bias(),
             weight: exec.upload(&weight)?,

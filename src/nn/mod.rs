@@ -5,7 +5,7 @@
 //! Weights are taken with the shape the config implies (a missing tensor or a wrong shape is
 //! the weights module's error, naming the tensor) and uploaded once at load time.
 
-mod blocks;
+pub(crate) mod blocks;
 pub(crate) mod layers;
 mod transformer;
 

@@ -20,7 +20,7 @@
 //! output is the attention op's `Fused` layout; cross-attention keeps them separate
 //! (`Separate` layout, Nq = H·W queries against Nk = L keys).
 
-use super::layers::{Conv2d, GroupNorm, LayerNorm, Linear};
+use super::layers::{joint_dtype, place_weight, take_weight, Conv2d, GroupNorm, LayerNorm, Linear};
 use crate::error::{Error, Result};
 use crate::exec::Exec;
 use crate::ops::attention::MAX_HEAD_DIM;
@@ -48,11 +48,21 @@ impl TokenAttention {
         heads: usize,
     ) -> Result<Self> {
         let mut stacked = Vec::with_capacity(3 * dim * dim);
+        let mut dtypes = Vec::with_capacity(3);
         for name in ["to_q", "to_k", "to_v"] {
-            let t = w.take(&format!("{prefix}.{name}.weight"), &[dim, dim])?;
+            let (t, dtype) = w.take_with_dtype(&format!("{prefix}.{name}.weight"), &[dim, dim])?;
             stacked.extend_from_slice(host(&t)?);
+            dtypes.push(dtype);
         }
-        let qkv = Linear::from_tensors(exec, Tensor::from_vec(&[3 * dim, dim], stacked)?, None)?;
+        let weight = place_weight(
+            exec,
+            w,
+            &format!("{prefix}.to_qkv.weight"),
+            Tensor::from_vec(&[3 * dim, dim], stacked)?,
+            joint_dtype(dtypes),
+            true,
+        )?;
+        let qkv = Linear::from_parts(exec, w, weight, None)?;
         Ok(Self {
             qkv: Some(qkv),
             q_k_v: None,
@@ -212,9 +222,9 @@ impl Transformer2D {
         } else {
             (vec![inner, c, 1, 1], vec![c, inner, 1, 1])
         };
-        let wi = w.take(&p("proj_in.weight"), &in_shape)?;
+        let (wi, packed) = take_weight(exec, w, &p("proj_in.weight"), &in_shape)?;
         let bi = w.take(&p("proj_in.bias"), &[inner])?;
-        let proj_in = Linear::from_tensors(exec, wi.reshape(&[inner, c])?, Some(bi))?;
+        let proj_in = Linear::from_parts(exec, w, (wi.reshape(&[inner, c])?, packed), Some(bi))?;
         let mut blocks = Vec::with_capacity(cfg.depth);
         for k in 0..cfg.depth {
             blocks.push(BasicTransformerBlock::load(
@@ -226,9 +236,10 @@ impl Transformer2D {
                 cfg.cross_attention_dim,
             )?);
         }
-        let wo = w.take(&p("proj_out.weight"), &out_shape)?;
+        let (wo, packed) = take_weight(exec, w, &p("proj_out.weight"), &out_shape)?;
         let bo = w.take(&p("proj_out.bias"), &[c])?;
-        let proj_out = Conv2d::pointwise_from(exec, wo.reshape(&[c, inner, 1, 1])?, bo)?;
+        let proj_out =
+            Conv2d::pointwise_from(exec, w, (wo.reshape(&[c, inner, 1, 1])?, packed), bo)?;
         Ok(Self {
             norm,
             proj_in,

@@ -5,8 +5,10 @@
 //! (exact names, shapes and stored dtypes), otherwise the list the component configs imply
 //! ([`unet_tensors`], [`vae_tensors`], [`clip_tensors`]: diffusers'/transformers' names and
 //! shapes; a test checks them against the tiny repository's headers). Two totals: every
-//! weight as f32 (what the kernels read today) and matrices/filters as packed f16 with
-//! 1-D tensors (norms, biases) kept f32 (the packed-f16 weight path).
+//! weight as f32 (weight storage `f32`, or `auto` on an f32 checkpoint) and Linear/Conv2d
+//! weights as packed f16 with embedding tables and 1-D tensors (norms, biases) kept f32
+//! (storage `f16`, or `auto` on an f16 checkpoint, less the VAE's few folded 1×1 weights
+//! that `auto` keeps f32; see [`WeightDtype`](crate::weights::WeightDtype)).
 //!
 //! **Activations** per stage (text encoder, UNet step, VAE decode, VAE encode) follow each
 //! network's forward pass as [`crate::models::info`] does for the UNet: live skip tensors
@@ -46,7 +48,7 @@ pub struct WeightPlan {
     pub tensors: usize,
     pub params: u64,
     pub bytes_f32: u64,
-    /// Matrices and filters as packed f16, 1-D tensors as f32.
+    /// Linear/Conv2d weights as packed f16 ([`crate::weights::is_packable`]), the rest f32.
     pub bytes_f16: u64,
     /// The largest tensor that is bound whole: (name, f32 bytes).
     pub largest: (String, u64),
@@ -69,7 +71,7 @@ impl WeightPlan {
             let n = shape.iter().product::<usize>() as u64;
             p.params += n;
             p.bytes_f32 += 4 * n;
-            p.bytes_f16 += if shape.len() >= 2 {
+            p.bytes_f16 += if crate::weights::is_packable(name, shape) {
                 2 * n.div_ceil(2) * 2
             } else {
                 4 * n

@@ -41,6 +41,8 @@ use crate::sampling::solvers::{
 };
 use crate::tensor::Tensor;
 use crate::tokenizer::ClipTokenizer;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::weights::WeightDtype;
 use crate::weights::Weights;
 
 use super::plan::{MemoryPlan, PlanInputs, PlanLimits, VaeTiling};
@@ -83,7 +85,7 @@ impl LatentPreview {
         let weight = Tensor::from_vec(&[3, 4, 1, 1], w)?;
         let bias = Tensor::from_vec(&[3], LATENT_RGB_BIAS.to_vec())?;
         Ok(Some(Self {
-            conv: Conv2d::pointwise_from(exec, weight, bias)?,
+            conv: Conv2d::pointwise_f32(exec, weight, bias)?,
         }))
     }
 
@@ -307,6 +309,9 @@ pub struct SdPipeline {
     /// A tiny autoencoder (TAESD) that replaces the linear preview when the user supplies it.
     preview_decoder: Option<TinyDecoder>,
     limits: Option<PlanLimits>,
+    /// Bytes of the three components' weights on the executor, as stored there (see
+    /// [`Weights::device_bytes`]); 0 when built by [`new`](Self::new) from loaded parts.
+    weight_bytes: u64,
 }
 
 /// The UNet by reference as a [`Denoiser`] (so guidance can wrap it without taking it).
@@ -350,6 +355,7 @@ impl SdPipeline {
             preview,
             preview_decoder: None,
             limits: None,
+            weight_bytes: 0,
         })
     }
 
@@ -376,23 +382,46 @@ impl SdPipeline {
         let vae_cfg = VaeConfig::from_json(&configs.vae_json)?;
         let v = AutoencoderKl::from_weights(exec, &vae_cfg, vae)?;
         vae.finish_unused(false)?;
-        Self::new(exec, configs, tokenizer, te, u, v)
+        let mut pipe = Self::new(exec, configs, tokenizer, te, u, v)?;
+        pipe.weight_bytes = text_encoder.device_bytes() + unet.device_bytes() + vae.device_bytes();
+        Ok(pipe)
+    }
+
+    /// Bytes the weights of the text encoder, UNet and VAE take on the executor (packed f16
+    /// weights count 2 bytes a value, f32 ones 4).
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
     }
 
     /// Loads a local diffusers repository (the folder holding `model_index.json`); a missing
     /// component or file is named.
+    /// Linear and Conv2d weights stored in f16 stay packed f16 on the GPU
+    /// ([`WeightDtype::Auto`]); see [`load_dir_with`](Self::load_dir_with).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load_dir(exec: &mut Exec, dir: &std::path::Path) -> Result<Self> {
+        Self::load_dir_with(exec, dir, WeightDtype::Auto)
+    }
+
+    /// [`load_dir`](Self::load_dir) with the weight storage chosen: `Auto`, `F16Packed`
+    /// (every Linear/Conv2d weight packed, f16's precision for f32 checkpoints) or `F32`.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load_dir_with(
+        exec: &mut Exec,
+        dir: &std::path::Path,
+        dtype: WeightDtype,
+    ) -> Result<Self> {
         use crate::weights::LoadOptions;
         let (configs, files) = SdConfigs::open_dir(dir)?;
         let tokenizer = ClipTokenizer::load_dir(dir.join("tokenizer"))?;
         let load = |f: &str| -> Result<Weights> {
             let p = dir.join(f);
-            if f.ends_with(".index.json") {
-                Weights::load_sharded(&p, &LoadOptions::default(), |_| {})
+            let mut w = if f.ends_with(".index.json") {
+                Weights::load_sharded(&p, &LoadOptions::default(), |_| {})?
             } else {
-                Weights::load_file(&p, &LoadOptions::default())
-            }
+                Weights::load_file(&p, &LoadOptions::default())?
+            };
+            w.set_weight_dtype(dtype);
+            Ok(w)
         };
         let mut te = load(&files.text_encoder)?;
         let mut unet = load(&files.unet)?;

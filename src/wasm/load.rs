@@ -12,7 +12,7 @@ use wasm_bindgen::JsCast;
 
 use super::js::{self, Code, WdError, WdResult};
 use crate::exec::Exec;
-use crate::weights::{SafetensorsStream, ShardIndex, ShardTracker, Weights};
+use crate::weights::{Dtype, SafetensorsStream, ShardIndex, ShardTracker, WeightDtype, Weights};
 
 /// The standard diffusers file names.
 pub const CONFIG: &str = "config.json";
@@ -209,9 +209,19 @@ pub struct LoadCtx {
     pub reader: RefCell<Option<JsValue>>,
     /// Which tensors the model's builder reads on the host (see [`keep_on_host`]).
     pub keep_on_host: Cell<fn(&str) -> bool>,
+    /// How Linear/Conv2d weights are stored on the GPU (see [`packs_on_device`]); the
+    /// `Weights` sets read here carry it to the model builder.
+    pub weight_dtype: Cell<WeightDtype>,
 }
 
 impl LoadCtx {
+    /// An empty set with this load's weight storage.
+    fn new_weights(&self, source: &str) -> Weights {
+        let mut w = Weights::new(source);
+        w.set_weight_dtype(self.weight_dtype.get());
+        w
+    }
+
     pub fn check(&self) -> WdResult<()> {
         let user = js::get(&self.user_signal, "aborted").as_bool() == Some(true);
         if self.aborted.get() || user {
@@ -547,7 +557,7 @@ pub async fn read_texts_after(ctx: &LoadCtx, src: &Source, config: String) -> Wd
 pub async fn read_weights(ctx: &LoadCtx, src: &Source) -> WdResult<Weights> {
     match &src.weights {
         WeightsSource::Single(item) => {
-            let mut w = Weights::new(item.label());
+            let mut w = ctx.new_weights(item.label());
             let opened = open(ctx, item).await?;
             stream_one(ctx, &opened, &mut w, None).await?;
             Ok(w)
@@ -556,7 +566,7 @@ pub async fn read_weights(ctx: &LoadCtx, src: &Source) -> WdResult<Weights> {
             let single = Item::Url(format!("{base}{WEIGHTS}"));
             match open(ctx, &single).await {
                 Ok(opened) => {
-                    let mut w = Weights::new(single.label());
+                    let mut w = ctx.new_weights(single.label());
                     stream_one(ctx, &opened, &mut w, None).await?;
                     Ok(w)
                 }
@@ -614,7 +624,7 @@ async fn read_sharded(
     ctx.tensors_total.set(Some(index.weight_map.len()));
     let shards = index.shard_files();
     let mut tracker = ShardTracker::new(index);
-    let mut w = Weights::new(index_item.label());
+    let mut w = ctx.new_weights(index_item.label());
     for shard in &shards {
         let item = match index_item {
             Item::Url(u) => {
@@ -658,6 +668,12 @@ async fn stream_one(
                     return w.insert(t);
                 }
                 let (file, name, dtype) = (t.file.clone(), t.name.clone(), t.dtype());
+                if packs_on_device(ctx.weight_dtype.get(), &name, &t.shape, dtype) {
+                    let words = t.to_f16_words()?;
+                    let gpu = ctx.exec.borrow().upload_words(&name, &t.shape, &words)?;
+                    ctx.uploaded.set(ctx.uploaded.get() + 1);
+                    return w.insert_device_packed(file, name, dtype, gpu);
+                }
                 let host = t.into_tensor()?;
                 let gpu = ctx.exec.borrow_mut().upload(&host)?;
                 ctx.uploaded.set(ctx.uploaded.get() + 1);
@@ -670,12 +686,16 @@ async fn stream_one(
                 // A tensor no buffer of this adapter can hold fails now, before its bytes
                 // are downloaded.
                 for t in h.tensors() {
-                    let bytes = t.numel() as u64 * 4;
+                    let packed = packs_on_device(ctx.weight_dtype.get(), &t.name, &t.shape, t.dtype);
+                    let (bytes, as_what) = match packed {
+                        true => ((t.numel() as u64).div_ceil(2) * 4, "as packed float16"),
+                        false => (t.numel() as u64 * 4, "as float32"),
+                    };
                     if bytes > ctx.max_buffer_size {
                         return Err(WdError::new(
                             Code::Limit,
                             format!(
-                                "{label}: the model is too large for this GPU: tensor `{}` needs {bytes} bytes as float32 but the adapter's maxBufferSize is {}; use a smaller model or a GPU with larger limits",
+                                "{label}: the model is too large for this GPU: tensor `{}` needs {bytes} bytes {as_what} but the adapter's maxBufferSize is {}; use a smaller model or a GPU with larger limits",
                                 t.name, ctx.max_buffer_size
                             ),
                         ));
@@ -729,6 +749,15 @@ async fn stream_one(
     }
     stream.finish().map_err(WdError::from)?;
     Ok(())
+}
+
+/// Whether a tensor streamed to the GPU goes there as packed f16 words: the Linear and
+/// Conv2d weights (2-D and up) when the storage asks for it ([`WeightDtype::packs`]), never
+/// embedding tables (read as f32 by index). The layers take what was uploaded as it is, so
+/// this only has to agree with which tensors they read through the packed-weight path; one
+/// that does not is a clear error when the model is built, not a wrong image.
+pub fn packs_on_device(mode: WeightDtype, name: &str, shape: &[usize], stored: Dtype) -> bool {
+    crate::weights::is_packable(name, shape) && mode.packs(stored, true)
 }
 
 /// Tensors the `nn` layers combine on the host before uploading (q/k/v into one matrix, the

@@ -30,6 +30,7 @@ use crate::sampling::solvers::{
     SOLVERS,
 };
 use crate::sampling::{FiniteWatch, Guided, Schedule, SchedulerClass, SchedulerConfig};
+use crate::weights::WeightDtype;
 use canvas::CanvasTarget;
 use js::{Code, WdError, WdResult};
 use research::Kind;
@@ -475,6 +476,14 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
             _ => user_signal.clone(),
         };
     }
+    let weight_dtype = match js::opt_string(options, "weights")? {
+        None => WeightDtype::Auto,
+        Some(s) => WeightDtype::parse(&s).map_err(|_| {
+            WdError::bad_option(format!(
+                "load(options.weights): `{s}` is not a weight storage; use 'auto' (packed f16 for weights stored in f16, the default), 'f16' (pack every weight: half the memory, f16 precision) or 'f32'"
+            ))
+        })?,
+    };
     *inner.controller.borrow_mut() = controller;
     // The previous model stays loaded (and usable if this load fails) while the new one's
     // tensors go to the GPU as they arrive.
@@ -497,6 +506,7 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
         uploaded: Cell::new(0),
         reader: RefCell::new(None),
         keep_on_host: Cell::new(load::keep_on_host),
+        weight_dtype: Cell::new(weight_dtype),
     };
 
     let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
@@ -690,6 +700,8 @@ async fn read_and_build(lctx: &load::LoadCtx, src: &load::Source) -> WdResult<Bu
             _ => src,
         };
         lctx.keep_on_host.set(nets::keep_on_host);
+        // These networks read their weights as f32 (see `nets`).
+        lctx.weight_dtype.set(WeightDtype::F32);
         let mut weights = load::read_weights(lctx, use_src).await?;
         lctx.check()?;
         let parameters = weights.numel();

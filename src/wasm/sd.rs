@@ -169,6 +169,7 @@ impl SdModel {
         js::set(&o, "nullClass", JsValue::NULL);
         js::set(&o, "parameters", parameters as f64);
         js::set(&o, "weightBytes", weight_bytes as f64);
+        js::set(&o, "gpuWeightBytes", self.pipe.weight_bytes() as f64);
         let prediction = self
             .configs()
             .scheduler_config(None, &Overrides::new())

@@ -31,6 +31,7 @@ pub use file::{
     find_model_weights, load_file, load_file_with_progress, load_sharded, ModelWeightsFile,
 };
 pub use header::{header_len_from_prefix, Header, TensorInfo, MAX_HEADER_BYTES};
+pub(crate) use set::Stored;
 pub use set::Weights;
 pub use shards::{ShardIndex, ShardTracker};
 pub use stream::{LoadOptions, Progress, ReadyTensor, SafetensorsStream};
@@ -92,20 +93,54 @@ pub enum WeightDtype {
     /// at f16's ~3 significant digits. The CPU backend keeps f32 values rounded through f16
     /// so both backends compute the same thing.
     F16Packed,
+    /// Packed f16 for the weights the checkpoint stores in f16 (lossless: the same values
+    /// at half the memory of widening them), f32 for those stored in f32 or bf16. Weights
+    /// combined on the host (stacked q/k/v, a split projection) follow their sources; ones
+    /// folded with constants (which no longer equal stored f16 values) stay f32.
+    Auto,
 }
 
 impl WeightDtype {
-    /// Parses the CLI spelling (`f32`, `f16`).
+    /// Parses the CLI and JS spelling (`f32`, `f16`, `auto`).
     pub fn parse(s: &str) -> crate::error::Result<Self> {
         match s {
             "f32" => Ok(Self::F32),
             "f16" => Ok(Self::F16Packed),
+            "auto" => Ok(Self::Auto),
             _ => Err(Error::invalid(
                 "--weights",
-                format!("`{s}` is not a weight storage; use `f32` or `f16`"),
+                format!("`{s}` is not a weight storage; use `f32`, `f16` or `auto`"),
             )),
         }
     }
+
+    /// The spelling [`parse`](Self::parse) reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16Packed => "f16",
+            Self::Auto => "auto",
+        }
+    }
+
+    /// Whether a Linear/Conv2d weight stored as `stored` in the checkpoint is kept as packed
+    /// f16 on the GPU; `exact` says whether the values are still the stored ones (false for
+    /// a weight folded with constants on the host).
+    pub fn packs(self, stored: Dtype, exact: bool) -> bool {
+        match self {
+            Self::F32 => false,
+            Self::F16Packed => true,
+            Self::Auto => exact && stored == Dtype::F16,
+        }
+    }
+}
+
+/// Whether a checkpoint tensor is a weight the packed-f16 storage applies to: a Linear or
+/// Conv2d weight (2-D and up), not an embedding table (`…_embedding.weight`, read as f32 by
+/// row). The browser loader uses it to upload packed words as the bytes arrive, and the
+/// memory plan to count them.
+pub fn is_packable(name: &str, shape: &[usize]) -> bool {
+    shape.len() >= 2 && !name.ends_with("_embedding.weight")
 }
 
 /// `values` rounded to f16 (nearest even) and packed two per u32 (`pack2x16float` layout:

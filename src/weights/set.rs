@@ -21,6 +21,18 @@ struct Entry {
     /// The tensor already on a device (see [`Weights::insert_device`]); `data` is then empty
     /// and only records the stored dtype.
     device: Option<Tensor>,
+    /// The device tensor holds packed f16 words (see [`Weights::insert_device_packed`]).
+    packed: bool,
+}
+
+/// A tensor as [`Weights::take_stored`] hands it out.
+pub(crate) enum Stored {
+    Device {
+        tensor: Tensor,
+        /// Packed f16 words.
+        packed: bool,
+    },
+    Host(ReadyTensor),
 }
 
 impl Entry {
@@ -158,6 +170,7 @@ impl Weights {
                 shape: t.shape,
                 data: t.data,
                 device: None,
+                packed: false,
             },
         );
         Ok(())
@@ -173,6 +186,31 @@ impl Weights {
         dtype: Dtype,
         tensor: Tensor,
     ) -> Result<()> {
+        self.insert_on_device(file, name, dtype, tensor, false)
+    }
+
+    /// Adds a Linear/Conv2d weight already on the GPU as packed f16 words (two per `u32`,
+    /// see [`pack_f16`](super::pack_f16)); `tensor` has the logical shape. Only
+    /// [`take_stored`](Self::take_stored) hands it out (the layers that read packed
+    /// weights); [`take`](Self::take) refuses it.
+    pub fn insert_device_packed(
+        &mut self,
+        file: String,
+        name: String,
+        dtype: Dtype,
+        tensor: Tensor,
+    ) -> Result<()> {
+        self.insert_on_device(file, name, dtype, tensor, true)
+    }
+
+    fn insert_on_device(
+        &mut self,
+        file: String,
+        name: String,
+        dtype: Dtype,
+        tensor: Tensor,
+        packed: bool,
+    ) -> Result<()> {
         self.check_new(&file, &name)?;
         self.entries.insert(
             name,
@@ -181,6 +219,7 @@ impl Weights {
                 shape: tensor.shape().to_vec(),
                 data: TensorData::empty(dtype),
                 device: Some(tensor),
+                packed,
             },
         );
         Ok(())
@@ -303,11 +342,47 @@ impl Weights {
     /// `Exec::upload`), or as the GPU tensor given to [`insert_device`](Self::insert_device).
     /// Errors: missing (naming it), shape mismatch (name, expected, got).
     pub fn take(&mut self, name: &str, expected_shape: &[usize]) -> Result<Tensor> {
-        let e = self.take_entry(name, expected_shape)?;
-        if let Some(t) = e.device {
-            return Ok(t);
+        Ok(self.take_with_dtype(name, expected_shape)?.0)
+    }
+
+    /// [`take`](Self::take), also saying which dtype the checkpoint stored it in.
+    pub fn take_with_dtype(
+        &mut self,
+        name: &str,
+        expected_shape: &[usize],
+    ) -> Result<(Tensor, Dtype)> {
+        if self.entries.get(name).is_some_and(|e| e.packed) {
+            return Err(Error::invalid(
+                "weights",
+                format!(
+                    "tensor `{name}` was uploaded as packed float16 while loading, but the model reads it as float32 (a bug in the loader's choice of packed tensors); load with the weight storage `f32`"
+                ),
+            ));
         }
-        Tensor::from_vec(&e.shape, e.data.into_f32())
+        let e = self.take_entry(name, expected_shape)?;
+        let dtype = e.data.dtype();
+        if let Some(t) = e.device {
+            return Ok((t, dtype));
+        }
+        Ok((Tensor::from_vec(&e.shape, e.data.into_f32())?, dtype))
+    }
+
+    /// Removes `name` as it is held: on a device (packed or not) or as stored bytes on the
+    /// host, for the layers that choose the weight storage ([`WeightDtype`]).
+    pub(crate) fn take_stored(&mut self, name: &str, expected_shape: &[usize]) -> Result<Stored> {
+        let e = self.take_entry(name, expected_shape)?;
+        Ok(match e.device {
+            Some(tensor) => Stored::Device {
+                tensor,
+                packed: e.packed,
+            },
+            None => Stored::Host(ReadyTensor {
+                file: e.file,
+                name: name.to_string(),
+                shape: e.shape,
+                data: e.data,
+            }),
+        })
     }
 
     /// Removes `name` and returns it packed two f16 per `u32` (element `2i` in the low half
