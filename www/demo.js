@@ -258,7 +258,7 @@ async function loadModel() {
       ['model', `${info.className}, ${info.width}×${info.height}×${info.channels}`],
       ...(isSd(info) ? [['components', Object.entries(info.components).map(([k, v]) => `${k}: ${v}`).join(', ')]] : []),
       ['parameters', info.parameters.toLocaleString()],
-      ['weights', mb(info.weightBytes)],
+      ['weights', info.gpuWeightBytes !== undefined ? `${mb(info.weightBytes)} (${mb(info.gpuWeightBytes)} on the GPU)` : mb(info.weightBytes)],
       ['prediction', info.predictionType],
       ['classes', info.numClassEmbeds ? `${info.numClassEmbeds}${info.nullClass !== null ? ` (null class ${info.nullClass})` : ''}` : 'unconditional'],
       ['load time', `${Math.round(performance.now() - t0)} ms`],
