@@ -498,7 +498,7 @@ pub async fn read_first_weights(
         }
         match open(ctx, &item).await {
             Ok(opened) => {
-                let mut w = Weights::new(url.clone());
+                let mut w = ctx.new_weights(&url);
                 stream_one(ctx, &opened, &mut w, None).await?;
                 return Ok(Some((url, w)));
             }
