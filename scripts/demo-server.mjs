@@ -31,6 +31,9 @@ export const DEFAULT_MOUNTS = {
   // The tiny Stable Diffusion repository (random weights, 16×16 images) the tests and the
   // diffusers goldens use: a whole pipeline the demo can load in seconds.
   '/models/tiny-sd/': path.join(ROOT, 'tests', 'fixtures', 'tiny-sd'),
+  // A tiny random-weight AutoencoderTiny for tiny-sd's latents (the preview decoder); outside
+  // /models/ so the model list does not offer it as a model.
+  '/previews/tiny-taesd/': path.join(ROOT, 'tests', 'fixtures', 'tiny-taesd'),
 };
 
 const WEIGHT_FILES = ['diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.safetensors.index.json', 'model.safetensors'];

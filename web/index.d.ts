@@ -108,6 +108,11 @@ export interface LoadOptions {
    * half the memory of widening them; f32 otherwise), 'f16' (pack every one: half the
    * memory, f16 precision for f32 files) or 'f32'. No `shader-f16` feature is needed. */
   weights?: 'auto' | 'f16' | 'f32';
+  /** Stable Diffusion: the folder URL of a tiny autoencoder (diffusers `AutoencoderTiny`:
+   * config.json + diffusion_pytorch_model.safetensors, e.g. madebyollin/taesd for SD 1.x/2.x)
+   * whose decoder draws the per-step preview at full size instead of the linear latent → RGB
+   * map. Loaded with the repository; an error for other models. */
+  previewDecoder?: string | URL;
 }
 
 /** A model folder URL, file URLs, or files the user picked (config.json, scheduler_config.json,
@@ -139,6 +144,9 @@ export interface ModelInfo {
   weightBytes: number;
   /** Stable Diffusion: bytes the weights take on the GPU (packed f16 counts 2 a value). */
   gpuWeightBytes?: number;
+  /** Stable Diffusion: what draws the per-step preview ('taesd' when `previewDecoder` was
+   * loaded, else 'linear'; 'none' for latents the linear map is not defined for). */
+  previewDecoder?: 'taesd' | 'linear' | 'none';
   predictionType: string | null;
   /** "consistency" for GuidedUNetModel (its only sampler). */
   defaultSolver: string;
@@ -253,6 +261,8 @@ export interface GenerateResult {
   image?: Float32Array;
   /** Stable Diffusion: the VAE tile size in pixels when the VAE ran in tiles, else null. */
   vaeTile?: number | null;
+  /** Stable Diffusion: what drew the per-step previews ('none' with `preview: 'none'`). */
+  previewDecoder?: 'taesd' | 'linear' | 'none';
 }
 
 export declare class Engine {

@@ -202,6 +202,7 @@ class WorkerBackend {
 
   async load(source, options) {
     const { onProgress, onCache, fetch, signal, weights } = options;
+    const previewDecoder = options.previewDecoder instanceof URL ? options.previewDecoder.href : options.previewDecoder;
     const id = this.nextId; // the id call() is about to use
     if (fetch) this.userFetch.set(id, fetch);
     this.onCache = onCache ?? null;
@@ -210,7 +211,7 @@ class WorkerBackend {
     try {
       return await this.call(
         'load',
-        { source, weights, onProgress: !!onProgress, proxyFetch: !!fetch, signal: !!signal, signalAborted: !!signal?.aborted },
+        { source, weights, previewDecoder, onProgress: !!onProgress, proxyFetch: !!fetch, signal: !!signal, signalAborted: !!signal?.aborted },
         [],
         { onProgress },
       );

@@ -91,6 +91,7 @@ export class LocalEngine {
           fetch: options.fetch ? this.fetch.using(options.fetch) : this.fetch,
           signal: options.signal,
           weights: options.weights,
+          previewDecoder: options.previewDecoder instanceof URL ? options.previewDecoder.href : options.previewDecoder,
         }),
       ),
     );

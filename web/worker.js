@@ -56,6 +56,7 @@ async function run(id, op, args) {
       // Engine-wide, not tied to this request: storing ends after the load resolved.
       const options = { onCache: (data) => post({ type: 'cache', data }) };
       if (args.weights !== undefined) options.weights = args.weights;
+      if (args.previewDecoder !== undefined) options.previewDecoder = args.previewDecoder;
       if (args.onProgress) options.onProgress = (data) => post({ id, event: 'progress', data });
       if (args.proxyFetch) options.fetch = proxiedFetch(id);
       if (args.signal) {

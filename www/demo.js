@@ -225,7 +225,9 @@ async function loadModel() {
   const t0 = performance.now();
   const counts = { hit: 0, miss: 0 };
   try {
+    const previewDecoder = $('preview-decoder').value.trim();
     const info = await engine.load(chosen.source, {
+      ...(previewDecoder ? { previewDecoder } : {}),
       onProgress(p) {
         demo.progress.push(p);
         bytes.set(p.file, p);
@@ -258,6 +260,7 @@ async function loadModel() {
       ['model', `${info.className}, ${info.width}×${info.height}×${info.channels}`],
       ...(isSd(info) ? [['components', Object.entries(info.components).map(([k, v]) => `${k}: ${v}`).join(', ')]] : []),
       ['parameters', info.parameters.toLocaleString()],
+      ...(info.previewDecoder ? [['preview', info.previewDecoder === 'taesd' ? 'tiny autoencoder (TAESD)' : info.previewDecoder]] : []),
       ['weights', info.gpuWeightBytes !== undefined ? `${mb(info.weightBytes)} (${mb(info.gpuWeightBytes)} on the GPU)` : mb(info.weightBytes)],
       ['prediction', info.predictionType],
       ['classes', info.numClassEmbeds ? `${info.numClassEmbeds}${info.nullClass !== null ? ` (null class ${info.nullClass})` : ''}` : 'unconditional'],
@@ -288,6 +291,47 @@ function numberOf(id, { integer = false } = {}) {
   return v;
 }
 
+// The image-to-image start image as picked (an ImageBitmap), or null.
+let initBitmap = null;
+
+// The bitmap centre-cropped to w:h and scaled to w×h, as ImageData (a picture the size of the
+// output is copied pixel for pixel).
+function startImage(bitmap, w, h) {
+  const c = document.createElement('canvas');
+  c.width = w;
+  c.height = h;
+  const ctx = c.getContext('2d', { willReadFrequently: true });
+  ctx.imageSmoothingQuality = 'high';
+  const s = Math.max(w / bitmap.width, h / bitmap.height);
+  const sw = w / s;
+  const sh = h / s;
+  ctx.drawImage(bitmap, (bitmap.width - sw) / 2, (bitmap.height - sh) / 2, sw, sh, 0, 0, w, h);
+  return ctx.getImageData(0, 0, w, h);
+}
+
+async function pickStartImage() {
+  const file = $('init-image').files?.[0];
+  initBitmap?.close();
+  initBitmap = null;
+  demo.initImage = null;
+  $('init-clear').disabled = !file;
+  $('init-text').textContent = '';
+  if (!file) return;
+  try {
+    // No colour management: the pixels as stored, as the native CLI reads a PNG.
+    initBitmap = await createImageBitmap(file, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+    const w = demo.model?.width;
+    const h = demo.model?.height;
+    demo.initImage = { name: file.name, width: initBitmap.width, height: initBitmap.height };
+    $('init-text').textContent = `image-to-image from ${file.name} (${initBitmap.width}×${initBitmap.height}` +
+      (w && (w !== initBitmap.width || h !== initBitmap.height) ? `, cropped and scaled to ${w}×${h})` : ')');
+  } catch (e) {
+    $('init-image').value = '';
+    $('init-clear').disabled = true;
+    fail(Object.assign(new Error(`${file.name} is not an image this browser can read (${e.message})`), { code: 'BAD_OPTION' }), 'Reading the start image');
+  }
+}
+
 async function generate() {
   let options;
   try {
@@ -315,10 +359,12 @@ async function generate() {
       for (const k of ['width', 'height', 'vaeTiling']) {
         if (window.demoHooks?.[k] !== undefined) options[k] = window.demoHooks[k];
       }
-      // Image-to-image from a test (the page itself has no image picker yet).
-      if (window.demoHooks?.initImage) {
-        options.initImage = window.demoHooks.initImage;
-        options.strength = window.demoHooks.strength;
+      // Image-to-image: the picked image, cropped and scaled to the size being generated.
+      if (initBitmap) {
+        const w = options.width ?? demo.model.width;
+        const h = options.height ?? demo.model.height;
+        options.initImage = startImage(initBitmap, w, h);
+        options.strength = numberOf('strength');
       }
     } else if ($('class-label').value !== '') {
       options.classLabel = Number($('class-label').value);
@@ -361,7 +407,7 @@ async function generate() {
     const mean = stepsMs.length ? stepsMs.reduce((a, b) => a + b, 0) / stepsMs.length : 0;
     const gray = [];
     for (let i = 0; i < result.pixels.length; i += 4) gray.push(result.pixels[i]);
-    demo.result = { width: result.width, height: result.height, seed: result.seed, solver: result.solver, timings: result.timings, vaeTile: result.vaeTile ?? null, gray };
+    demo.result = { width: result.width, height: result.height, seed: result.seed, solver: result.solver, timings: result.timings, vaeTile: result.vaeTile ?? null, previewDecoder: result.previewDecoder ?? null, gray };
     if (result.latents) demo.result.latents = [...result.latents];
     if (result.image) demo.result.image = [...result.image];
     $('step-text').textContent =
@@ -446,6 +492,11 @@ async function main() {
   }
   $('load').addEventListener('click', loadModel);
   $('generate').addEventListener('click', generate);
+  $('init-image').addEventListener('change', pickStartImage);
+  $('init-clear').addEventListener('click', () => {
+    $('init-image').value = '';
+    pickStartImage();
+  });
   $('abort').addEventListener('click', () => engine?.abort());
   $('save').addEventListener('click', savePng);
   $('solver').addEventListener('change', describeSolver);

@@ -212,6 +212,9 @@ pub struct LoadCtx {
     /// How Linear/Conv2d weights are stored on the GPU (see [`packs_on_device`]); the
     /// `Weights` sets read here carry it to the model builder.
     pub weight_dtype: Cell<WeightDtype>,
+    /// A Stable Diffusion repository's preview decoder: the folder URL of a tiny
+    /// autoencoder (`load`'s `previewDecoder`).
+    pub preview_decoder: RefCell<Option<String>>,
 }
 
 impl LoadCtx {

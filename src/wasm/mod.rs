@@ -507,6 +507,7 @@ async fn load_model(inner: &Inner, source: &JsValue, options: &JsValue) -> WdRes
         reader: RefCell::new(None),
         keep_on_host: Cell::new(load::keep_on_host),
         weight_dtype: Cell::new(weight_dtype),
+        preview_decoder: RefCell::new(js::opt_string(options, "previewDecoder")?),
     };
 
     let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
@@ -681,6 +682,12 @@ async fn read_and_build(lctx: &load::LoadCtx, src: &load::Source) -> WdResult<Bu
         }
         _ => load::read_texts(lctx, src).await?,
     };
+    if let Some(url) = lctx.preview_decoder.borrow().as_ref() {
+        return Err(WdError::bad_option(format!(
+            "load(options.previewDecoder = {url:?}): a preview decoder is for Stable Diffusion repositories (a folder with model_index.json); {} is a single model",
+            texts.config_file
+        )));
+    }
     if crate::models::class_name_of(&texts.config).is_some_and(|c| nets::is_net_class(&c)) {
         // A folder of these networks holds their converter's weights file, not diffusers'.
         let folder;

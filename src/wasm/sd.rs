@@ -25,7 +25,7 @@ use super::load::{self, Item, LoadCtx};
 use super::{work_done, Inner, Preview, MAX_STEPS};
 use crate::exec::Exec;
 use crate::gpu::GpuContext;
-use crate::models::UNet;
+use crate::models::{TaesdConfig, TinyDecoder, UNet};
 use crate::ops::{Concat, SolverUpdate};
 use crate::pipeline::repo::{weight_candidates, Needed, SdRepo};
 use crate::pipeline::sd::{img2img_steps, Overrides, SdConfigs};
@@ -42,6 +42,8 @@ pub struct SdModel {
     pipe: SdPipeline,
     /// The per-step linear preview (none for latents other than 4 channels).
     preview: Option<LatentPreview>,
+    /// The tiny autoencoder that replaces the linear preview (`load`'s `previewDecoder`).
+    taesd: Option<TinyDecoder>,
     pub load_ms: f64,
 }
 
@@ -128,12 +130,113 @@ pub async fn load(lctx: &LoadCtx, base: &str, index: &str) -> WdResult<(SdModel,
         &mut unet,
         &mut vae,
     )?;
+    let taesd = match lctx.preview_decoder.borrow().clone() {
+        Some(url) => Some(load_preview_decoder(lctx, &url, configs_latents(&pipe)).await?),
+        None => None,
+    };
     let model = SdModel {
         pipe,
         preview,
+        taesd,
         load_ms: 0.0,
     };
     Ok((model, parameters, bytes))
+}
+
+fn configs_latents(pipe: &SdPipeline) -> usize {
+    pipe.configs().vae.latent_channels
+}
+
+/// TAESD's output conv bias is folded on the host; the rest streams to the GPU.
+fn taesd_keep_on_host(name: &str) -> bool {
+    name.ends_with(".bias")
+}
+
+/// The tiny autoencoder's decoder (a diffusers `AutoencoderTiny` folder: `config.json` and
+/// its safetensors, e.g. madebyollin/taesd) at the folder URL `url`, for latents of
+/// `latent_channels` channels.
+async fn load_preview_decoder(
+    lctx: &LoadCtx,
+    url: &str,
+    latent_channels: usize,
+) -> WdResult<TinyDecoder> {
+    let base = if url.ends_with('/') {
+        url.to_string()
+    } else {
+        format!("{url}/")
+    };
+    let what = "load(options.previewDecoder)";
+    let hint = "give the folder URL of a diffusers AutoencoderTiny (config.json and diffusion_pytorch_model.safetensors, e.g. madebyollin/taesd for SD 1.x/2.x)";
+    let config_url = format!("{base}config.json");
+    let text = match load::read_text_or_404(lctx, &Item::Url(config_url.clone())).await? {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(WdError::new(
+                e.code,
+                format!("{what}: {}; {hint}", e.message),
+            ))
+        }
+    };
+    let cfg = TaesdConfig::from_json(&text).map_err(|e| {
+        WdError::new(
+            Code::BadModel,
+            format!("{what}: {config_url}: {}", WdError::from(e).message),
+        )
+    })?;
+    if cfg.latent_channels != latent_channels {
+        return Err(WdError::new(
+            Code::BadModel,
+            format!(
+                "{what}: {config_url}: the tiny autoencoder takes {}-channel latents but this repository's VAE makes {latent_channels}; use the one trained for this model family (TAESD for SD 1.x/2.x)",
+                cfg.latent_channels
+            ),
+        ));
+    }
+    lctx.keep_on_host.set(taesd_keep_on_host);
+    let candidates: Vec<String> = weight_candidates("vae")
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    let mut w = load::read_first_weights(lctx, &base, &candidates)
+        .await?
+        .map(|(_, w)| w)
+        .ok_or_else(|| {
+            WdError::new(
+                Code::Http,
+                format!("{what}: {base}{}: HTTP 404; {hint}", candidates[0]),
+            )
+        })?;
+    lctx.check()?;
+    let dec = TinyDecoder::from_weights(&mut lctx.exec.borrow_mut(), &cfg, &mut w)?;
+    TinyDecoder::finish(&w)?;
+    Ok(dec)
+}
+
+/// What draws the per-step preview: the tiny autoencoder when loaded, else the linear map.
+#[derive(Clone, Copy)]
+struct Previewer<'a> {
+    linear: Option<&'a LatentPreview>,
+    taesd: Option<&'a TinyDecoder>,
+}
+
+impl Previewer<'_> {
+    fn name(&self) -> &'static str {
+        match (self.taesd, self.linear) {
+            (Some(_), _) => "taesd",
+            (None, Some(_)) => "linear",
+            (None, None) => "none",
+        }
+    }
+
+    /// The preview of `latents` (1, C, h, w) in about [−1, 1]: (1, 3, H, W) from the tiny
+    /// autoencoder, (1, 3, h, w) from the linear map.
+    fn rgb(&self, exec: &mut Exec, latents: &Tensor) -> crate::Result<Option<Tensor>> {
+        match (self.taesd, self.linear) {
+            (Some(d), _) => d.decode_preview(exec, latents, 1).map(Some),
+            (None, Some(l)) => l.rgb(exec, latents).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 impl SdModel {
@@ -183,6 +286,17 @@ impl SdModel {
         // diffusers' `from_pretrained` runs the repository's scheduler class.
         js::set(&o, "defaultSolver", self.default_solver());
         js::set(&o, "defaultGuidance", 7.5);
+        js::set(
+            &o,
+            "previewDecoder",
+            if self.taesd.is_some() {
+                "taesd"
+            } else if self.preview.is_some() {
+                "linear"
+            } else {
+                "none"
+            },
+        );
         js::set(&o, "defaultSteps", 20.0);
         let c = Object::new();
         for comp in [
@@ -452,7 +566,10 @@ async fn run(
     req.scheduler_overrides = o.overrides.clone();
     req.vae_tiling = o.vae_tiling;
     let pipe = &mut model.pipe;
-    let rgb = model.preview.as_ref();
+    let rgb = Previewer {
+        linear: model.preview.as_ref(),
+        taesd: model.taesd.as_ref(),
+    };
     // Size, memory (the adapter's limits) and solver problems fail before any model runs.
     let tiles = pipe.check_memory(exec, &req)?.vae_tiles();
     let f = pipe.vae_factor();
@@ -606,6 +723,14 @@ async fn run(
     js::set(&out, "solver", solver.name());
     js::set(&out, "steps", (range.1 - range.0) as f64);
     js::set(&out, "prompt", o.prompt.as_str());
+    js::set(
+        &out,
+        "previewDecoder",
+        match o.preview {
+            Preview::None => "none",
+            _ => rgb.name(),
+        },
+    );
     match tiles {
         Some(t) => js::set(&out, "vaeTile", t.tile as f64),
         None => js::set(&out, "vaeTile", JsValue::NULL),
@@ -620,7 +745,7 @@ async fn steps(
     inner: &Inner,
     ctx: &Arc<GpuContext>,
     exec: &mut Exec,
-    rgb: Option<&LatentPreview>,
+    rgb: Previewer<'_>,
     solver: &mut dyn Solver,
     denoiser: &mut dyn Denoiser,
     x_t: Tensor,
@@ -657,8 +782,8 @@ async fn steps(
             Preview::None => None,
         };
         let has_canvas = inner.canvas.borrow().is_some();
-        let preview = match (shown, rgb) {
-            (Some(t), Some(rgb)) if has_canvas => Some(rgb.rgb(exec, t)?),
+        let preview = match shown {
+            Some(t) if has_canvas => rgb.rgb(exec, t)?,
             _ => None,
         };
         exec.submit()?;

@@ -6,8 +6,9 @@
 // page's test hook) gives diffusers' final latents and decoded image
 // (scripts/goldens/make_tiny_sd.py) to ≤ 1e-3 relative; the canvas changes after every
 // step (a screenshot per step, the engine held by onStep's promise). A second load comes from
-// the weight cache, a repository missing a component names it, and image-to-image from the
-// page gives the native `webdiffusion sd` image for the same seed (WEBDIFFUSION_BIN).
+// the weight cache, a repository missing a component names it, and image-to-image with a PNG
+// picked in the page's start-image input gives the native `webdiffusion sd --init` image for
+// the same seed (WEBDIFFUSION_BIN).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -274,9 +275,13 @@ test('sd: image-to-image from the page gives the native `webdiffusion sd` image 
   await page.fill('#guidance', String(c.guidance));
   await page.fill('#seed', String(SEED));
   await page.selectOption('#solver', c.solver);
-  await page.evaluate(({ w, h, rgba, strength }) => {
-    window.demoHooks = { initImage: new ImageData(new Uint8ClampedArray(rgba), w, h), strength };
-  }, { w: init.width, h: init.height, rgba: [...init.data], strength: c.strength });
+  // The page's own picker: the PNG goes through createImageBitmap and a canvas of the same
+  // size, so the engine gets its exact pixels.
+  await page.setInputFiles('#init-image', initPng);
+  await page.fill('#strength', String(c.strength));
+  await page.waitForFunction(() => window.demo.initImage, null, { timeout: 30_000 });
+  const picked = await page.evaluate(() => window.demo.initImage);
+  assert.deepEqual([picked.width, picked.height], [init.width, init.height]);
   await page.click('#generate');
   assert.equal(await waitState(page, ['done', 'error'], RUN_MS), 'done', await context(page)());
   const r = await page.evaluate(() => ({ steps: window.demo.steps.length, result: window.demo.result }));
@@ -293,5 +298,63 @@ test('sd: image-to-image from the page gives the native `webdiffusion sd` image 
   const mean = sum / r.result.gray.length;
   t.diagnostic(`img2img, browser vs native CLI (red channel): mean |diff| ${mean.toFixed(3)}, max ${max} of 255`);
   assert.ok(mean <= 0.5 && max <= 2, `the browser's image-to-image differs from the native CLI: mean ${mean}, max ${max}`);
+  await page.close();
+});
+
+test('sd: a tiny-autoencoder preview decoder (previewDecoder) draws the step previews; a bad URL names the option', { timeout: READY_MS + 3 * LOAD_MS + 2 * RUN_MS }, async (t) => {
+  const page = await openDemo();
+  await page.waitForFunction(() => [...document.querySelectorAll('#model-choice option')].some((o) => o.value === 'tiny-sd/'), null, { timeout: 30_000 });
+  await page.selectOption('#model-choice', 'tiny-sd/');
+  // One seeded step with the preview held on the canvas until its screenshot is taken.
+  const oneStep = async () => {
+    await page.fill('#steps', '1');
+    await page.fill('#seed', '7');
+    await page.evaluate(() => {
+      window.demoHooks = {
+        raw: true,
+        onStep: () => new Promise((resolve) => {
+          window.releaseStep = resolve;
+        }),
+      };
+    });
+    await page.click('#generate');
+    await page.waitForFunction(() => window.demo.steps.length >= 1 || window.demo.state === 'error', null, { timeout: RUN_MS, polling: 100 });
+    assert.notEqual(await page.evaluate(() => window.demo.state), 'error', await context(page)());
+    await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+    const shown = await canvasPixels(page);
+    // PNDM's warm-up makes a one-step run two model calls.
+    while (await page.evaluate(() => window.demo.state) === 'generating') {
+      await page.evaluate(() => window.releaseStep?.());
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(await waitState(page, ['done', 'error'], RUN_MS), 'done', await context(page)());
+    return { shown, result: await page.evaluate(() => window.demo.result) };
+  };
+
+  await page.click('#load');
+  assert.equal(await waitState(page, ['loaded', 'error'], LOAD_MS), 'loaded', await context(page)());
+  assert.equal(await page.evaluate(() => window.demo.model.previewDecoder), 'linear');
+  const linear = await oneStep();
+  assert.equal(linear.result.previewDecoder, 'linear');
+
+  await page.fill('#preview-decoder', '/previews/tiny-taesd/');
+  await page.click('#load');
+  assert.equal(await waitState(page, ['loaded', 'error'], LOAD_MS), 'loaded', await context(page)());
+  assert.equal(await page.evaluate(() => window.demo.model.previewDecoder), 'taesd');
+  const taesd = await oneStep();
+  assert.equal(taesd.result.previewDecoder, 'taesd');
+  // The decoder changes what the steps show, not what they compute.
+  assert.deepEqual([...taesd.result.latents], [...linear.result.latents]);
+  const d = meanAbs(linear.shown, taesd.shown);
+  t.diagnostic(`step preview, TAESD vs linear: mean |Δ| ${d.toFixed(2)} of 255`);
+  assert.ok(d > 1, `the TAESD preview looks like the linear one (mean |Δ| ${d})`);
+
+  await page.fill('#preview-decoder', '/previews/missing/');
+  await page.click('#load');
+  assert.equal(await waitState(page, ['loaded', 'error'], LOAD_MS), 'error');
+  const err = await page.evaluate(() => ({ message: window.demo.error, code: window.demo.errorCode }));
+  t.diagnostic(`missing preview decoder: ${err.code}: ${err.message}`);
+  assert.match(err.message, /previewDecoder/);
+  assert.match(err.message, /AutoencoderTiny/);
   await page.close();
 });
