@@ -31,6 +31,9 @@ export const DEFAULT_MOUNTS = {
   // The tiny Stable Diffusion repository (random weights, 16×16 images) the tests and the
   // diffusers goldens use: a whole pipeline the demo can load in seconds.
   '/models/tiny-sd/': path.join(ROOT, 'tests', 'fixtures', 'tiny-sd'),
+  // Its LCM-distilled sibling (a UNet with a guidance embedding; the other components are
+  // links to tiny-sd's).
+  '/models/tiny-lcm/': path.join(ROOT, 'tests', 'fixtures', 'tiny-lcm'),
 };
 
 const WEIGHT_FILES = ['diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.safetensors.index.json', 'model.safetensors'];
