@@ -73,8 +73,9 @@ pub const LATENT_RGB_BIAS: [f32; 3] = [0.0, 0.0, 0.0];
 /// Every operation rounds to f32 as torch's float32 tensors do (`ln 10⁴`, the division, the
 /// product by k, the exponential, the product by w'); the exponential, sin and cos are taken
 /// in f64 and rounded (torch's vectorised float32 exp is within one ulp of that, so a
-/// frequency may differ by one ulp and an element by |w'·f_k|·2⁻²⁴). Returns (1, d). d = 2 or 3 (h − 1 = 0) is an error: diffusers
-/// divides by zero there and the embedding is NaN.
+/// frequency may differ by one ulp and an element by |w'·f_k|·2⁻²⁴). Returns (1, d).
+/// d = 2 or 3 (h − 1 = 0) is an error: diffusers divides by zero there and the embedding is
+/// NaN.
 pub fn guidance_scale_embedding(guidance_scale: f64, dim: usize) -> Result<Tensor> {
     let op = "guidance embedding";
     if !guidance_scale.is_finite() {
