@@ -190,10 +190,12 @@ fn main() -> anyhow::Result<()> {
                     let cond = Conditioning {
                         class_labels: Some(&labels),
                         encoder_hidden_states: None,
+                        timestep_cond: None,
                     };
                     let uncond = Conditioning {
                         class_labels: Some(&null),
                         encoder_hidden_states: None,
+                        timestep_cond: None,
                     };
                     let mut g = Guided::for_unet(&mut exec, m, cond, uncond, o.guidance)?;
                     let out = run(&mut exec, &mut g);

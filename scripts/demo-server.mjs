@@ -34,6 +34,9 @@ export const DEFAULT_MOUNTS = {
   // A tiny random-weight AutoencoderTiny for tiny-sd's latents (the preview decoder); outside
   // /models/ so the model list does not offer it as a model.
   '/previews/tiny-taesd/': path.join(ROOT, 'tests', 'fixtures', 'tiny-taesd'),
+  // Its LCM-distilled sibling (a UNet with a guidance embedding; the other components are
+  // links to tiny-sd's).
+  '/models/tiny-lcm/': path.join(ROOT, 'tests', 'fixtures', 'tiny-lcm'),
 };
 
 const WEIGHT_FILES = ['diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.safetensors.index.json', 'model.safetensors'];

@@ -131,6 +131,7 @@ pub fn denoise(a: DenoiseArgs) -> Result<()> {
     let cond = Conditioning {
         class_labels: labels.as_deref(),
         encoder_hidden_states: ehs.as_ref(),
+        timestep_cond: None,
     };
     let y = model.run(&mut exec, &x, &timesteps, cond)?;
     let data = block_on(exec.read(&y))?;
@@ -232,7 +233,10 @@ pub fn print_sd_plan(
             "WebGPU's default limits (no adapter)",
         ),
     };
-    match inputs.plan_checked(width, height, batch, true, false, tiling, Some(&limits)) {
+    // Classifier-free guidance doubles the UNet batch, except for LCM-distilled UNets (a
+    // guidance embedding instead; diffusers never runs CFG with them).
+    let cfg = inputs.unet.time_cond_proj_dim.is_none();
+    match inputs.plan_checked(width, height, batch, cfg, false, tiling, Some(&limits)) {
         Ok(plan) => {
             for line in plan.report() {
                 println!("{line}");
@@ -244,7 +248,7 @@ pub fn print_sd_plan(
                 VaeTiling::Tile(t) => Some(t),
                 _ => None,
             };
-            let plan = inputs.plan_tiled(width, height, batch, true, false, tile)?;
+            let plan = inputs.plan_tiled(width, height, batch, cfg, false, tile)?;
             for line in plan.report() {
                 println!("{line}");
             }

@@ -399,10 +399,12 @@ fn prepare(exec: &mut Exec, args: &SampleArgs, seed: u64) -> Result<Prepared> {
         let cond = Conditioning {
             class_labels: labels.as_deref(),
             encoder_hidden_states: ehs.as_ref(),
+            timestep_cond: None,
         };
         let uncond = Conditioning {
             class_labels: uncond_labels.as_deref(),
             encoder_hidden_states: uncond_ehs.as_ref(),
+            timestep_cond: None,
         };
         let g = Guided::for_unet(exec, unet, cond, uncond, args.guidance())?;
         if moments {

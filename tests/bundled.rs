@@ -53,10 +53,12 @@ fn bundled_model_draws_the_requested_digits() {
     let cond = Conditioning {
         class_labels: Some(&labels),
         encoder_hidden_states: None,
+        timestep_cond: None,
     };
     let uncond = Conditioning {
         class_labels: Some(&null),
         encoder_hidden_states: None,
+        timestep_cond: None,
     };
     let mut model = Guided::for_unet(&mut exec, unet, cond, uncond, 2.0).unwrap();
     let mut solver =

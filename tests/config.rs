@@ -601,7 +601,6 @@ fn unsupported_options_name_key_value_and_supported() {
             "resnet_time_scale_shift",
         ),
         (SD15, "encoder_hid_dim", "1024", "encoder_hid_dim"),
-        (SD15, "time_cond_proj_dim", "256", "time_cond_proj_dim"),
         (SD15, "only_cross_attention", "true", "only_cross_attention"),
         (SD15, "dual_cross_attention", "true", "dual_cross_attention"),
         (SD15, "attention_type", "\"gated\"", "attention_type"),
@@ -666,6 +665,16 @@ fn unsupported_options_name_key_value_and_supported() {
     ));
 }
 
+/// LCM-distilled UNets (LCM-Dreamshaper, latent-consistency/lcm-sd*: `time_cond_proj_dim`
+/// 256) parse, with the width in the architecture; UNet2DModel has none.
+#[test]
+fn lcm_time_cond_proj_dim() {
+    let m = parse(&with(SD15, "time_cond_proj_dim", "256"));
+    assert_eq!(m.arch.time_cond_proj_dim, Some(256));
+    assert_eq!(parse(SD15).arch.time_cond_proj_dim, None);
+    assert_eq!(parse(DDPM_CIFAR10).arch.time_cond_proj_dim, None);
+}
+
 #[test]
 fn inconsistent_configs_are_rejected() {
     let cases: &[(&str, &str, &str, &str)] = &[
@@ -684,6 +693,8 @@ fn inconsistent_configs_are_rejected() {
         (SD15, "attention_head_dim", "[8, 8]", "attention_head_dim"),
         (SD15, "attention_head_dim", "null", "attention_head_dim"),
         (SD15, "attention_head_dim", "0", "attention_head_dim"),
+        (SD15, "time_cond_proj_dim", "0", "time_cond_proj_dim"),
+        (SD15, "time_cond_proj_dim", "\"256\"", "time_cond_proj_dim"),
         (SD15, "cross_attention_dim", "null", "cross_attention_dim"),
         (
             SD15,

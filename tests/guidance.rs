@@ -149,6 +149,7 @@ fn guided_unet_equals_separate_cond_and_uncond_runs() {
         let c = |e, l| Conditioning {
             class_labels: l,
             encoder_hidden_states: Some(e),
+            timestep_cond: None,
         };
         let (lc, lu) = match &labels {
             Some((a, b)) => (Some(a.as_slice()), Some(b.as_slice())),
@@ -179,6 +180,7 @@ fn bad_guidance_inputs_are_errors() {
     let with = |e| Conditioning {
         class_labels: None,
         encoder_hidden_states: Some(e),
+        timestep_cond: None,
     };
     let unet = || UNet::load_dir(&mut Exec::cpu(), &dir).unwrap();
     // Different token counts, or only one side conditioned.

@@ -1,6 +1,8 @@
 //! Stable Diffusion pipelines: the repository layout, the memory plan, and (with the text
 //! encoder and VAE) whole pipelines against diffusers goldens made by
-//! scripts/goldens/make_tiny_sd.py on the tiny repository in tests/fixtures/tiny-sd.
+//! scripts/goldens/make_tiny_sd.py on the tiny repository in tests/fixtures/tiny-sd (and
+//! make_tiny_lcm.py on tests/fixtures/tiny-lcm, an LCM-distilled UNet with a guidance
+//! embedding).
 
 #[path = "ops/common.rs"]
 mod common;
@@ -28,8 +30,13 @@ fn as_map(list: &plan::TensorList, strip: &str) -> BTreeMap<String, Vec<usize>> 
 /// name for name and shape for shape (so the SD-1.5 numbers below rest on the same code).
 #[test]
 fn tensor_lists_from_configs_match_the_headers() {
-    let dir = fixture("tiny-sd");
-    let (cfg, files) = SdConfigs::open_dir(&dir).unwrap();
+    for repo in ["tiny-sd", "tiny-lcm"] {
+        tensor_lists_match(&fixture(repo));
+    }
+}
+
+fn tensor_lists_match(dir: &Path) {
+    let (cfg, files) = SdConfigs::open_dir(dir).unwrap();
     let from_cfg = cfg.plan_inputs();
     let unet = header_tensors(&dir.join(&files.unet)).unwrap();
     let vae = header_tensors(&dir.join(&files.vae)).unwrap();
@@ -357,9 +364,25 @@ fn run_golden(case: &str) {
 /// image (the prompt states get half of it); returns the weights' bytes on the executor.
 fn run_golden_with(case: &str, dtype: WeightDtype, tol: f64) -> u64 {
     let mut exec = exec();
-    let mut pipe = SdPipeline::load_dir_with(&mut exec, &fixture("tiny-sd"), dtype).unwrap();
+    let repo = case_options(case)["repo"]
+        .as_str()
+        .unwrap_or("tiny-sd")
+        .to_string();
+    let mut pipe = SdPipeline::load_dir_with(&mut exec, &fixture(&repo), dtype).unwrap();
     let mut g = Golden::load(case);
     let req = golden_request(case, &mut g);
+    if g.has("w_embedding") {
+        // The guidance embedding the LCM pipeline passed as `timestep_cond`.
+        let got = pipe
+            .guidance_embedding(req.guidance_scale)
+            .unwrap()
+            .unwrap();
+        let want = g.get("w_embedding");
+        assert_eq!(got.shape(), want.shape());
+        let e = max_abs_diff(got.cpu_data().unwrap(), want.cpu_data().unwrap());
+        eprintln!("{case} w_embedding: max abs diff {e:.2e}");
+        assert!(e <= 1e-5, "{case} w_embedding: {e:.2e}");
+    }
     if g.has("ids.cond") {
         let want: Vec<u32> = g
             .get("ids.cond")
@@ -374,7 +397,7 @@ fn run_golden_with(case: &str, dtype: WeightDtype, tol: f64) -> u64 {
         .encode_prompt(
             &mut exec,
             &req.prompt,
-            req.guided().then_some(req.negative_prompt.as_str()),
+            pipe.guided(&req).then_some(req.negative_prompt.as_str()),
             0,
         )
         .unwrap();
@@ -552,6 +575,172 @@ fn lcm_matches_diffusers() {
 #[test]
 fn turbo_matches_diffusers() {
     run_golden("turbo");
+}
+
+/// An LCM-distilled UNet (`time_cond_proj_dim` 32) through diffusers'
+/// `LatentConsistencyModelPipeline`: guidance 8 goes in as the embedding of w = 7 (no CFG,
+/// one UNet pass per step), 4 LCM steps with the scheduler's draws fed in. Without the
+/// embedding the latents differ from the golden by 5.7 % of their largest value (checked by
+/// make_tiny_lcm.py), far above the bar.
+#[test]
+fn lcm_distilled_matches_diffusers() {
+    run_golden("lcm_distilled");
+}
+
+fn max_abs_diff(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs()))
+}
+
+/// diffusers' `get_guidance_scale_embedding` at widths 1, 4, 7, 32, 33 and 256 (odd ones
+/// zero-padded) for several scales, as the pipeline calls it (w = scale − 1, float32);
+/// widths 2 and 3, where diffusers divides by zero, are refused.
+#[test]
+fn guidance_embedding_matches_diffusers() {
+    use webdiffusion::pipeline::sd_run::guidance_scale_embedding;
+    let mut g = Golden::load("guidance_embedding");
+    let scales = g.get("scales").cpu_data().unwrap().to_vec();
+    let mut dims = 0;
+    let mut worst = 0f64;
+    for d in [1usize, 4, 7, 32, 33, 256] {
+        let want = g.get(&format!("dim.{d}"));
+        assert_eq!(want.shape(), &[scales.len(), d]);
+        let want = want.cpu_data().unwrap();
+        for (i, &s) in scales.iter().enumerate() {
+            let got = guidance_scale_embedding(s as f64, d).unwrap();
+            assert_eq!(got.shape(), &[1, d]);
+            let got = got.cpu_data().unwrap();
+            let row = &want[i * d..(i + 1) * d];
+            // torch's vectorised float32 exp is within one ulp but not always correctly
+            // rounded (3 of 128 frequencies at d = 256), and w' = 1000·w magnifies that: an
+            // argument a = w'·f_k may move by |a|·2⁻²⁴, so each element is held to that.
+            let half = d / 2;
+            let w = (s as f64 - 1.0) * 1000.0;
+            for (k, (&g, &want)) in got.iter().zip(row).enumerate() {
+                let j = if k < half { k } else { k - half };
+                let a = if j < half && half > 1 {
+                    (w * (-(j as f64) * 10000f64.ln() / (half - 1) as f64).exp()).abs()
+                } else {
+                    0.0
+                };
+                let tol = 1e-6 + a * 2f64.powi(-23);
+                let e = (g as f64 - want as f64).abs();
+                assert!(
+                    e <= tol,
+                    "dim {d} scale {s} element {k}: {g} vs diffusers {want} (tolerance {tol:.1e})"
+                );
+            }
+            worst = worst.max(max_abs_diff(got, row));
+            if d % 2 == 1 {
+                assert_eq!(got[d - 1], 0.0, "dim {d}: the padding column");
+            }
+        }
+        dims += 1;
+    }
+    assert_eq!(dims, 6);
+    eprintln!("guidance embedding: max abs diff from diffusers {worst:.2e}");
+    for d in [2, 3] {
+        let e = guidance_scale_embedding(8.0, d).unwrap_err().to_string();
+        assert!(e.contains(&format!("time_cond_proj_dim {d}")), "{e}");
+    }
+    assert!(guidance_scale_embedding(f64::NAN, 32).is_err());
+}
+
+/// The guidance embedding reaches the UNet: one forward with and without it differs, one
+/// row broadcasts like N equal rows (as torch does), and bad inputs are errors naming them.
+#[test]
+fn lcm_unet_timestep_cond() {
+    use webdiffusion::models::{Conditioning, UNet};
+    use webdiffusion::pipeline::sd_run::guidance_scale_embedding;
+    let mut exec = exec();
+    let unet = UNet::load_dir(&mut exec, fixture("tiny-lcm/unet")).unwrap();
+    assert_eq!(unet.arch().time_cond_proj_dim, Some(32));
+    let n = 2;
+    let x: Vec<f32> = (0..n * 4 * 64)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    let x = exec
+        .upload(&Tensor::from_vec(&[n, 4, 8, 8], x).unwrap())
+        .unwrap();
+    let ehs: Vec<f32> = (0..n * 5 * 32)
+        .map(|i| ((i * 13 % 29) as f32 / 14.0) - 1.0)
+        .collect();
+    let ehs = Tensor::from_vec(&[n, 5, 32], ehs).unwrap();
+    let w1 = guidance_scale_embedding(8.0, 32).unwrap();
+    let w1d = w1.cpu_data().unwrap();
+    let wn = Tensor::from_vec(&[n, 32], [w1d, w1d].concat()).unwrap();
+    let run = |exec: &mut Exec, t: Option<&Tensor>| {
+        let cond = Conditioning {
+            class_labels: None,
+            encoder_hidden_states: Some(&ehs),
+            timestep_cond: t,
+        };
+        let y = unet.run(exec, &x, &[499.0], cond)?;
+        block_on(exec.read(&y))
+    };
+    let one = run(&mut exec, Some(&w1)).unwrap();
+    let rows = run(&mut exec, Some(&wn)).unwrap();
+    let none = run(&mut exec, None).unwrap();
+    assert!(max_abs_diff(&one, &rows) <= 1e-6);
+    let d = rel_err(&none, &one);
+    eprintln!("UNet output without the guidance embedding: rel diff {d:.2e}");
+    assert!(d > 1e-2, "{d}");
+    let bad = Tensor::from_vec(&[n, 16], vec![0.0; n * 16]).unwrap();
+    let e = run(&mut exec, Some(&bad)).unwrap_err().to_string();
+    assert!(e.contains("timestep_cond") && e.contains("32"), "{e}");
+    let three = Tensor::from_vec(&[3, 32], vec![0.0; 96]).unwrap();
+    assert!(run(&mut exec, Some(&three)).is_err());
+    // A UNet without time_cond_proj_dim takes no condition.
+    let mut plain = UNet::load_dir(&mut exec, fixture("tiny-sd/unet")).unwrap();
+    let e = plain
+        .set_timestep_cond(&mut exec, Some(&w1))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("time_cond_proj_dim"), "{e}");
+}
+
+/// `time_embedding.cond_proj.weight` follows the config: a wrong shape, a missing weight and
+/// a left-over one are errors naming it.
+#[test]
+fn lcm_cond_proj_weight_errors() {
+    let tmp = std::env::temp_dir().join(format!("wd-lcm-weights-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    copy_dir(&fixture("tiny-lcm/unet"), &tmp.join("lcm"));
+    copy_dir(&fixture("tiny-sd/unet"), &tmp.join("sd"));
+    let set_dim = |dir: &str, value: &str| {
+        let p = tmp.join(dir).join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        cfg["time_cond_proj_dim"] = serde_json::from_str(value).unwrap();
+        std::fs::write(&p, cfg.to_string()).unwrap();
+    };
+    let mut exec = Exec::cpu();
+    let load = |exec: &mut Exec, dir: &str| {
+        let e = webdiffusion::models::UNet::load_dir(exec, tmp.join(dir))
+            .err()
+            .expect("the load must fail")
+            .to_string();
+        eprintln!("{dir}: {e}");
+        e
+    };
+    // The stored weight is (16, 32); a config of 16 asks for (16, 16).
+    set_dim("lcm", "16");
+    let e = load(&mut exec, "lcm");
+    assert!(
+        e.contains("time_embedding.cond_proj.weight") && e.contains("16") && e.contains("32"),
+        "{e}"
+    );
+    // A config that asks for the projection of a checkpoint without it.
+    set_dim("sd", "32");
+    let e = load(&mut exec, "sd");
+    assert!(e.contains("time_embedding.cond_proj.weight"), "{e}");
+    // A checkpoint with the projection under a config without it.
+    set_dim("lcm", "null");
+    let e = load(&mut exec, "lcm");
+    assert!(e.contains("time_embedding.cond_proj.weight"), "{e}");
+    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 /// The linear preview is one 1×1 convolution with the published factors: every step's

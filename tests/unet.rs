@@ -89,6 +89,7 @@ fn run_case(exec: &mut Exec, name: &str) {
     let cond = Conditioning {
         class_labels: labels.as_deref(),
         encoder_hidden_states: ehs.as_ref(),
+        timestep_cond: None,
     };
     let out = model
         .run_traced(
@@ -471,6 +472,7 @@ fn activation_estimate_bounds_the_measured_peak() {
                 Conditioning {
                     class_labels: labels.as_deref(),
                     encoder_hidden_states: ehs.as_ref(),
+                    timestep_cond: None,
                 },
             )
             .unwrap();

@@ -610,6 +610,10 @@ pub struct UNetArch {
     pub freq_shift: f64,
     /// `TimestepEmbedding`: linear(time_proj_dim → time_embed_dim), act, linear.
     pub time_embed_dim: usize,
+    /// `time_cond_proj_dim` (LCM-distilled UNets): `TimestepEmbedding.cond_proj`, a linear
+    /// (time_cond_proj_dim → time_proj_dim, no bias) of the guidance-scale embedding added to
+    /// the sinusoidal features before `linear_1`. Always `None` for `UNet2DModel`.
+    pub time_cond_proj_dim: Option<usize>,
     /// `nn.Embedding(n, time_embed_dim)` added to the time embedding.
     pub num_class_embeds: Option<usize>,
     pub act: Activation,
@@ -1249,6 +1253,7 @@ impl UNet2DConfig {
             flip_sin_to_cos: self.flip_sin_to_cos,
             freq_shift: self.freq_shift,
             time_embed_dim,
+            time_cond_proj_dim: None,
             num_class_embeds: self.num_class_embeds,
             act,
             norm_num_groups: groups,
@@ -1343,12 +1348,6 @@ impl UNet2DConditionConfig {
                 self.timestep_post_act.is_none(),
                 "null",
                 js(&self.timestep_post_act),
-            ),
-            (
-                "time_cond_proj_dim",
-                self.time_cond_proj_dim.is_none(),
-                "null",
-                js(&self.time_cond_proj_dim),
             ),
             (
                 "class_embeddings_concat",
@@ -1490,6 +1489,9 @@ impl UNet2DConditionConfig {
         )?;
         if let Some(k) = self.num_class_embeds {
             check_range(file, "num_class_embeds", k, 1, 1 << 24)?;
+        }
+        if let Some(d) = self.time_cond_proj_dim {
+            check_positive(file, "time_cond_proj_dim", d)?;
         }
 
         let mut down = Vec::with_capacity(n);
@@ -1686,6 +1688,7 @@ impl UNet2DConditionConfig {
             flip_sin_to_cos: self.flip_sin_to_cos,
             freq_shift: self.freq_shift,
             time_embed_dim,
+            time_cond_proj_dim: self.time_cond_proj_dim,
             num_class_embeds: self.num_class_embeds,
             act,
             norm_num_groups: groups,

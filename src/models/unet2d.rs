@@ -5,7 +5,7 @@
 //! Both run the same skeleton:
 //! ```text
 //! x = 2x − 1 if center_input_sample
-//! emb = time_embedding(time_proj(t)) [+ class_embedding(labels)]
+//! emb = time_embedding(time_proj(t) [+ cond_proj(timestep_cond)]) [+ class_embedding(labels)]
 //! h = conv_in(x); skips = [h]
 //! down blocks: per layer h = attn(resnet(h, emb)); skips += h; then h = downsample(h); skips += h
 //! mid: h = resnet(h); per attention h = resnet(attn(h))
@@ -17,8 +17,14 @@
 //! `UNetMidBlock2DCrossAttn`.
 //! Shapes: sample (N, in_channels, H, W) (for `UNet2DModel` H and W multiples of 2^(number
 //! of upsamplers)), timesteps one for the batch or one per sample (integer or fractional),
-//! class labels (N), encoder_hidden_states (N, L, cross_attention_dim) → (N, out_channels,
-//! H, W).
+//! class labels (N), encoder_hidden_states (N, L, cross_attention_dim), timestep_cond (N or
+//! 1, time_cond_proj_dim) → (N, out_channels, H, W).
+//!
+//! `timestep_cond` is what LCM-distilled UNets (`time_cond_proj_dim` set) take as their
+//! guidance: the pipeline's embedding of w = guidance_scale − 1
+//! ([`guidance_scale_embedding`](crate::pipeline::sd_run::guidance_scale_embedding)), projected
+//! by `time_embedding.cond_proj` and added to the sinusoidal features. As in diffusers, such a
+//! model also runs without one (the term is skipped).
 //!
 //! `UNet2DConditionModel` also takes sizes that are not such multiples: as in diffusers, each
 //! upsampler then resizes (nearest) to the size of the skip it will be concatenated with.
@@ -86,6 +92,9 @@ pub struct Conditioning<'a> {
     pub class_labels: Option<&'a [usize]>,
     /// (N, L, cross_attention_dim); required iff the model has cross-attention blocks.
     pub encoder_hidden_states: Option<&'a Tensor>,
+    /// (N, time_cond_proj_dim), or one row for the whole batch: diffusers' `timestep_cond`,
+    /// only for models with `time_cond_proj_dim`; optional there.
+    pub timestep_cond: Option<&'a Tensor>,
 }
 
 /// A loaded diffusers UNet of either class; see the module docs. [`UNet2DModel`] and
@@ -105,6 +114,8 @@ pub struct UNet {
     class_labels: Option<Vec<usize>>,
     /// Encoder hidden states used by the [`Denoiser`] implementation.
     encoder_hidden_states: Option<Tensor>,
+    /// The timestep condition used by the [`Denoiser`] implementation.
+    timestep_cond: Option<Tensor>,
 }
 
 impl UNet {
@@ -191,8 +202,14 @@ impl UNet {
         };
         let c0 = arch.block_out_channels.first().copied().unwrap_or(0);
 
-        let time_embedding =
-            TimeEmbedding::load(exec, w, "time_embedding", arch.time_proj_dim, temb)?;
+        let time_embedding = TimeEmbedding::load_with_cond(
+            exec,
+            w,
+            "time_embedding",
+            arch.time_proj_dim,
+            temb,
+            arch.time_cond_proj_dim,
+        )?;
         let class_embedding = match arch.num_class_embeds {
             Some(n) => Some(Embedding::load(exec, w, "class_embedding", n, temb)?),
             None => None,
@@ -278,6 +295,7 @@ impl UNet {
             conv_out,
             class_labels: None,
             encoder_hidden_states: None,
+            timestep_cond: None,
         })
     }
 
@@ -315,13 +333,52 @@ impl UNet {
         Ok(())
     }
 
-    /// The conditioning set by [`set_class_labels`](Self::set_class_labels) and
-    /// [`set_encoder_hidden_states`](Self::set_encoder_hidden_states).
+    /// The timestep condition (N or 1, time_cond_proj_dim) for [`Denoiser::denoise`]: LCM's
+    /// guidance-scale embedding, for models with `time_cond_proj_dim` (`None`: run without
+    /// it, as diffusers does); moved to the executor's backend and checked here.
+    pub fn set_timestep_cond(&mut self, exec: &mut Exec, cond: Option<&Tensor>) -> Result<()> {
+        self.timestep_cond = match cond {
+            Some(t) => {
+                self.check_timestep_cond(None, t)?;
+                Some(exec.upload(t)?)
+            }
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// The conditioning set by [`set_class_labels`](Self::set_class_labels),
+    /// [`set_encoder_hidden_states`](Self::set_encoder_hidden_states) and
+    /// [`set_timestep_cond`](Self::set_timestep_cond).
     pub fn conditioning(&self) -> Conditioning<'_> {
         Conditioning {
             class_labels: self.class_labels.as_deref(),
             encoder_hidden_states: self.encoder_hidden_states.as_ref(),
+            timestep_cond: self.timestep_cond.as_ref(),
         }
+    }
+
+    /// `(N, time_cond_proj_dim)` or `(1, time_cond_proj_dim)`, with N checked when given.
+    fn check_timestep_cond(&self, n: Option<usize>, t: &Tensor) -> Result<()> {
+        let op = self.op();
+        let Some(dim) = self.arch.time_cond_proj_dim else {
+            return Err(Error::invalid(
+                op,
+                "a timestep condition (guidance embedding) was given but the model has none: its config's time_cond_proj_dim is null (only LCM-distilled UNets take one)",
+            ));
+        };
+        let s = t.shape();
+        let batch_ok = n.is_none_or(|n| s.first() == Some(&n) || s.first() == Some(&1));
+        if s.len() != 2 || s[0] == 0 || s[1] != dim || !batch_ok {
+            let n = n.map_or("N".to_string(), |n| n.to_string());
+            return Err(Error::shape(
+                op,
+                "timestep_cond",
+                format!("({n}, {dim}) or (1, {dim}): one guidance embedding of the model's time_cond_proj_dim {dim} per sample, or one for all"),
+                s,
+            ));
+        }
+        Ok(())
     }
 
     /// `(N, L, cross_attention_dim)`, with N checked when given.
@@ -424,10 +481,25 @@ impl UNet {
             None => None,
         };
         let ctx = ctx.as_ref();
+        let t_cond = match cond.timestep_cond {
+            Some(c) => {
+                self.check_timestep_cond(Some(n), c)?;
+                let c = exec.upload(c)?;
+                // diffusers broadcasts one row over the batch.
+                Some(if c.shape()[0] == n {
+                    c
+                } else {
+                    exec.run(&Concat::new(0), &vec![&c; n])?
+                })
+            }
+            None => None,
+        };
 
         let t = exec.tensor_staged(&[n], &t)?;
         let t_emb = exec.run(&self.time_proj, &[&t])?;
-        let mut emb = self.time_embedding.forward(exec, &t_emb)?;
+        let mut emb = self
+            .time_embedding
+            .forward_with_cond(exec, &t_emb, t_cond.as_ref())?;
         match (&self.class_embedding, cond.class_labels) {
             (Some(ce), Some(labels)) => {
                 if labels.len() != n {
@@ -574,6 +646,7 @@ impl UNet2DModel {
         let cond = Conditioning {
             class_labels,
             encoder_hidden_states: None,
+            timestep_cond: None,
         };
         self.0.run_traced(exec, sample, timesteps, cond, trace)
     }

@@ -1,10 +1,13 @@
 //! diffusers' `UNet2DConditionModel` (`src/diffusers/models/unets/unet_2d_condition.py` at
 //! 0.42.1): the shared [`UNet`] core with `CrossAttnDownBlock2D`, `CrossAttnUpBlock2D` and
 //! `UNetMidBlock2DCrossAttn` running [`Transformer2D`](crate::nn::Transformer2D)s on the
-//! encoder hidden states (Stable Diffusion 1.x/2.x style). Options that change the
-//! computation and are not implemented are rejected by the config parser, naming them
-//! (`only_cross_attention`, `addition_embed_type`, `encoder_hid_dim`, `class_embed_type`,
-//! `time_cond_proj_dim`, `dual_cross_attention`, `attention_type`, …). `upcast_attention` is
+//! encoder hidden states (Stable Diffusion 1.x/2.x style). LCM-distilled UNets
+//! (`time_cond_proj_dim` set) run too: their `time_embedding.cond_proj` adds the projected
+//! guidance-scale embedding (`timestep_cond`, [`Conditioning::timestep_cond`] or
+//! [`set_timestep_cond`](UNet2DConditionModel::set_timestep_cond)) to the timestep features.
+//! Options that change the computation and are not implemented are rejected by the config
+//! parser, naming them (`only_cross_attention`, `addition_embed_type`, `encoder_hid_dim`,
+//! `class_embed_type`, `dual_cross_attention`, `attention_type`, …). `upcast_attention` is
 //! accepted: it only changes fp16 runs, and this engine computes attention in f32.
 
 use std::path::Path;
@@ -59,6 +62,24 @@ impl UNet2DConditionModel {
         self.0.set_encoder_hidden_states(exec, states)
     }
 
+    /// The guidance embedding (N or 1, time_cond_proj_dim) for [`Denoiser::denoise`]; see
+    /// [`UNet::set_timestep_cond`].
+    pub fn set_timestep_cond(&mut self, exec: &mut Exec, cond: Option<&Tensor>) -> Result<()> {
+        self.0.set_timestep_cond(exec, cond)
+    }
+
+    /// Runs the network once with every input diffusers' `forward` takes here
+    /// (`timestep_cond` included); see [`UNet::run`].
+    pub fn run(
+        &self,
+        exec: &mut Exec,
+        sample: &Tensor,
+        timesteps: &[f64],
+        cond: Conditioning<'_>,
+    ) -> Result<Tensor> {
+        self.0.run(exec, sample, timesteps, cond)
+    }
+
     /// Runs the network once. `timesteps`: one for the whole batch or one per sample.
     pub fn forward(
         &self,
@@ -91,6 +112,7 @@ impl UNet2DConditionModel {
         let cond = Conditioning {
             class_labels,
             encoder_hidden_states: Some(encoder_hidden_states),
+            timestep_cond: None,
         };
         self.0.run_traced(exec, sample, timesteps, cond, trace)
     }

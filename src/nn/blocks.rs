@@ -16,10 +16,15 @@ fn silu(exec: &mut Exec, x: &Tensor) -> Result<Tensor> {
 }
 
 /// diffusers' `TimestepEmbedding` (the MLP after the sinusoidal projection):
-/// `linear_2(silu(linear_1(t)))`, (N, in) → (N, dim).
+/// `linear_2(silu(linear_1(t)))`, (N, in) → (N, dim). With `cond_proj_dim` (LCM-distilled
+/// UNets' `time_cond_proj_dim`) it also owns `cond_proj`, a linear (cond_proj_dim → in, no
+/// bias), and a condition c (N, cond_proj_dim) given to the forward pass is added first:
+/// `t + cond_proj(c)`, one matmul with the sum fused. Without a condition it is skipped, as
+/// in diffusers.
 pub struct TimeEmbedding {
     linear_1: Linear,
     linear_2: Linear,
+    cond_proj: Option<Linear>,
 }
 
 impl TimeEmbedding {
@@ -30,14 +35,59 @@ impl TimeEmbedding {
         input: usize,
         dim: usize,
     ) -> Result<Self> {
+        Self::load_with_cond(exec, w, prefix, input, dim, None)
+    }
+
+    /// [`load`](Self::load) plus `<prefix>.cond_proj.weight` (input, cond_proj_dim) when
+    /// `cond_proj_dim` is set.
+    pub fn load_with_cond(
+        exec: &mut Exec,
+        w: &mut Weights,
+        prefix: &str,
+        input: usize,
+        dim: usize,
+        cond_proj_dim: Option<usize>,
+    ) -> Result<Self> {
+        let cond_proj = match cond_proj_dim {
+            Some(c) => Some(Linear::load(
+                exec,
+                w,
+                &format!("{prefix}.cond_proj"),
+                c,
+                input,
+                false,
+            )?),
+            None => None,
+        };
         Ok(Self {
             linear_1: Linear::load(exec, w, &format!("{prefix}.linear_1"), input, dim, true)?,
             linear_2: Linear::load(exec, w, &format!("{prefix}.linear_2"), dim, dim, true)?,
+            cond_proj,
         })
     }
 
     pub fn forward(&self, exec: &mut Exec, t: &Tensor) -> Result<Tensor> {
-        let h = self.linear_1.forward(exec, t)?;
+        self.forward_with_cond(exec, t, None)
+    }
+
+    /// `t` (N, in) and the condition (N, cond_proj_dim), if any.
+    pub fn forward_with_cond(
+        &self,
+        exec: &mut Exec,
+        t: &Tensor,
+        cond: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let t = match (&self.cond_proj, cond) {
+            (Some(p), Some(c)) => p.forward_residual(exec, c, t)?,
+            (None, Some(_)) => {
+                return Err(Error::invalid(
+                    "time embedding",
+                    "a timestep condition was given but this embedding has no cond_proj (the model's time_cond_proj_dim is null)",
+                ))
+            }
+            (_, None) => t.clone(),
+        };
+        let h = self.linear_1.forward(exec, &t)?;
         let h = silu(exec, &h)?;
         self.linear_2.forward(exec, &h)
     }

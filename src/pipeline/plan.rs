@@ -583,6 +583,9 @@ pub fn unet_tensors(arch: &UNetArch) -> TensorList {
     l.conv("conv_in", arch.in_channels, c0, arch.conv_in_kernel);
     l.linear("time_embedding.linear_1", arch.time_proj_dim, ted, true);
     l.linear("time_embedding.linear_2", ted, ted, true);
+    if let Some(d) = arch.time_cond_proj_dim {
+        l.linear("time_embedding.cond_proj", d, arch.time_proj_dim, false);
+    }
     if let Some(n) = arch.num_class_embeds {
         l.t("class_embedding.weight".into(), &[n, ted]);
     }

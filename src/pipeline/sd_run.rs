@@ -14,6 +14,11 @@
 //! step i:  x = solver.step(guided(unet)(x, t_i))              CFG: one batched UNet pass on cat([x, x])
 //! image    = vae.decode(x)                                    (1, 3, H, W) in about [−1, 1]
 //! ```
+//! An LCM-distilled UNet (`time_cond_proj_dim` set) takes the guidance scale as an input
+//! instead, as diffusers' `LatentConsistencyModelPipeline` (and `StableDiffusionPipeline` with
+//! such a UNet) does: no CFG and no negative prompt, one UNet pass per step, and
+//! `timestep_cond = guidance_scale_embedding(w − 1)` ([`guidance_scale_embedding`]) for
+//! every step.
 //! Each step hands the callback the latents, the x₀ prediction and a cheap preview: the
 //! x₀ latents mapped to RGB by a fixed 4×3 linear map ([`LATENT_RGB_FACTORS`]), one 1×1
 //! convolution on the GPU, so a front end can draw every step without running the VAE.
@@ -60,6 +65,49 @@ pub const LATENT_RGB_FACTORS: [[f32; 3]; 4] = [
 ];
 /// The bias of [`LATENT_RGB_FACTORS`].
 pub const LATENT_RGB_BIAS: [f32; 3] = [0.0, 0.0, 0.0];
+
+/// diffusers' `get_guidance_scale_embedding(w, embedding_dim)` (after VDM's timestep
+/// embedding) for one sample, as the LCM pipeline calls it with `w = guidance_scale − 1`:
+/// ```text
+/// w' = 1000·w,  h = ⌊d/2⌋,  f_k = exp(−k·ln(10⁴)/(h − 1)), k < h
+/// e  = [sin(w'·f_0 … w'·f_{h−1}), cos(w'·f_0 … w'·f_{h−1})] (+ one 0 when d is odd)
+/// ```
+/// Every operation rounds to f32 as torch's float32 tensors do (`ln 10⁴`, the division, the
+/// product by k, the exponential, the product by w'); the exponential, sin and cos are taken
+/// in f64 and rounded (torch's vectorised float32 exp is within one ulp of that, so a
+/// frequency may differ by one ulp and an element by |w'·f_k|·2⁻²⁴). Returns (1, d).
+/// d = 2 or 3 (h − 1 = 0) is an error: diffusers divides by zero there and the embedding is
+/// NaN.
+pub fn guidance_scale_embedding(guidance_scale: f64, dim: usize) -> Result<Tensor> {
+    let op = "guidance embedding";
+    if !guidance_scale.is_finite() {
+        return Err(Error::invalid(
+            op,
+            format!("the guidance scale must be finite, got {guidance_scale}"),
+        ));
+    }
+    let half = dim / 2;
+    if half == 1 {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "time_cond_proj_dim {dim}: diffusers' guidance embedding divides by ⌊d/2⌋ − 1 = 0 and gives NaN; an LCM-distilled UNet needs time_cond_proj_dim 1 or at least 4"
+            ),
+        ));
+    }
+    let w = (guidance_scale - 1.0) as f32 * 1000.0;
+    let mut e = vec![0f32; dim];
+    if half > 1 {
+        let base = 10000f32.ln() / (half - 1) as f32;
+        for k in 0..half {
+            let f = ((k as f32 * -base) as f64).exp() as f32;
+            let arg = (w * f) as f64;
+            e[k] = arg.sin() as f32;
+            e[half + k] = arg.cos() as f32;
+        }
+    }
+    Tensor::from_vec(&[1, dim], e)
+}
 
 /// Solvers whose steps do not depend on earlier ones, so image-to-image can start part-way
 /// down the schedule (multistep solvers keep a history that starts at step 0 here).
@@ -200,7 +248,8 @@ pub struct Request {
     /// Used only with guidance (scale > 1); empty means the empty prompt, as diffusers.
     pub negative_prompt: String,
     pub steps: usize,
-    /// Classifier-free guidance scale w; guidance runs only when w > 1, as diffusers.
+    /// Classifier-free guidance scale w; guidance runs only when w > 1, as diffusers. An
+    /// LCM-distilled UNet takes it as its guidance embedding instead (any value; no CFG).
     pub guidance_scale: f64,
     pub seed: u64,
     /// Image size in pixels; `None`: the UNet's `sample_size` × the VAE factor.
@@ -238,7 +287,8 @@ impl Request {
         }
     }
 
-    /// Whether classifier-free guidance runs (scale > 1).
+    /// Whether the scale asks for classifier-free guidance (scale > 1); whether it runs also
+    /// depends on the UNet: [`SdPipeline::guided`].
     pub fn guided(&self) -> bool {
         self.guidance_scale > 1.0
     }
@@ -454,6 +504,50 @@ impl SdPipeline {
         &self.configs
     }
 
+    /// Whether `req` runs classifier-free guidance (diffusers' `do_classifier_free_guidance`):
+    /// a scale above 1 and a UNet without a guidance embedding (`time_cond_proj_dim`).
+    pub fn guided(&self, req: &Request) -> bool {
+        req.guided() && self.unet.arch().time_cond_proj_dim.is_none()
+    }
+
+    /// The guidance embedding an LCM-distilled UNet takes for `guidance_scale` (1,
+    /// time_cond_proj_dim), see [`guidance_scale_embedding`]; `None` for other UNets.
+    pub fn guidance_embedding(&self, guidance_scale: f64) -> Result<Option<Tensor>> {
+        self.unet
+            .arch()
+            .time_cond_proj_dim
+            .map(|d| guidance_scale_embedding(guidance_scale, d))
+            .transpose()
+    }
+
+    /// Conditions the UNet for a run: the text states (`cat([uncond, cond])` with CFG) and,
+    /// for an LCM-distilled UNet, the guidance embedding of `guidance_scale`. `None` clears
+    /// both.
+    pub fn condition_unet(
+        &mut self,
+        exec: &mut Exec,
+        states: Option<&Tensor>,
+        guidance_scale: f64,
+    ) -> Result<()> {
+        let t_cond = match states {
+            Some(_) => self.guidance_embedding(guidance_scale)?,
+            None => None,
+        };
+        self.unet.set_encoder_hidden_states(exec, states)?;
+        self.unet.set_timestep_cond(exec, t_cond.as_ref())
+    }
+
+    /// Warnings for options that `req` sets but this pipeline does not use.
+    pub fn unused_options(&self, req: &Request) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.unet.arch().time_cond_proj_dim.is_some() && !req.negative_prompt.is_empty() {
+            v.push(
+                "the negative prompt is not used: this UNet is LCM-distilled (the guidance scale goes in as an embedding, without classifier-free guidance), as in diffusers".to_string(),
+            );
+        }
+        v
+    }
+
     /// The UNet, for a front end that runs the step loop itself (the browser awaits between
     /// steps, which [`Self::generate`]'s synchronous callback cannot).
     pub fn unet_mut(&mut self) -> &mut UNet {
@@ -495,7 +589,7 @@ impl SdPipeline {
             w,
             h,
             1,
-            req.guided(),
+            self.guided(req),
             req.init.is_some(),
             req.vae_tiling,
             limits.as_ref(),
@@ -614,6 +708,9 @@ impl SdPipeline {
         let lc = self.vae.config().latent_channels;
         let shape = [1, lc, height / f, width / f];
         let mut solver = self.solver(req)?;
+        // An LCM-distilled UNet's guidance embedding (its width may be one diffusers cannot
+        // embed), before any model runs too.
+        self.guidance_embedding(req.guidance_scale)?;
         let range = match &req.init {
             None => (0, solver.num_steps()),
             Some(init) => {
@@ -655,19 +752,23 @@ impl SdPipeline {
             }
         }
 
-        // The text conditioning.
-        let guided = req.guided();
-        let emb = self.encode_prompt(
+        // The text conditioning (and an LCM-distilled UNet's guidance embedding).
+        let guided = self.guided(req);
+        let mut emb = self.encode_prompt(
             exec,
             &req.prompt,
             guided.then_some(req.negative_prompt.as_str()),
             req.clip_skip,
         )?;
+        for w in self.unused_options(req) {
+            log::warn!("{w}");
+            emb.warnings.push(w);
+        }
         let states = match &emb.uncond {
             Some(u) => exec.run(&Concat::new(0), &[u, &emb.cond])?,
             None => emb.cond.clone(),
         };
-        self.unet.set_encoder_hidden_states(exec, Some(&states))?;
+        self.condition_unet(exec, Some(&states), req.guidance_scale)?;
 
         // The starting latents.
         let x = match &req.init {

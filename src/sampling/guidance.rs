@@ -145,7 +145,31 @@ impl Guided<UNet> {
                 ))
             }
         };
+        // LCM's guidance embedding (pipelines do not combine it with CFG, as diffusers, but a
+        // caller may): batched like the hidden states.
+        let t_cond = match (uncond.timestep_cond, cond.timestep_cond) {
+            (Some(u), Some(c)) => {
+                if u.shape() != c.shape() {
+                    return Err(Error::shape(
+                        "guidance",
+                        "unconditional timestep_cond",
+                        format!("{:?} like the conditional one", c.shape()),
+                        u.shape(),
+                    ));
+                }
+                let (u, c) = (exec.upload(u)?, exec.upload(c)?);
+                Some(exec.run(&Concat::new(0), &[&u, &c])?)
+            }
+            (None, None) => None,
+            _ => {
+                return Err(Error::invalid(
+                    "guidance",
+                    "give timestep_cond for both the conditional and the unconditional pass, or for neither",
+                ))
+            }
+        };
         unet.set_encoder_hidden_states(exec, ehs.as_ref())?;
+        unet.set_timestep_cond(exec, t_cond.as_ref())?;
         unet.set_class_labels(labels);
         Self::new(unet, scale)
     }

@@ -3,9 +3,10 @@
 //! component configs and tokenizer files, streams the text encoder, UNet and VAE weights
 //! (each tensor to the GPU as it arrives, through the same `fetch` hook and weight cache as
 //! any model), and `generate({ prompt, … })` runs text → CLIP → the solver loop with
-//! classifier-free guidance → VAE decode, drawing a linear latent → RGB preview on the
-//! canvas after every step and the decoded image at the end; `initImage` + `strength` is
-//! image-to-image.
+//! classifier-free guidance (for an LCM-distilled UNet instead its guidance embedding, set
+//! before the steps: one UNet pass per step) → VAE decode, drawing a linear latent → RGB
+//! preview on the canvas after every step and the decoded image at the end; `initImage` +
+//! `strength` is image-to-image.
 //!
 //! The model is the native [`SdPipeline`] (built from the streamed weights; its prompt
 //! encoding, memory check, image-to-image noising, latent preview and VAE decode). Only the
@@ -597,8 +598,10 @@ async fn run(
 
     // Text → encoder hidden states (the negative prompt is the unconditional pass).
     let t_text = js::now_ms();
-    let guided = req.guided();
-    let emb = pipe.encode_prompt(exec, &o.prompt, guided.then_some(o.negative.as_str()), 0)?;
+    // No CFG for an LCM-distilled UNet: it takes the scale as an embedding (set below).
+    let guided = pipe.guided(&req);
+    let mut emb = pipe.encode_prompt(exec, &o.prompt, guided.then_some(o.negative.as_str()), 0)?;
+    emb.warnings.extend(pipe.unused_options(&req));
     for w in &emb.warnings {
         web_sys::console::warn_1(&w.into());
     }
@@ -645,8 +648,7 @@ async fn run(
     };
 
     let mut steps_ms = Vec::with_capacity(range.1 - range.0);
-    pipe.unet_mut()
-        .set_encoder_hidden_states(exec, Some(&states))?;
+    pipe.condition_unet(exec, Some(&states), o.guidance)?;
     let r = if guided {
         let mut g = Guided::new(UNetRef(pipe.unet_mut()), o.guidance)?;
         steps(
@@ -678,7 +680,7 @@ async fn run(
         )
         .await
     };
-    let _ = pipe.unet_mut().set_encoder_hidden_states(exec, None);
+    let _ = pipe.condition_unet(exec, None, o.guidance);
     let latents = r?;
 
     inner.check_running("generate")?;

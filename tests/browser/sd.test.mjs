@@ -8,7 +8,9 @@
 // step (a screenshot per step, the engine held by onStep's promise). A second load comes from
 // the weight cache, a repository missing a component names it, and image-to-image with a PNG
 // picked in the page's start-image input gives the native `webdiffusion sd --init` image for
-// the same seed (WEBDIFFUSION_BIN).
+// the same seed (WEBDIFFUSION_BIN), as does the LCM-distilled repository
+// (tests/fixtures/tiny-lcm: its guidance embedding, no CFG); a tiny-autoencoder preview decoder
+// draws the step previews.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -356,5 +358,61 @@ test('sd: a tiny-autoencoder preview decoder (previewDecoder) draws the step pre
   t.diagnostic(`missing preview decoder: ${err.code}: ${err.message}`);
   assert.match(err.message, /previewDecoder/);
   assert.match(err.message, /AutoencoderTiny/);
+
+// The native run is checked against diffusers' LatentConsistencyModelPipeline
+// (tests/sd_pipeline.rs, lcm_distilled); the LCM scheduler's per-step noise cannot be injected
+// in the page, so the browser is compared with the native CLI for one seed. A native run at
+// another guidance scale differs from it far more than the tolerance, so a browser that
+// dropped the guidance embedding (or ran CFG) would fail.
+test('sd: an LCM-distilled repository from the page gives the native `webdiffusion sd` image for the same seed', { timeout: READY_MS + LOAD_MS + 3 * RUN_MS }, async (t) => {
+  assert.ok(fs.existsSync(NATIVE), `native binary ${NATIVE} not found (scripts/browser-test.sh builds it with cargo build --release)`);
+  const c = JSON.parse(fs.readFileSync(path.join(GOLDENS, 'cases.json'), 'utf8')).lcm_distilled;
+  const SEED = 13;
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'webdiffusion-lcm-'));
+  const native = async (guidance) => {
+    const out = path.join(tmp, `native-${guidance}.png`);
+    execFileSync(NATIVE, ['sd', '--model', path.join(ROOT, 'tests/fixtures/tiny-lcm'), '--prompt', c.prompt,
+      '--steps', String(c.steps), '--guidance', String(guidance), '--seed', String(SEED), '--out', out, '--force', '--quiet'],
+    { stdio: 'pipe', timeout: RUN_MS });
+    return decodePng(fs.readFileSync(out));
+  };
+  const want = await native(c.guidance);
+  const other = await native(2);
+  fs.rmSync(tmp, { recursive: true, force: true });
+
+  const page = await openDemo();
+  await page.waitForFunction(() => [...document.querySelectorAll('#model-choice option')].some((o) => o.value === 'tiny-lcm/'), null, { timeout: 30_000 });
+  await page.selectOption('#model-choice', 'tiny-lcm/');
+  await page.click('#load');
+  assert.equal(await waitState(page, ['loaded', 'error'], LOAD_MS), 'loaded', await context(page)());
+  const info = await page.evaluate(() => window.demo.model);
+  assert.equal(info.className, 'LatentConsistencyModelPipeline');
+  assert.equal(info.defaultSolver, 'lcm');
+  await page.fill('#prompt', c.prompt);
+  await page.fill('#negative-prompt', '');
+  await page.fill('#steps', String(c.steps));
+  await page.fill('#guidance', String(c.guidance));
+  await page.fill('#seed', String(SEED));
+  await page.click('#generate');
+  assert.equal(await waitState(page, ['done', 'error'], RUN_MS), 'done', await context(page)());
+  const r = await page.evaluate(() => ({ steps: window.demo.steps.length, result: window.demo.result }));
+  assert.equal(r.steps, c.steps);
+  assert.equal(r.result.solver, 'lcm');
+  assert.deepEqual([r.result.width, r.result.height], [want.width, want.height]);
+  const diff = (png) => {
+    let sum = 0;
+    let max = 0;
+    for (let i = 0; i < r.result.gray.length; i++) {
+      const d = Math.abs(r.result.gray[i] - png.data[i * 4]);
+      sum += d;
+      max = Math.max(max, d);
+    }
+    return { mean: sum / r.result.gray.length, max };
+  };
+  const same = diff(want);
+  const away = diff(other);
+  t.diagnostic(`LCM-distilled, browser vs native CLI (red channel): mean |diff| ${same.mean.toFixed(3)}, max ${same.max} of 255; vs native at guidance 2: mean ${away.mean.toFixed(3)}, max ${away.max}`);
+  assert.ok(same.mean <= 0.5 && same.max <= 2, `the browser's LCM run differs from the native CLI: mean ${same.mean}, max ${same.max}`);
+  assert.ok(away.max > 2, `the guidance scale does not change the native image enough for this check: max ${away.max}`);
   await page.close();
 });
