@@ -358,6 +358,8 @@ test('sd: a tiny-autoencoder preview decoder (previewDecoder) draws the step pre
   t.diagnostic(`missing preview decoder: ${err.code}: ${err.message}`);
   assert.match(err.message, /previewDecoder/);
   assert.match(err.message, /AutoencoderTiny/);
+  await page.close();
+});
 
 // The native run is checked against diffusers' LatentConsistencyModelPipeline
 // (tests/sd_pipeline.rs, lcm_distilled); the LCM scheduler's per-step noise cannot be injected
