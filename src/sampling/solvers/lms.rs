@@ -110,9 +110,9 @@ impl Solver for Lms {
     }
 
     /// No derivatives kept at `first`. diffusers still picks the order from the position
-    /// (`min(step_index + 1, 4)`), so the first steps use the leading coefficients of the
-    /// higher-order rule over the derivatives there are (its `zip` stops at the shorter list;
-    /// see [`Lms::coefficients`]' use in `step`), not a lower-order rule.
+    /// (`min(step_index + 1, 4)`), so the first steps use the leading coefficients of that
+    /// higher-order rule ([`Lms::coefficients`]) over the derivatives there are (its `zip`
+    /// stops at the shorter list), not a lower-order rule.
     fn begin(&mut self, first: usize) -> Result<()> {
         check_step(OP, first, self.s.timesteps.len())?;
         self.derivatives.clear();
