@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use webdiffusion::image::{batch_to_images, decode_png, encode_png, prepare_output, write_atomic};
-use webdiffusion::pipeline::sd_run::{InitImage, Request, SdPipeline, SdStep, IMG2IMG_SOLVERS};
+use webdiffusion::pipeline::sd_run::{InitImage, Request, SdPipeline, SdStep};
 use webdiffusion::pipeline::SdRepo;
 use webdiffusion::platform::block_on;
 use webdiffusion::preview::{self, PreviewOptions};
@@ -23,7 +23,7 @@ use crate::cli_denoise::{make_exec, BackendArg};
   webdiffusion sd --model sd-turbo --prompt \"a red fox\" --steps 1 --guidance 0 \\
       --solver euler_ancestral --timestep-spacing trailing --out fox.png
   webdiffusion sd --model stable-diffusion-v1-5 --prompt \"an oil painting\" --init photo.png \\
-      --strength 0.6 --solver ddim --out painting.png")]
+      --strength 0.6 --out painting.png")]
 pub struct SdArgs {
     /// The repository folder (holding model_index.json, unet/, vae/, text_encoder/,
     /// tokenizer/, scheduler/).
@@ -39,8 +39,9 @@ pub struct SdArgs {
     /// Classifier-free guidance scale; 1 or less runs the prompt alone (as diffusers).
     #[arg(long, default_value_t = 7.5)]
     pub guidance: f64,
-    /// Solver (`webdiffusion solvers`). Default: the repository's scheduler (for --init, ddim
-    /// when that scheduler keeps a history, e.g. SD 1.5's PNDM).
+    /// Solver (`webdiffusion solvers`). Default: the repository's scheduler, for --init too
+    /// (e.g. SD 1.5's PNDM, as diffusers' img2img pipeline: multistep solvers start with a
+    /// fresh history at the first step run).
     #[arg(long)]
     pub solver: Option<String>,
     /// Replace the scheduler's timestep_spacing (`leading`, `trailing`, `linspace`):
@@ -179,31 +180,6 @@ fn request(a: &SdArgs, seed: u64) -> Result<Request> {
     Ok(req)
 }
 
-/// Image-to-image with the repository's scheduler when it keeps a history: DDIM instead.
-fn default_img2img_solver(model: &Path, req: &mut Request) -> Result<()> {
-    if req.init.is_none() || req.solver.is_some() {
-        return Ok(());
-    }
-    let text =
-        std::fs::read_to_string(model.join("scheduler/scheduler_config.json")).unwrap_or_default();
-    let class = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v.get("_class_name")?.as_str().map(str::to_string))
-        .unwrap_or_default();
-    let canonical = webdiffusion::sampling::solvers::ALIASES
-        .iter()
-        .find(|(a, _)| *a == class)
-        .map_or(class.as_str(), |(_, n)| *n);
-    if !IMG2IMG_SOLVERS.contains(&canonical) {
-        eprintln!(
-            "note: the repository's {class} keeps a history from step 0; image-to-image uses ddim (pass --solver to choose: {})",
-            IMG2IMG_SOLVERS.join(", ")
-        );
-        req.solver = Some("ddim".into());
-    }
-    Ok(())
-}
-
 fn progress(quiet: bool, s: &SdStep<'_>) {
     if !quiet {
         eprintln!("step {}/{}  t = {}", s.index + 1, s.total, s.timestep);
@@ -303,8 +279,7 @@ pub fn run(a: SdArgs) -> Result<()> {
     // A missing component or file is named before anything large is read.
     SdRepo::open_dir(&a.model)?;
     let seed = a.seed.unwrap_or_else(random_seed);
-    let mut req = request(&a, seed)?;
-    default_img2img_solver(&a.model, &mut req)?;
+    let req = request(&a, seed)?;
     let out = a
         .out
         .clone()

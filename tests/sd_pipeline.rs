@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use webdiffusion::pipeline::plan::{self, PlanLimits, VaeTiling};
-use webdiffusion::pipeline::sd::{header_tensors, plan_inputs_for_dir, SdConfigs};
+use webdiffusion::pipeline::sd::{header_tensors, img2img_steps, plan_inputs_for_dir, SdConfigs};
 use webdiffusion::Error;
 
 fn fixture(p: &str) -> PathBuf {
@@ -329,6 +329,9 @@ fn golden_request(case: &str, g: &mut Golden) -> Request {
         req.scheduler_overrides
             .insert("timestep_spacing".into(), sp.clone());
     }
+    if let Some(over) = o.get("scheduler_overrides").and_then(|v| v.as_object()) {
+        req.scheduler_overrides.extend(over.clone());
+    }
     // diffusers' enable_tiling with this tile_sample_min_size.
     if let Some(t) = o.get("vae_tile").and_then(|v| v.as_u64()) {
         req.vae_tiling = VaeTiling::Tile(t as usize);
@@ -406,7 +409,12 @@ fn run_golden_with(case: &str, dtype: WeightDtype, tol: f64) -> u64 {
         states.extend(block_on(exec.read(u)).unwrap());
     }
     states.extend(block_on(exec.read(&emb.cond)).unwrap());
-    let want = g.get("prompt_embeds");
+    // The img2img solver cases share the img2img case's prompts and leave their states out.
+    let want = if g.has("prompt_embeds") {
+        g.get("prompt_embeds")
+    } else {
+        Golden::load("img2img").get("prompt_embeds")
+    };
     let e = rel_err(&states, want.cpu_data().unwrap());
     eprintln!("{case} prompt_embeds: rel err {e:.2e}");
     assert!(
@@ -433,10 +441,12 @@ fn run_golden_with(case: &str, dtype: WeightDtype, tol: f64) -> u64 {
             tol / 10.0,
         );
     }
-    // PNDM takes one more step than asked (its PLMS warm-up), as diffusers' timesteps.
+    // PNDM takes one more step than asked (its PLMS warm-up), as diffusers' timesteps; an
+    // img2img run takes the solver's steps from diffusers' t_start on.
+    let num_steps = pipe.solver(&req).unwrap().num_steps();
     let total_expected = match &req.init {
-        Some(i) => (req.steps as f64 * i.strength) as usize,
-        None => pipe.solver(&req).unwrap().num_steps(),
+        Some(i) => num_steps - img2img_steps(req.steps, i.strength).unwrap().0,
+        None => num_steps,
     };
     let mut seen = Vec::new();
     let out = pipe
@@ -472,6 +482,33 @@ fn txt2img_matches_diffusers() {
 #[test]
 fn img2img_matches_diffusers() {
     run_golden("img2img");
+}
+
+/// Image-to-image with the solvers that keep a history (and the two-call ones), each
+/// started mid-schedule from a fresh state as diffusers' img2img pipeline does
+/// (scripts/goldens/make_tiny_sd_img2img_solvers.py): the repository's PNDM (PLMS warm-up
+/// restarted, one call more than ⌊steps·strength⌋) and its PRK variant, DPM-Solver++ 2M /
+/// 3M (20 steps, so the third-order update runs) / 2M SDE, UniPC, DEIS, DPM-Solver
+/// singlestep (started inside an order-2 group), LMS (the order from the position with the
+/// derivatives there are), Heun, KDPM2 and KDPM2 ancestral.
+#[test]
+fn img2img_solvers_match_diffusers() {
+    for case in [
+        "img2img_pndm",
+        "img2img_pndm_prk",
+        "img2img_dpmpp_2m",
+        "img2img_dpmpp_3m",
+        "img2img_dpmpp_2m_sde",
+        "img2img_unipc",
+        "img2img_deis",
+        "img2img_dpm_singlestep",
+        "img2img_lms",
+        "img2img_heun",
+        "img2img_dpm2",
+        "img2img_dpm2_ancestral",
+    ] {
+        run_golden(case);
+    }
 }
 
 /// The weight storage (the packed-f16 weights). The tiny repository stores its UNet
@@ -822,13 +859,14 @@ fn step_previews_and_memory_refusal() {
         image: Tensor::from_vec(&[1, 3, 16, 16], vec![0.5; 768]).unwrap(),
         strength: 0.5,
     });
-    req.solver = Some("pndm".into());
+    // A solver that cannot start mid-schedule, with the ones that can.
+    req.solver = Some("ddim_inverse".into());
     let e = pipe
         .generate(&mut exec, &req, &mut |_, _| panic!("no step may run"))
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("pndm") && e.contains("ddim"), "{e}");
+    assert!(e.contains("ddim_inverse") && e.contains("pndm"), "{e}");
     req.solver = Some("ddim".into());
     req.init.as_mut().unwrap().strength = 1.5;
     let e = pipe
@@ -895,7 +933,8 @@ fn sd_command_writes_a_png_and_refuses_bad_input() {
     assert!(sd_cli(&forced).status.success());
     assert_eq!(std::fs::read(&out).unwrap(), first);
 
-    // Image-to-image from the golden's init.png (strength 0.6 over 5 steps runs 3).
+    // Image-to-image from the golden's init.png with the repository's PNDM, as diffusers:
+    // strength 0.6 over 5 steps starts at t_start 2 of PNDM's 6 calls, so 4 run.
     let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/goldens/sd/init.png");
     let out2 = tmp.join("i2i.png");
     let r = sd_cli(&[
@@ -915,10 +954,11 @@ fn sd_command_writes_a_png_and_refuses_bad_input() {
         out2.to_str().unwrap(),
     ]);
     let stderr = String::from_utf8_lossy(&r.stderr);
+    let stdout = String::from_utf8_lossy(&r.stdout);
     assert!(r.status.success(), "{stderr}");
     assert!(
-        stderr.contains("ddim") && stderr.contains("step 3/3"),
-        "{stderr}"
+        stdout.contains("solver pndm") && stderr.contains("step 4/4"),
+        "{stdout}\n{stderr}"
     );
 
     let fresh = tmp.join("bad.png");
@@ -950,6 +990,12 @@ fn sd_command_writes_a_png_and_refuses_bad_input() {
     );
     let e = err(&["--strength", "0.5"]);
     assert!(e.contains("--init"), "{e}");
+    // A solver that cannot start mid-schedule is refused with the ones that can.
+    let e = err(&["--init", init.to_str().unwrap(), "--solver", "ddim_inverse"]);
+    assert!(
+        e.contains("ddim_inverse") && e.contains("pndm") && e.contains("dpmpp_2m"),
+        "{e}"
+    );
     assert!(!fresh.exists());
     // A repository without its VAE names the component.
     let broken = tmp.join("broken");

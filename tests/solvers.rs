@@ -14,6 +14,9 @@
 //! drew and the test feeds the same tensors through [`Noise::Given`]; this checks the
 //! deterministic coefficients *and* the noise scale of every step exactly. That Philox noise
 //! itself is the same on both backends is checked separately (`philox_cpu_gpu_same`).
+//! `<case>_begin<k>` goldens start at step k as diffusers' image-to-image pipeline does
+//! (`set_begin_index`, `add_noise` to the step's level, the scheduler's fresh state): the
+//! solver runs from [`Solver::begin`]`(k)` and its `add_noise_coefficients` are checked too.
 //!
 //! Tolerances, relative to the largest |value| of the step's golden tensor (elementwise
 //! relative error is meaningless where a value crosses zero): [`CPU_REL`] on the CPU
@@ -30,7 +33,7 @@ use serde_json::Value;
 use webdiffusion::ops::SolverUpdate;
 use webdiffusion::sampling::solvers::{
     initial_noise, sample, scale_initial_noise, schedule_class_for, solver_from_name, Control,
-    Denoiser, Noise, SolverOptions,
+    Denoiser, Noise, SolverOptions, StepContext,
 };
 use webdiffusion::sampling::{SchedulerClass, SchedulerConfig};
 use webdiffusion::{Error, Exec, Tensor};
@@ -145,11 +148,13 @@ fn run_golden(g: &Value, exec: &mut Exec) -> f64 {
         "{name}: init_noise_sigma {got}, diffusers {want}"
     );
     let traj = g["trajectory"].as_array().unwrap();
+    // `<case>_begin<k>`: an image-to-image start at step k, from diffusers' add_noise.
+    let first = g["begin"].as_u64().unwrap_or(0) as usize;
     let mut noise = VecDeque::new();
     for (i, s) in traj.iter().enumerate() {
         // Euler's converted (Karras) float32 timesteps come from numpy's SIMD log and differ
         // by a few ulps (see tests/schedules.rs, CONVERTED_T_ULPS); all others are exact.
-        let (got, want) = (solver.timestep(i), s["t"].as_f64().unwrap());
+        let (got, want) = (solver.timestep(first + i), s["t"].as_f64().unwrap());
         assert!(
             (got - want).abs() <= T_REL * want.abs(),
             "{name}: t[{i}] = {got}, diffusers {want}"
@@ -161,25 +166,54 @@ fn run_golden(g: &Value, exec: &mut Exec) -> f64 {
         }
     }
     let mut noise = Noise::Given(noise);
-    let unit = Tensor::from_vec(&shape, floats(&g["x_unit"])).unwrap();
-    let x_t = scale_initial_noise(exec, solver.as_ref(), &unit).unwrap();
     let mut model = FakeModel {
         c: Tensor::from_vec(&shape, floats(&g["c"])).unwrap(),
     };
     let mut got = Vec::new();
-    let res = sample(
-        exec,
-        solver.as_mut(),
-        &mut model,
-        &x_t,
-        &mut noise,
-        |_, info| {
-            got.push((info.x.clone(), info.x0.clone()));
-            Control::Continue
-        },
-    )
-    .unwrap();
-    assert_eq!(res.steps, traj.len());
+    if first == 0 {
+        let unit = Tensor::from_vec(&shape, floats(&g["x_unit"])).unwrap();
+        let x_t = scale_initial_noise(exec, solver.as_ref(), &unit).unwrap();
+        let res = sample(
+            exec,
+            solver.as_mut(),
+            &mut model,
+            &x_t,
+            &mut noise,
+            |_, info| {
+                got.push((info.x.clone(), info.x0.clone()));
+                Control::Continue
+            },
+        )
+        .unwrap();
+        assert_eq!(res.steps, traj.len());
+    } else {
+        // The solver's own add_noise coefficients, where it has them, are diffusers'.
+        if let Some((a, b)) = solver.add_noise_coefficients(first) {
+            let want = floats(&g["add_noise"]);
+            for (got, want) in [(a, want[0]), (b, want[1])] {
+                assert!(
+                    (got - want as f64).abs() <= 4.0 * f32::EPSILON as f64 * got.abs(),
+                    "{name}: add_noise coefficient {got}, diffusers {want}"
+                );
+            }
+        }
+        solver.begin(first).unwrap();
+        let mut x = exec
+            .upload(&Tensor::from_vec(&shape, floats(&g["x_start"])).unwrap())
+            .unwrap();
+        for i in first..solver.num_steps() {
+            let mut ctx = StepContext {
+                exec,
+                noise: &mut noise,
+                step: i as u32,
+            };
+            let out = solver.step(&mut ctx, &mut model, i, &x).unwrap();
+            x = out.prev_sample;
+            got.push((x.clone(), out.x0));
+            exec.submit().unwrap();
+        }
+        assert_eq!(got.len(), traj.len(), "{name}: steps from {first}");
+    }
     let mut worst = 0f64;
     for (i, (s, (x, x0))) in traj.iter().zip(&got).enumerate() {
         let xs = webdiffusion::platform::block_on(exec.read_many(&[x, x0])).unwrap();

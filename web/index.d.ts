@@ -229,7 +229,7 @@ export interface GenerateOptions {
    * one-step sampling uses "trailing"). */
   timestepSpacing?: 'leading' | 'trailing' | 'linspace';
   /** Stable Diffusion image-to-image: the start image (the run takes its size) and how much
-   * to change it (0 to 1, default 0.8); solvers ddim, ddpm, euler, euler_ancestral, lcm. */
+   * to change it (0 to 1, default 0.8); any solver but ddim_inverse and consistency. */
   initImage?: ImageData | { width: number; height: number; data: Uint8ClampedArray };
   strength?: number;
   /** Stable Diffusion: unit-variance initial latents (1, C, height/f, width/f), like

@@ -21,7 +21,11 @@ Classes that return no pred_original_sample get the x0 their Rust solver preview
 the model output in float64). LMS goldens also carry diffusers' integrated coefficients
 (`lms_coeffs`, from scipy.integrate.quad; scipy 1.16.3). Cases in F64_REFERENCE are also run
 with the scheduler in float64 (`<name>_f64.json`), the reference where diffusers' own float32
-run is ill-conditioned. Optional further arguments pick cases by name prefix:
+run is ill-conditioned. Cases in BEGIN_CASES (`<case>_begin<k>`) start mid-schedule as
+diffusers' image-to-image pipeline does: `set_begin_index(k·order)` where the scheduler has
+it, x = `add_noise(c/2, x_unit, timesteps[k·order])` (stored as `x_start`, with the
+`add_noise` coefficients), then `timesteps[k·order:]` from the scheduler's fresh state.
+Optional further arguments pick cases by name prefix:
 
     python scripts/goldens/make_solver_goldens.py tests/goldens/solvers lms deis_3
 """
@@ -402,7 +406,7 @@ def multistep_x0(sched, k, sample, output):
     return x0.float()
 
 
-def run(name, solver, cls, overrides, steps, eta, extra=({}, {}), shape=SHAPE):
+def run(name, solver, cls, overrides, steps, eta, extra=({}, {}), shape=SHAPE, begin=0):
     # The thresholding cases give their shape as the seventh item.
     if all(isinstance(v, int) for v in extra):
         extra, shape = ({}, {}), tuple(extra)
@@ -413,10 +417,26 @@ def run(name, solver, cls, overrides, steps, eta, extra=({}, {}), shape=SHAPE):
     x_unit = torch.randn(shape, generator=g, dtype=torch.float32)
     c = torch.randn(shape, generator=g, dtype=torch.float32)
     gen = torch.Generator().manual_seed(99)
-    latents = x_unit * sched.init_noise_sigma
+    start = begin * sched.order
+    begin_out = {}
+    if begin:
+        # diffusers' img2img start (pipeline_stable_diffusion_img2img.get_timesteps).
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(start)
+        t0 = sched.timesteps[start : start + 1]
+        latents = sched.add_noise(0.5 * c, x_unit, t0)
+        one, zero = torch.ones(1), torch.zeros(1)
+        begin_out = {
+            "begin": begin,
+            "x_start": f32list(latents),
+            "add_noise": [float(sched.add_noise(one, zero, t0)), float(sched.add_noise(zero, one, t0))],
+        }
+    else:
+        latents = x_unit * sched.init_noise_sigma
     traj = []
     first_t = None
-    for k, t in enumerate(sched.timesteps):
+    for k in range(start, len(sched.timesteps)):
+        t = sched.timesteps[k]
         # Heun calls step() twice per step (timesteps interleaved): record a step once it
         # is complete (state back to first order), with the time of its first stage.
         if first_t is None:
@@ -480,6 +500,7 @@ def run(name, solver, cls, overrides, steps, eta, extra=({}, {}), shape=SHAPE):
         ]
     return {
         **extra_out,
+        **begin_out,
         "name": name,
         "solver": solver,
         "class": cls.__name__,
@@ -530,6 +551,35 @@ def run_f64(name, solver, cls, overrides, steps, eta, extra=({}, {})):
 F64_REFERENCE = ("deis_3_v_karras", "deis_3_eps_leading_nolof")
 
 
+# Mid-schedule starts (image-to-image): (case, first step); each becomes `<case>_begin<k>`.
+BEGIN_CASES = [
+    ("pndm_plms_eps", 3),
+    ("pndm_prk_eps", 3),
+    ("dpmpp_2m_eps", 3),
+    ("dpmpp_3m_eps_20", 5),
+    ("dpmpp_2m_sde_eps", 4),
+    ("unipc_bh2_3_eps_20", 5),
+    ("unipc_bh1_3_v_karras", 2),
+    ("deis_2_eps", 3),
+    ("dpms_2s_eps", 3),
+    ("dpms_3s_v_karras", 4),
+    ("lms_eps", 3),
+    ("lms_order2_trailing", 1),
+    ("heun_eps", 3),
+    ("dpm2_v_karras", 3),
+    ("dpm2_a_eps", 3),
+    ("euler_eps", 7),
+    ("ddim_eps", 4),
+]
+
+
+def begin_cases():
+    by_name = {c[0]: c for c in CASES}
+    for base, k in BEGIN_CASES:
+        case = by_name[base]
+        yield (f"{base}_begin{k}",) + case[1:], k
+
+
 def main():
     out_dir = sys.argv[1] if len(sys.argv) > 1 else "tests/goldens/solvers"
     os.makedirs(out_dir, exist_ok=True)
@@ -543,6 +593,14 @@ def main():
         if only and not any(case[0].startswith(p) for p in only):
             continue
         g = run(*case)
+        with open(os.path.join(out_dir, case[0] + ".json"), "w") as f:
+            json.dump(g, f, separators=(",", ":"), allow_nan=False)
+        print(case[0], len(g["trajectory"]), "steps")
+    for case, k in begin_cases():
+        if only and not any(case[0].startswith(p) for p in only):
+            continue
+        extra = case[6:]
+        g = run(*case[:6], *extra, begin=k) if extra else run(*case, begin=k)
         with open(os.path.join(out_dir, case[0] + ".json"), "w") as f:
             json.dump(g, f, separators=(",", ":"), allow_nan=False)
         print(case[0], len(g["trajectory"]), "steps")

@@ -109,9 +109,63 @@ pub fn guidance_scale_embedding(guidance_scale: f64, dim: usize) -> Result<Tenso
     Tensor::from_vec(&[1, dim], e)
 }
 
-/// Solvers whose steps do not depend on earlier ones, so image-to-image can start part-way
-/// down the schedule (multistep solvers keep a history that starts at step 0 here).
-pub const IMG2IMG_SOLVERS: &[&str] = &["ddim", "ddpm", "euler", "euler_ancestral", "lcm"];
+/// Solvers that image-to-image can start part-way down the schedule, as diffusers'
+/// `StableDiffusionImg2ImgPipeline` runs them: history-free ones as they are, multistep ones
+/// (PNDM, DPM-Solver, UniPC, DEIS, LMS, …) with a fresh history from the first step run
+/// ([`Solver::begin`]). Not here: `ddim_inverse` (it runs up the schedule) and
+/// `consistency` (consistency-model networks, not Stable Diffusion's).
+pub const IMG2IMG_SOLVERS: &[&str] = &[
+    "ddim",
+    "ddpm",
+    "euler",
+    "euler_ancestral",
+    "heun",
+    "dpm_multistep",
+    "dpmpp_2m",
+    "dpmpp_3m",
+    "dpmpp_2m_sde",
+    "dpmpp_3m_sde",
+    "unipc",
+    "unipc_bh1",
+    "unipc_bh2",
+    "pndm",
+    "plms",
+    "lms",
+    "dpm2",
+    "dpm2_ancestral",
+    "dpm_singlestep",
+    "dpmpp_2s",
+    "dpmpp_3s",
+    "deis",
+    "lcm",
+];
+
+/// The solver steps an image-to-image run with `strength` over `steps` takes, as
+/// `(first, end)` indices into the solver's own steps, with `solver` prepared to start at
+/// `first` ([`Solver::begin`]). diffusers' `get_timesteps`: t_start = steps − ⌊steps·s⌋,
+/// the loop runs `scheduler.timesteps[t_start·order:]` to the end from a fresh scheduler
+/// state. One step here is one of diffusers' `order` calls (Heun, KDPM2: 2), so `first` is
+/// t_start for every solver; the end is the solver's last step (PNDM's list holds its
+/// PLMS warm-up call too, so it runs one more step than ⌊steps·s⌋, as diffusers does).
+pub fn img2img_range(
+    solver: &mut dyn Solver,
+    steps: usize,
+    strength: f64,
+) -> Result<(usize, usize)> {
+    let name = solver.name();
+    if !IMG2IMG_SOLVERS.contains(&name) {
+        return Err(Error::invalid(
+            "img2img",
+            format!(
+                "image-to-image starts part-way down the schedule, which the {name} solver does not do; pick one of {}",
+                IMG2IMG_SOLVERS.join(", ")
+            ),
+        ));
+    }
+    let (first, _) = img2img_steps(steps, strength)?;
+    solver.begin(first)?;
+    Ok((first, solver.num_steps()))
+}
 
 /// The linear latent preview: one 1×1 convolution with [`LATENT_RGB_FACTORS`].
 pub struct LatentPreview {
@@ -714,16 +768,6 @@ impl SdPipeline {
         let range = match &req.init {
             None => (0, solver.num_steps()),
             Some(init) => {
-                let name = solver.name();
-                if !IMG2IMG_SOLVERS.contains(&name) {
-                    return Err(Error::invalid(
-                        op,
-                        format!(
-                            "image-to-image starts part-way down the schedule, which the {name} solver (it keeps a history from step 0) does not do here; pick one of {}",
-                            IMG2IMG_SOLVERS.join(", ")
-                        ),
-                    ));
-                }
                 let s = init.image.shape();
                 if s != [1, 3, height, width] {
                     return Err(Error::shape(
@@ -733,8 +777,7 @@ impl SdPipeline {
                         s,
                     ));
                 }
-                let (first, run) = img2img_steps(req.steps, init.strength)?;
-                (first, first + run)
+                img2img_range(solver.as_mut(), req.steps, init.strength)?
             }
         };
         let given = req.given_noise.as_ref();
@@ -859,6 +902,8 @@ impl SdPipeline {
     }
 
     /// diffusers' `scheduler.add_noise(x0, ε, t)` at step `first` as `(a, b)` of `a·x0 + b·ε`:
+    /// the solver's own when it has them ([`Solver::add_noise_coefficients`]: (α_t, σ_t) of
+    /// the DPM-Solver family's σ, σ of Heun, KDPM2, LMS), else
     /// (√ᾱ_t, √(1 − ᾱ_t)) for the ᾱ schedulers, (1, σ) for the σ ones (Euler family).
     pub fn add_noise_coefficients(
         &self,
@@ -866,6 +911,9 @@ impl SdPipeline {
         solver: &dyn Solver,
         first: usize,
     ) -> Result<(f64, f64)> {
+        if let Some(ab) = solver.add_noise_coefficients(first) {
+            return Ok(ab);
+        }
         let name = solver.name();
         let class = schedule_class_for(name)
             .ok_or_else(|| Error::invalid("img2img", format!("no schedule for solver {name}")))?;

@@ -29,8 +29,8 @@ use crate::gpu::GpuContext;
 use crate::models::{TaesdConfig, TinyDecoder, UNet};
 use crate::ops::{Concat, SolverUpdate};
 use crate::pipeline::repo::{weight_candidates, Needed, SdRepo};
-use crate::pipeline::sd::{img2img_steps, Overrides, SdConfigs};
-use crate::pipeline::sd_run::{InitImage, LatentPreview, Request, SdPipeline, IMG2IMG_SOLVERS};
+use crate::pipeline::sd::{Overrides, SdConfigs};
+use crate::pipeline::sd_run::{img2img_range, InitImage, LatentPreview, Request, SdPipeline};
 use crate::pipeline::VaeTiling;
 use crate::sampling::solvers::ALIASES;
 use crate::sampling::solvers::{initial_noise, Denoiser, Noise, Solver, StepContext, StepInfo};
@@ -583,17 +583,8 @@ async fn run(
     let mut solver = pipe.solver(&req)?;
     let range = match &o.init {
         None => (0, solver.num_steps()),
-        Some(init) => {
-            let name = solver.name();
-            if !IMG2IMG_SOLVERS.contains(&name) {
-                return Err(WdError::bad_option(format!(
-                    "image-to-image starts part-way down the schedule, which the {name} solver does not do here; pick one of {}",
-                    IMG2IMG_SOLVERS.join(", ")
-                )));
-            }
-            let (first, n) = img2img_steps(o.steps, init.strength)?;
-            (first, first + n)
-        }
+        // The same start as the native pipeline: a fresh solver state at the first step.
+        Some(init) => img2img_range(solver.as_mut(), o.steps, init.strength)?,
     };
 
     // Text → encoder hidden states (the negative prompt is the unconditional pass).

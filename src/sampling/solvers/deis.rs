@@ -233,6 +233,21 @@ impl Solver for Deis {
         1.0
     }
 
+    /// Empty history and `lower_order_nums = 0` at `first`; [`Self::step_order`] keeps
+    /// counting the final steps from the end of the whole schedule, as diffusers.
+    fn begin(&mut self, first: usize) -> Result<()> {
+        check_step(OP, first, self.timesteps.len())?;
+        self.history.clear();
+        self.lower_order_nums = 0;
+        self.next_step = first;
+        Ok(())
+    }
+
+    /// `α_t·x₀ + σ_t·ε` at the step's σ (`_sigma_to_alpha_sigma_t`).
+    fn add_noise_coefficients(&self, i: usize) -> Option<(f64, f64)> {
+        (i < self.sigmas.len()).then(|| self.alpha_sigma(i))
+    }
+
     fn step(
         &mut self,
         ctx: &mut StepContext<'_>,
@@ -242,9 +257,7 @@ impl Solver for Deis {
     ) -> Result<StepOutput> {
         check_step(OP, i, self.timesteps.len())?;
         if i == 0 {
-            self.history.clear();
-            self.lower_order_nums = 0;
-            self.next_step = 0;
+            self.begin(0)?;
         }
         check_order(OP, i, self.next_step)?;
         let fusable = self.processing == X0Processing::None;

@@ -426,6 +426,22 @@ impl Solver for DpmSolverMultistep {
         1.0
     }
 
+    /// Empty `model_outputs` and `lower_order_nums = 0` at `first`; [`Self::step_order`]
+    /// keeps counting the final steps from the end of the whole schedule, as diffusers'
+    /// `len(self.timesteps)` after `set_begin_index`.
+    fn begin(&mut self, first: usize) -> Result<()> {
+        check_step(OP, first, self.timesteps.len())?;
+        self.history.clear();
+        self.lower_order_nums = 0;
+        self.next_step = first;
+        Ok(())
+    }
+
+    /// `α_t·x₀ + σ_t·ε` at the step's σ (`_sigma_to_alpha_sigma_t`).
+    fn add_noise_coefficients(&self, i: usize) -> Option<(f64, f64)> {
+        Some(self.alpha_sigma(*self.sigmas.get(i)?))
+    }
+
     fn step(
         &mut self,
         ctx: &mut StepContext<'_>,
@@ -436,9 +452,7 @@ impl Solver for DpmSolverMultistep {
         check_step(OP, i, self.timesteps.len())?;
         if i == 0 {
             // A new trajectory.
-            self.history.clear();
-            self.lower_order_nums = 0;
-            self.next_step = 0;
+            self.begin(0)?;
         }
         check_order(OP, i, self.next_step)?;
         let fusable = self.processing == X0Processing::None && !self.algorithm.stochastic();

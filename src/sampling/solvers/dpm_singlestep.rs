@@ -334,6 +334,23 @@ impl Solver for DpmSolverSinglestep {
         1.0
     }
 
+    /// Empty `model_outputs` and no anchor sample at `first`. A start inside an order-2 or
+    /// order-3 group then takes the order the history allows (`order_list[i]` capped by the
+    /// outputs kept, diffusers' `while self.model_outputs[-order] is None: order -= 1`), so
+    /// the first step is first order and anchors the group.
+    fn begin(&mut self, first: usize) -> Result<()> {
+        check_step(OP, first, self.timesteps.len())?;
+        self.history.clear();
+        self.anchor = None;
+        self.next_step = first;
+        Ok(())
+    }
+
+    /// `α_t·x₀ + σ_t·ε` at the step's σ (`_sigma_to_alpha_sigma_t`).
+    fn add_noise_coefficients(&self, i: usize) -> Option<(f64, f64)> {
+        Some(self.alpha_sigma(*self.sigmas.get(i)?))
+    }
+
     fn step(
         &mut self,
         ctx: &mut StepContext<'_>,
@@ -343,9 +360,7 @@ impl Solver for DpmSolverSinglestep {
     ) -> Result<StepOutput> {
         check_step(OP, i, self.timesteps.len())?;
         if i == 0 {
-            self.history.clear();
-            self.anchor = None;
-            self.next_step = 0;
+            self.begin(0)?;
         }
         check_order(OP, i, self.next_step)?;
         let fusable = self.processing == X0Processing::None

@@ -61,6 +61,12 @@ impl Solver for Heun {
         self.s.init_noise_sigma
     }
 
+    /// `x₀ + σ·ε` at the step's σ: diffusers' interleaved `sigmas[2·i]` (its begin index is
+    /// `2·i`, this step's first call).
+    fn add_noise_coefficients(&self, i: usize) -> Option<(f64, f64)> {
+        Some((1.0, *self.s.sigmas.get(i)?))
+    }
+
     fn step(
         &mut self,
         ctx: &mut StepContext<'_>,

@@ -109,6 +109,22 @@ impl Solver for Lms {
         self.s.init_noise_sigma
     }
 
+    /// No derivatives kept at `first`. diffusers still picks the order from the position
+    /// (`min(step_index + 1, 4)`), so the first steps use the leading coefficients of that
+    /// higher-order rule ([`Lms::coefficients`]) over the derivatives there are (its `zip`
+    /// stops at the shorter list), not a lower-order rule.
+    fn begin(&mut self, first: usize) -> Result<()> {
+        check_step(OP, first, self.s.timesteps.len())?;
+        self.derivatives.clear();
+        self.next_step = first;
+        Ok(())
+    }
+
+    /// `x₀ + σ·ε` at the step's σ.
+    fn add_noise_coefficients(&self, i: usize) -> Option<(f64, f64)> {
+        Some((1.0, *self.s.sigmas.get(i)?))
+    }
+
     fn step(
         &mut self,
         ctx: &mut StepContext<'_>,
@@ -118,8 +134,7 @@ impl Solver for Lms {
     ) -> Result<StepOutput> {
         check_step(OP, i, self.s.timesteps.len())?;
         if i == 0 {
-            self.derivatives.clear();
-            self.next_step = 0;
+            self.begin(0)?;
         }
         check_order(OP, i, self.next_step)?;
         let sigma = self.s.sigmas[i];
@@ -130,7 +145,8 @@ impl Solver for Lms {
             ModelOutput::GuidedPair { pair, scale } => {
                 // The guidance combine, d_i and the update in one dispatch; x̂₀ = x − σ·d_i.
                 let d_conv = ((1.0 - a) / sigma, -b / sigma);
-                let c = self.coefficients(i);
+                let mut c = self.coefficients(i);
+                c.truncate(self.derivatives.len() + 1);
                 let (prev_sample, d) =
                     ctx.guided_multistep(&pair, scale, d_conv, x, 1.0, &c, &self.derivatives)?;
                 let x0 = ctx.combine(&[1.0, -sigma], &[x, &d])?;
@@ -148,7 +164,10 @@ impl Solver for Lms {
         while self.derivatives.len() > self.order {
             self.derivatives.pop_front();
         }
-        let c = self.coefficients(i);
+        let mut c = self.coefficients(i);
+        // After a mid-schedule start there may be fewer derivatives than the order:
+        // diffusers' `zip(lms_coeffs, reversed(self.derivatives))` drops the extra ones.
+        c.truncate(self.derivatives.len());
         let mut coefs = vec![1.0];
         let mut inputs = vec![x];
         let n = self.derivatives.len();

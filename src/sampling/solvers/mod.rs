@@ -288,8 +288,27 @@ pub trait Solver {
     }
     /// The scale of the initial noise (`init_noise_sigma`).
     fn init_noise_sigma(&self) -> f64;
+    /// Prepares a run that starts at step `first` (image-to-image) with the solver's fresh
+    /// state: no model outputs kept, warm-up counters at zero, while every decision that
+    /// depends on the position in the schedule (final-step order drops, the step's σ) still
+    /// sees the whole schedule. This is diffusers' `set_begin_index(first·order)` on a
+    /// scheduler whose `set_timesteps` was just called (`order` = 2 for the schedulers that
+    /// interleave two calls per step, which are one step here). The default is for solvers
+    /// that keep nothing between steps; a step `i = 0` resets the state on its own (a run
+    /// from the start needs no `begin`).
+    fn begin(&mut self, first: usize) -> Result<()> {
+        check_step(self.name(), first, self.num_steps())
+    }
+    /// diffusers' `add_noise(x₀, ε, t)` at step `i` (where image-to-image starts) as (a, b)
+    /// of `a·x₀ + b·ε`, for solvers that hold their own noise levels (σ schedules that may
+    /// differ from the training schedule, e.g. Karras σ); `None`: the caller derives it from
+    /// the schedule at the step's timestep.
+    fn add_noise_coefficients(&self, _i: usize) -> Option<(f64, f64)> {
+        None
+    }
     /// Step `i` from `x`: calls the model (once, or more for multi-stage solvers) and applies
-    /// the update. Steps must be taken in order 0, 1, … (multistep solvers keep history).
+    /// the update. Steps must be taken in order 0, 1, … or `first`, `first + 1`, … after
+    /// [`Solver::begin`] (multistep solvers keep history).
     fn step(
         &mut self,
         ctx: &mut StepContext<'_>,

@@ -37,6 +37,8 @@ pub struct Pndm {
     prediction: PredictionType,
     /// `num_train_timesteps // num_inference_steps`.
     ratio: i64,
+    /// The call the run started at ([`Solver::begin`]); `counter` counts from it.
+    first: usize,
     counter: usize,
     /// Raw outputs of the multistep history (`ets`), oldest first.
     ets: VecDeque<Tensor>,
@@ -116,6 +118,7 @@ impl Pndm {
             alphas_cumprod: schedule.alphas_cumprod,
             prediction: cfg.prediction_type,
             ratio,
+            first: 0,
             counter: 0,
             ets: VecDeque::new(),
             stages: Vec::new(),
@@ -169,6 +172,23 @@ impl Solver for Pndm {
         1.0
     }
 
+    /// A fresh `counter = 0`, `ets = []` at call `first`. diffusers' PNDM has no begin index:
+    /// its image-to-image loop runs `timesteps[first:]` through a fresh scheduler, whose
+    /// warm-up is driven by the counter alone, so the run starts over with the PLMS warm-up
+    /// (Euler, then the averaged step, which returns to the warm-up's first sample and steps
+    /// from one ratio above the call's time) or the PRK stages (whose base time is
+    /// `timesteps[counter/4·4]` of the whole list, as in `step_prk`), while each call's own
+    /// time is still `timesteps[i]`.
+    fn begin(&mut self, first: usize) -> Result<()> {
+        check_step(OP, first, self.timesteps.len())?;
+        self.first = first;
+        self.counter = 0;
+        self.ets.clear();
+        self.stages.clear();
+        self.cur_sample = None;
+        Ok(())
+    }
+
     fn step(
         &mut self,
         ctx: &mut StepContext<'_>,
@@ -178,12 +198,9 @@ impl Solver for Pndm {
     ) -> Result<StepOutput> {
         check_step(OP, i, self.timesteps.len())?;
         if i == 0 {
-            self.counter = 0;
-            self.ets.clear();
-            self.stages.clear();
-            self.cur_sample = None;
+            self.begin(0)?;
         }
-        check_order(OP, i, self.counter)?;
+        check_order(OP, i, self.first + self.counter)?;
         let t_call = self.timesteps[i] as i64;
         let out = model.denoise(ctx.exec, x, t_call as f64)?;
         let (ax, bx) = self.x0_coefficients(t_call);

@@ -337,6 +337,23 @@ impl Solver for UniPc {
         1.0
     }
 
+    /// Empty history, no `last_sample` (so the first step runs no corrector, as diffusers'
+    /// `use_corrector` needs one) and `lower_order_nums = 0` at `first`; the predictor's
+    /// final-step order drop counts from the end of the whole schedule.
+    fn begin(&mut self, first: usize) -> Result<()> {
+        check_step(OP, first, self.timesteps.len())?;
+        self.history.clear();
+        self.last_sample = None;
+        self.lower_order_nums = 0;
+        self.next_step = first;
+        Ok(())
+    }
+
+    /// `α_t·x₀ + σ_t·ε` at the step's σ (`_sigma_to_alpha_sigma_t`).
+    fn add_noise_coefficients(&self, i: usize) -> Option<(f64, f64)> {
+        Some(self.alpha_sigma(*self.sigmas.get(i)?))
+    }
+
     fn step(
         &mut self,
         ctx: &mut StepContext<'_>,
@@ -346,10 +363,7 @@ impl Solver for UniPc {
     ) -> Result<StepOutput> {
         check_step(OP, i, self.timesteps.len())?;
         if i == 0 {
-            self.history.clear();
-            self.last_sample = None;
-            self.lower_order_nums = 0;
-            self.next_step = 0;
+            self.begin(0)?;
         }
         check_order(OP, i, self.next_step)?;
         let fusable = self.processing == X0Processing::None;
