@@ -102,27 +102,12 @@ impl Guided<UNet> {
         uncond: Conditioning<'_>,
         scale: f64,
     ) -> Result<Self> {
-        let ehs = match (uncond.encoder_hidden_states, cond.encoder_hidden_states) {
-            (Some(u), Some(c)) => {
-                if u.shape() != c.shape() {
-                    return Err(Error::shape(
-                        "guidance",
-                        "unconditional encoder_hidden_states",
-                        format!("{:?} like the conditional ones", c.shape()),
-                        u.shape(),
-                    ));
-                }
-                let (u, c) = (exec.upload(u)?, exec.upload(c)?);
-                Some(exec.run(&Concat::new(0), &[&u, &c])?)
-            }
-            (None, None) => None,
-            _ => {
-                return Err(Error::invalid(
-                    "guidance",
-                    "give encoder_hidden_states for both the conditional and the unconditional pass, or for neither",
-                ))
-            }
-        };
+        let ehs = batch_pair(
+            exec,
+            "encoder_hidden_states",
+            uncond.encoder_hidden_states,
+            cond.encoder_hidden_states,
+        )?;
         let labels = match (uncond.class_labels, cond.class_labels) {
             (Some(u), Some(c)) => {
                 if u.len() != c.len() {
@@ -147,27 +132,12 @@ impl Guided<UNet> {
         };
         // LCM's guidance embedding (pipelines do not combine it with CFG, as diffusers, but a
         // caller may): batched like the hidden states.
-        let t_cond = match (uncond.timestep_cond, cond.timestep_cond) {
-            (Some(u), Some(c)) => {
-                if u.shape() != c.shape() {
-                    return Err(Error::shape(
-                        "guidance",
-                        "unconditional timestep_cond",
-                        format!("{:?} like the conditional one", c.shape()),
-                        u.shape(),
-                    ));
-                }
-                let (u, c) = (exec.upload(u)?, exec.upload(c)?);
-                Some(exec.run(&Concat::new(0), &[&u, &c])?)
-            }
-            (None, None) => None,
-            _ => {
-                return Err(Error::invalid(
-                    "guidance",
-                    "give timestep_cond for both the conditional and the unconditional pass, or for neither",
-                ))
-            }
-        };
+        let t_cond = batch_pair(
+            exec,
+            "timestep_cond",
+            uncond.timestep_cond,
+            cond.timestep_cond,
+        )?;
         unet.set_encoder_hidden_states(exec, ehs.as_ref())?;
         unet.set_timestep_cond(exec, t_cond.as_ref())?;
         unet.set_class_labels(labels);
@@ -255,4 +225,36 @@ pub fn guidance_combine(
         &[&cfg.reshape(&[n, m])?, &factor.reshape(&[n, 1])?],
     )?;
     out.reshape(cfg.shape())
+}
+
+/// The unconditional and conditional `what` stacked on the batch axis (uncond first), as the
+/// doubled batch of classifier-free guidance takes it; both or neither must be given, of one
+/// shape.
+fn batch_pair(
+    exec: &mut Exec,
+    what: &str,
+    uncond: Option<&Tensor>,
+    cond: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    match (uncond, cond) {
+        (Some(u), Some(c)) => {
+            if u.shape() != c.shape() {
+                return Err(Error::shape(
+                    "guidance",
+                    format!("unconditional {what}"),
+                    format!("{:?} like the conditional one", c.shape()),
+                    u.shape(),
+                ));
+            }
+            let (u, c) = (exec.upload(u)?, exec.upload(c)?);
+            Ok(Some(exec.run(&Concat::new(0), &[&u, &c])?))
+        }
+        (None, None) => Ok(None),
+        _ => Err(Error::invalid(
+            "guidance",
+            format!(
+                "give {what} for both the conditional and the unconditional pass, or for neither"
+            ),
+        )),
+    }
 }
