@@ -132,7 +132,9 @@ pub async fn load(lctx: &LoadCtx, base: &str, index: &str) -> WdResult<(SdModel,
         &mut vae,
     )?;
     let taesd = match lctx.preview_decoder.borrow().clone() {
-        Some(url) => Some(load_preview_decoder(lctx, &url, configs_latents(&pipe)).await?),
+        Some(url) => {
+            Some(load_preview_decoder(lctx, &url, pipe.configs().vae.latent_channels).await?)
+        }
         None => None,
     };
     let model = SdModel {
@@ -142,10 +144,6 @@ pub async fn load(lctx: &LoadCtx, base: &str, index: &str) -> WdResult<(SdModel,
         load_ms: 0.0,
     };
     Ok((model, parameters, bytes))
-}
-
-fn configs_latents(pipe: &SdPipeline) -> usize {
-    pipe.configs().vae.latent_channels
 }
 
 /// TAESD's output conv bias is folded on the host; the rest streams to the GPU.

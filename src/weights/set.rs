@@ -385,27 +385,6 @@ impl Weights {
         })
     }
 
-    /// Removes `name` and returns it packed two f16 per `u32` (element `2i` in the low half
-    /// of word `i`), for an f16 weight path. Values beyond f16's range are an error.
-    pub fn take_f16_words(&mut self, name: &str, expected_shape: &[usize]) -> Result<Vec<u32>> {
-        let e = self.take_entry(name, expected_shape)?;
-        if e.device.is_some() {
-            return Err(Error::invalid(
-                "weights",
-                format!(
-                    "tensor `{name}` was uploaded as float32 while loading; it has no f16 copy"
-                ),
-            ));
-        }
-        ReadyTensor {
-            file: e.file,
-            name: name.to_string(),
-            shape: e.shape,
-            data: e.data,
-        }
-        .to_f16_words()
-    }
-
     /// Checks a whole manifest of `(name, shape)` at once, before any is taken, so one error
     /// lists every missing tensor (the first few and a count) rather than the first only;
     /// then the first shape mismatch.
@@ -519,7 +498,17 @@ mod tests {
             w.take("dev", &[3]).unwrap().cpu_data(),
             Some(&[4.0, 5.0, 6.0][..])
         );
-        assert!(w.take_f16_words("host", &[2]).is_ok());
+        assert!(matches!(w.take_stored("host", &[2]), Ok(Stored::Host(_))));
+        // A packed entry goes only to the layers that read packed weights.
+        let words = Tensor::from_vec(&[2, 2], vec![0.0; 4]).unwrap();
+        w.insert_device_packed("a.safetensors".into(), "packed".into(), Dtype::F16, words)
+            .unwrap();
+        let e = w.take("packed", &[2, 2]).unwrap_err().to_string();
+        assert!(e.contains("packed float16"), "{e}");
+        assert!(matches!(
+            w.take_stored("packed", &[2, 2]),
+            Ok(Stored::Device { packed: true, .. })
+        ));
         assert!(w.finish_unused(false).is_ok());
     }
 }
