@@ -420,6 +420,33 @@ struct Win {
     ctx: Arc<GpuContext>,
     renderer: Renderer,
     capture: bool,
+    /// A resize or a lost frame asked for the surface to be configured again (next redraw).
+    needs_configure: bool,
+    /// Consecutive failed configurations; each is retried at the next redraw.
+    configure_failures: u32,
+}
+
+/// A surface that fails to configure this many times in a row ends the preview.
+const MAX_CONFIGURE_FAILURES: u32 = 10;
+
+/// (Re)configure the window's surface. wgpu waits for the GPU to go idle first and fails if
+/// another thread submits meanwhile, so the sampling thread's submissions are held off
+/// ([`GpuContext::exclusive`]); any error is caught in an error scope on this thread instead
+/// of landing in the sampling run's error list.
+fn configure_surface(
+    ctx: &GpuContext,
+    surface: &wgpu::Surface<'static>,
+    config: &wgpu::SurfaceConfiguration,
+) -> Result<()> {
+    let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    ctx.exclusive(|| surface.configure(&ctx.device, config));
+    match block_on(scope.pop()) {
+        None => Ok(()),
+        Some(e) => Err(preview_error(format!(
+            "could not configure the window surface at {}x{}: {e}",
+            config.width, config.height
+        ))),
+    }
 }
 
 struct App<'scope, 'env, T, F> {
@@ -526,8 +553,7 @@ where
             },
             view_formats: vec![],
         };
-        surface.configure(&ctx.device, &config);
-        ctx.take_error("configuring the preview window's surface")?;
+        configure_surface(&ctx, &surface, &config)?;
         let renderer = Renderer::new(&ctx, format)?;
         self.report.surface_format = Some(format);
         Ok(Win {
@@ -537,6 +563,8 @@ where
             ctx,
             renderer,
             capture,
+            needs_configure: false,
+            configure_failures: 0,
         })
     }
 
@@ -591,14 +619,43 @@ where
         }
         win.config.width = size.width;
         win.config.height = size.height;
-        win.surface.configure(&win.ctx.device, &win.config);
+        // Configured at the next redraw, where a failure can end the preview with an error.
+        win.needs_configure = true;
         win.window.request_redraw();
+    }
+
+    /// Configure the surface if a resize or a lost frame asked for it. `Ok(false)`: it failed
+    /// this time and the frame is skipped (the next redraw retries).
+    fn reconfigure(win: &mut Win) -> Result<bool> {
+        if !win.needs_configure {
+            return Ok(true);
+        }
+        match configure_surface(&win.ctx, &win.surface, &win.config) {
+            Ok(()) => {
+                win.needs_configure = false;
+                win.configure_failures = 0;
+                Ok(true)
+            }
+            Err(e) if win.configure_failures + 1 < MAX_CONFIGURE_FAILURES => {
+                win.configure_failures += 1;
+                log::warn!(
+                    "preview: {e} (try {} of {MAX_CONFIGURE_FAILURES}); retrying at the next frame",
+                    win.configure_failures
+                );
+                win.window.request_redraw();
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn redraw(&mut self, el: &ActiveEventLoop) -> Result<()> {
         let Some(win) = &mut self.win else {
             return Ok(());
         };
+        if !Self::reconfigure(win)? {
+            return Ok(());
+        }
         let texture = match win.surface.get_current_texture() {
             wgpu::CurrentSurfaceTexture::Success(t)
             | wgpu::CurrentSurfaceTexture::Suboptimal(t) => t,
@@ -606,7 +663,7 @@ where
                 return Ok(())
             }
             wgpu::CurrentSurfaceTexture::Outdated | wgpu::CurrentSurfaceTexture::Lost => {
-                win.surface.configure(&win.ctx.device, &win.config);
+                win.needs_configure = true;
                 win.window.request_redraw();
                 return Ok(());
             }
@@ -642,7 +699,7 @@ where
             &panels,
             &self.opts.layout,
         )?;
-        win.ctx.queue.submit([encoder.finish()]);
+        win.ctx.submit_commands([encoder.finish()]);
         let seq = self.frame.as_ref().map_or(0, |f| f.seq);
         if win.capture {
             let rgba = block_on(render::read_rgba(&win.ctx, &texture.texture))?;

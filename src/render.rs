@@ -708,7 +708,7 @@ pub async fn render_offscreen(
             label: Some("offscreen render"),
         });
     renderer.draw_mode(ctx, &mut encoder, &view, (w, h), &[t], layout, mode)?;
-    ctx.queue.submit([encoder.finish()]);
+    ctx.submit_commands([encoder.finish()]);
     ctx.take_error("rendering offscreen")?;
     Ok((w, h, read_rgba(ctx, &texture).await?))
 }
@@ -753,7 +753,7 @@ pub async fn read_rgba(ctx: &GpuContext, texture: &wgpu::Texture) -> Result<Vec<
         },
         texture.size(),
     );
-    ctx.queue.submit([encoder.finish()]);
+    ctx.submit_commands([encoder.finish()]);
     ctx.take_error("copying a texture for readback")?;
     let (tx, rx) = futures_channel::oneshot::channel();
     staging.map_async(wgpu::MapMode::Read, .., move |r| {

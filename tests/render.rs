@@ -47,7 +47,7 @@ fn draw(
     let view = tex.create_view(&Default::default());
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     renderer.draw(ctx, &mut enc, &view, size, panels, layout)?;
-    ctx.queue.submit([enc.finish()]);
+    ctx.submit_commands([enc.finish()]);
     block_on(render::read_rgba(ctx, &tex))
 }
 
@@ -294,7 +294,7 @@ fn relief_gpu_matches_cpu() {
                 RenderMode::Relief,
             )
             .unwrap();
-        ctx.queue.submit([enc.finish()]);
+        ctx.submit_commands([enc.finish()]);
         let got = block_on(render::read_rgba(&ctx, &tex)).unwrap();
         let want = render_cpu_mode(&[&host], shape, &layout, size, RenderMode::Relief).unwrap();
         let worst = got

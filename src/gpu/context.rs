@@ -1,4 +1,4 @@
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::{pipeline::PipelineCache, pool::BufferPool};
 use crate::error::{Error, Result};
@@ -85,6 +85,10 @@ pub struct GpuContext {
     /// Errors wgpu reported outside an error scope. They are surfaced as `Error::Gpu` at the
     /// next submit or readback instead of wgpu's default handler, which panics.
     errors: Arc<Mutex<Vec<String>>>,
+    /// Held shared by every queue submission and exclusively while a window surface is
+    /// (re)configured: wgpu waits for the GPU to go idle there and fails if another thread
+    /// submits meanwhile (`Surface::configure`: "failed to wait for GPU to come idle").
+    submit_gate: RwLock<()>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -173,7 +177,22 @@ impl GpuContext {
             queue,
             caps,
             errors,
+            submit_gate: RwLock::new(()),
         }))
+    }
+
+    /// Submit command buffers to the queue. Every submission goes through here so that a
+    /// surface reconfiguration ([`GpuContext::exclusive`]) never overlaps one.
+    pub fn submit_commands<I: IntoIterator<Item = wgpu::CommandBuffer>>(&self, cbs: I) {
+        let _shared = self.submit_gate.read().unwrap_or_else(|p| p.into_inner());
+        self.queue.submit(cbs);
+    }
+
+    /// Run `f` while no other thread can submit work: for `Surface::configure`, which waits
+    /// for the GPU to come idle and fails when a submission lands during the wait.
+    pub fn exclusive<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _sole = self.submit_gate.write().unwrap_or_else(|p| p.into_inner());
+        f()
     }
 
     /// Turn errors wgpu reported since the last check into an `Error`.

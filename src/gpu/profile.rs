@@ -117,7 +117,7 @@ impl GpuContext {
             encoder.resolve_query_set(set, 0..used, &resolve, s as u64 * set_bytes);
         }
         encoder.copy_buffer_to_buffer(&resolve, 0, &staging, 0, total);
-        self.queue.submit([encoder.finish()]);
+        self.submit_commands([encoder.finish()]);
         drop(rec);
         self.take_error("timed submit")?;
 

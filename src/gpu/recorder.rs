@@ -432,7 +432,7 @@ impl GpuContext {
             return Ok(());
         }
         let (cb, held) = rec.finish(self);
-        self.queue.submit([cb]);
+        self.submit_commands([cb]);
         drop(held);
         self.take_error("submit")
     }
@@ -463,7 +463,7 @@ impl GpuContext {
             at += len4;
         }
         let (cb, held) = rec.finish(self);
-        self.queue.submit([cb]);
+        self.submit_commands([cb]);
         drop(held);
         self.take_error("submit before readback")?;
 

@@ -134,7 +134,7 @@ impl CanvasTarget {
             &Layout::default(),
             self.mode,
         )?;
-        ctx.queue.submit([encoder.finish()]);
+        ctx.submit_commands([encoder.finish()]);
         ctx.queue.present(frame);
         ctx.take_error("drawing on the canvas")?;
         Ok(())
