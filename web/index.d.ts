@@ -118,8 +118,24 @@ export interface LoadOptions {
 /** A model folder URL, file URLs, or files the user picked (config.json, scheduler_config.json,
  * *.safetensors / *.safetensors.index.json). A folder URL without config.json whose
  * model_index.json names a Stable Diffusion pipeline (or that model_index.json's URL) loads
- * the whole repository: unet/, vae/, text_encoder/, tokenizer/, scheduler/. */
-export type ModelSource = string | URL | Array<string | URL> | Array<File | Blob>;
+ * the whole repository: unet/, vae/, text_encoder/, tokenizer/, scheduler/.
+ *
+ * Picked files may be a whole folder (`<input type="file" webkitdirectory>`: each File's
+ * `webkitRelativePath` is its path); among them a `model_index.json` makes them a Stable
+ * Diffusion repository, its folder the root. `{ path, file }` gives a file's path in the
+ * folder explicitly (`{ path: "unet/config.json", file }`). */
+export type ModelSource =
+  | string
+  | URL
+  | Array<string | URL>
+  | FileList
+  | Array<File | Blob | ModelFile>;
+
+/** A file and its path inside the model folder or repository. */
+export interface ModelFile {
+  path: string;
+  file: Blob;
+}
 
 /** The scalar condition of a conditioned model (the terrain model's `difficulty`). */
 export interface ConditionInfo {

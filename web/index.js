@@ -21,9 +21,17 @@ function absolute(url) {
   return new URL(String(url), globalThis.document?.baseURI ?? globalThis.location?.href).href;
 }
 
+// A picked folder's files carry their paths in webkitRelativePath, which the File API does
+// not promise to keep through postMessage to the worker: they travel as { path, file }.
+function resolveItem(s) {
+  if (typeof s === 'string' || s instanceof URL) return absolute(s);
+  if (typeof File !== 'undefined' && s instanceof File && s.webkitRelativePath) return { path: s.webkitRelativePath, file: s };
+  return s;
+}
+
 function resolveSource(source) {
   if (typeof source === 'string' || source instanceof URL) return absolute(source);
-  if (Array.isArray(source)) return source.map((s) => (typeof s === 'string' || s instanceof URL ? absolute(s) : s));
+  if (Array.isArray(source) || (typeof FileList !== 'undefined' && source instanceof FileList)) return Array.from(source, resolveItem);
   return source;
 }
 
@@ -341,7 +349,9 @@ export class Engine {
   }
 
   /**
-   * Load a model: a folder URL, an array of file URLs, or an array of File/Blob objects.
+   * Load a model: a folder URL, an array of file URLs, or File/Blob objects (an array or a
+   * FileList; a picked folder's files keep their paths, so a Stable Diffusion repository
+   * folder picked with `<input type="file" webkitdirectory>` loads whole).
    * Weights are streamed to the GPU as they arrive and cached (see `cache` in create()).
    */
   async load(source, options = {}) {

@@ -198,6 +198,12 @@ function chosenSource() {
     if (!files.length) throw Object.assign(new Error('pick the model files first (config.json and the .safetensors)'), { code: 'BAD_OPTION' });
     return { source: files, label: files.map((f) => f.name).join(', ') };
   }
+  if (kind === 'folder') {
+    const files = $('model-folder').files;
+    if (!files?.length) throw Object.assign(new Error('pick a model folder first (a diffusers model folder, or a Stable Diffusion repository: the folder holding model_index.json)'), { code: 'BAD_OPTION' });
+    const top = files[0].webkitRelativePath.split('/')[0];
+    return { source: files, label: `the local folder ${top}/ (${files.length} files)` };
+  }
   const choice = $('model-choice').value || 'mnist/';
   const source = new URL(choice, MODELS).href;
   return { source, label: source === DEFAULT_MODEL ? 'the bundled MNIST model' : `models/${choice}` };
@@ -481,7 +487,9 @@ async function main() {
   for (const r of document.querySelectorAll('input[name="source"]')) {
     r.addEventListener('change', () => {
       $('model-url').disabled = r.value !== 'url' || !r.checked;
-      $('model-files').disabled = document.querySelector('input[name="source"]:checked').value !== 'files';
+      const kind = document.querySelector('input[name="source"]:checked').value;
+      $('model-files').disabled = kind !== 'files';
+      $('model-folder').disabled = kind !== 'folder';
       if (r.checked) $('model-url').disabled = r.value !== 'url';
     });
   }

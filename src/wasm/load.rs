@@ -1,10 +1,11 @@
 //! `Engine.load`: where a model's files come from (a folder URL, a list of file URLs, or
-//! `File`/`Blob` objects), reading them as streams (`fetch` → `ReadableStream` reader, or
+//! `File`/`Blob` objects, among them a picked Stable Diffusion repository folder), reading them as streams (`fetch` → `ReadableStream` reader, or
 //! `Blob.stream()`), and feeding the safetensors bytes to [`SafetensorsStream`] chunk by
 //! chunk: the header is parsed from the first bytes and every tensor is complete (and widened
 //! from f16/bf16) as soon as its last byte arrives, so the raw file is never held whole.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
 use js_sys::{Function, Object, Uint8Array};
 use wasm_bindgen::prelude::*;
@@ -26,7 +27,12 @@ pub const MODEL_INDEX: &str = "model_index.json";
 #[derive(Clone)]
 pub enum Item {
     Url(String),
-    Blob { name: String, blob: JsValue },
+    /// `name`: the file's path as picked (`webkitRelativePath`, or the `path` of a
+    /// `{ path, file }` item), else its plain name.
+    Blob {
+        name: String,
+        blob: JsValue,
+    },
 }
 
 impl Item {
@@ -47,6 +53,81 @@ impl Item {
     }
 }
 
+/// A Stable Diffusion repository picked as local files: the folder holding
+/// `model_index.json`, chosen with `<input type="file" webkitdirectory>` (or given as
+/// `{ path, file }` items), so every file keeps its path (`unet/config.json`).
+#[derive(Clone)]
+pub struct LocalRepo {
+    /// The folder's path as picked, with a trailing `/` when not empty (labels in errors).
+    pub root: String,
+    /// The files by their path under that folder.
+    pub files: HashMap<String, Item>,
+}
+
+/// Where a pipeline repository's files are: a folder URL (with a trailing `/`) or a picked
+/// folder.
+#[derive(Clone, Copy)]
+pub enum RepoRoot<'a> {
+    Url(&'a str),
+    Local(&'a LocalRepo),
+}
+
+impl RepoRoot<'_> {
+    /// `rel`'s name in errors: the URL, or the path as picked.
+    pub fn label(&self, rel: &str) -> String {
+        match self {
+            RepoRoot::Url(base) => format!("{base}{rel}"),
+            RepoRoot::Local(repo) => format!("{}{rel}", repo.root),
+        }
+    }
+
+    /// The repository's own name in errors.
+    pub fn name(&self) -> &str {
+        match self {
+            RepoRoot::Url(base) => base,
+            RepoRoot::Local(repo) if repo.root.is_empty() => "the picked files",
+            RepoRoot::Local(repo) => &repo.root,
+        }
+    }
+
+    /// The file at `rel` (`None`: not among the picked files).
+    pub fn item(&self, rel: &str) -> Option<Item> {
+        match self {
+            RepoRoot::Url(base) => Some(Item::Url(format!("{base}{rel}"))),
+            RepoRoot::Local(repo) => repo.files.get(rel).cloned(),
+        }
+    }
+
+    /// The picked files in `rel`'s folder (the shards next to a sharded index).
+    fn siblings(&self, rel: &str) -> Vec<Item> {
+        let RepoRoot::Local(repo) = self else {
+            return Vec::new();
+        };
+        let dir = rel.rfind('/').map_or("", |i| &rel[..=i]);
+        repo.files
+            .iter()
+            .filter(|(p, _)| p.strip_prefix(dir).is_some_and(|f| !f.contains('/')))
+            .map(|(_, item)| item.clone())
+            .collect()
+    }
+
+    /// Reads the text file at `rel`; the inner `Err` when the server answered 404 or the
+    /// file is not among the picked ones.
+    pub async fn read_text_or_404(
+        &self,
+        ctx: &LoadCtx,
+        rel: &str,
+    ) -> WdResult<Result<String, WdError>> {
+        match self.item(rel) {
+            Some(item) => read_text_or_404(ctx, &item).await,
+            None => Ok(Err(WdError::bad_option(format!(
+                "{}: not among the picked files",
+                self.label(rel)
+            )))),
+        }
+    }
+}
+
 /// Where the weights are.
 pub enum WeightsSource {
     /// A folder URL: `diffusion_pytorch_model.safetensors`, else the sharded index.
@@ -60,6 +141,9 @@ pub enum WeightsSource {
         index: Item,
         others: Vec<Item>,
     },
+    /// A picked Stable Diffusion repository folder (the source's `config` is its
+    /// `model_index.json`).
+    Repo(LocalRepo),
 }
 
 pub struct Source {
@@ -106,28 +190,96 @@ pub fn resolve_source(source: &JsValue) -> WdResult<Source> {
         )));
     };
     let mut files = Vec::with_capacity(items.len());
+    // Whether the files came with their paths (a picked folder).
+    let mut with_paths = false;
     for (i, v) in items.iter().enumerate() {
         if let Some(u) = v.as_string() {
             files.push(Item::Url(u));
-        } else if js::instance_of(v, "Blob") {
-            let name = js::get(v, "name").as_string().filter(|n| !n.is_empty());
-            let Some(name) = name else {
-                return Err(WdError::bad_option(format!(
-                    "load(source): item {i} is a Blob without a name; pass File objects (or `new File([blob], \"config.json\")`) so the engine can tell config from weights"
-                )));
-            };
-            files.push(Item::Blob {
-                name,
-                blob: v.clone(),
-            });
-        } else {
-            return Err(WdError::bad_option(format!(
-                "load(source): item {i} is {}, expected a URL string or a File",
-                js::describe(v)
-            )));
+            continue;
         }
+        // `{ path, file }`: a file and its path in the folder (what the package makes of a
+        // picked folder's files, whose webkitRelativePath a worker would not see).
+        let (blob, path) = match js::get(v, "file") {
+            f if js::instance_of(&f, "Blob") && !js::instance_of(v, "Blob") => {
+                let path = js::get(v, "path").as_string().filter(|p| !p.is_empty());
+                let Some(path) = path else {
+                    return Err(WdError::bad_option(format!(
+                        "load(source): item {i} is {{ file }} without a `path`; give the file's path in the model folder (`{{ path: \"unet/config.json\", file }}`)"
+                    )));
+                };
+                (f, Some(path))
+            }
+            _ if js::instance_of(v, "Blob") => {
+                let rel = js::get(v, "webkitRelativePath")
+                    .as_string()
+                    .filter(|p| !p.is_empty());
+                (v.clone(), rel)
+            }
+            _ => return Err(WdError::bad_option(format!(
+                "load(source): item {i} is {}, expected a URL string, a File or {{ path, file }}",
+                js::describe(v)
+            ))),
+        };
+        with_paths |= path.is_some();
+        let name = path.or_else(|| js::get(&blob, "name").as_string().filter(|n| !n.is_empty()));
+        let Some(name) = name else {
+            return Err(WdError::bad_option(format!(
+                "load(source): item {i} is a Blob without a name; pass File objects (or `new File([blob], \"config.json\")`) so the engine can tell config from weights"
+            )));
+        };
+        files.push(Item::Blob { name, blob });
+    }
+    if let Some(repo) = local_repo(&files)? {
+        return Ok(repo);
+    }
+    if with_paths {
+        // A picked model folder also holds READMEs, licences, .bin checkpoints and
+        // subfolders: only its own .json and .safetensors files are considered.
+        files.retain(|f| match f {
+            Item::Blob { name, .. } => {
+                name.matches('/').count() <= 1
+                    && (name.ends_with(".json") || name.ends_with(".safetensors"))
+            }
+            Item::Url(_) => true,
+        });
     }
     classify(files)
+}
+
+/// The picked files as a Stable Diffusion repository when one of them is `model_index.json`:
+/// the others are keyed by their path under its folder.
+fn local_repo(files: &[Item]) -> WdResult<Option<Source>> {
+    let indexes: Vec<&Item> = files
+        .iter()
+        .filter(|f| matches!(f, Item::Blob { .. }) && f.base_name() == MODEL_INDEX)
+        .collect();
+    let index = match indexes.as_slice() {
+        [] => return Ok(None),
+        [one] => (*one).clone(),
+        many => {
+            return Err(WdError::bad_option(format!(
+                "load(source): {} files named {MODEL_INDEX} ({}); pick one Stable Diffusion repository folder",
+                many.len(),
+                many.iter().map(|f| f.label()).collect::<Vec<_>>().join(", ")
+            )))
+        }
+    };
+    let root = index.label()[..index.label().len() - MODEL_INDEX.len()].to_string();
+    let files: HashMap<String, Item> = files
+        .iter()
+        .filter_map(|f| match f {
+            Item::Blob { name, .. } => name
+                .strip_prefix(root.as_str())
+                .map(|rel| (rel.to_string(), f.clone())),
+            Item::Url(_) => None,
+        })
+        .collect();
+    Ok(Some(Source {
+        config: index,
+        scheduler: None,
+        scheduler_optional_url: None,
+        weights: WeightsSource::Repo(LocalRepo { root, files }),
+    }))
 }
 
 fn classify(files: Vec<Item>) -> WdResult<Source> {
@@ -479,31 +631,33 @@ pub async fn read_text_or_404(ctx: &LoadCtx, item: &Item) -> WdResult<Result<Str
     }
 }
 
-/// The first of `candidates` (paths relative to the folder URL `base`) that the server has,
-/// streamed into a [`Weights`] set (a `*.index.json` as a sharded checkpoint next to its
-/// shards). `None` when every candidate answered 404.
+/// The first of `candidates` (paths in the repository `root`) that is there (the server has
+/// it, or it was picked), streamed into a [`Weights`] set (a `*.index.json` as a sharded
+/// checkpoint next to its shards). `None` when none of them is.
 pub async fn read_first_weights(
     ctx: &LoadCtx,
-    base: &str,
+    root: RepoRoot<'_>,
     candidates: &[String],
 ) -> WdResult<Option<(String, Weights)>> {
     for rel in candidates {
-        let url = format!("{base}{rel}");
-        let item = Item::Url(url.clone());
+        let Some(item) = root.item(rel) else {
+            continue;
+        };
+        let label = item.label().to_string();
         // Progress counts this component's tensors, as `tensorsTotal` does.
         ctx.tensors_ready.set(0);
         if rel.ends_with(".index.json") {
-            match read_sharded(ctx, &item, &[]).await {
-                Ok(w) => return Ok(Some((url, w))),
+            match read_sharded(ctx, &item, &root.siblings(rel)).await {
+                Ok(w) => return Ok(Some((label, w))),
                 Err(ShardErr::IndexNotFound) => continue,
                 Err(ShardErr::Other(e)) => return Err(e),
             }
         }
         match open(ctx, &item).await {
             Ok(opened) => {
-                let mut w = ctx.new_weights(&url);
+                let mut w = ctx.new_weights(&label);
                 stream_one(ctx, &opened, &mut w, None).await?;
-                return Ok(Some((url, w)));
+                return Ok(Some((label, w)));
             }
             Err(OpenError::NotFound(_)) => continue,
             Err(OpenError::Other(e)) => return Err(e),
@@ -599,6 +753,13 @@ pub async fn read_weights(ctx: &LoadCtx, src: &Source) -> WdResult<Weights> {
                 ShardErr::Other(e) => e,
             })
         }
+        WeightsSource::Repo(repo) => Err(WdError::new(
+            Code::Internal,
+            format!(
+                "{}: a pipeline repository's weights are read per component",
+                RepoRoot::Local(repo).name()
+            ),
+        )),
     }
 }
 

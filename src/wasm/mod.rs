@@ -667,7 +667,9 @@ async fn read_and_build(lctx: &load::LoadCtx, src: &load::Source) -> WdResult<Bu
                 Err(not_found) => {
                     let index = load::Item::Url(format!("{base}{}", load::MODEL_INDEX));
                     return match load::read_text_or_404(lctx, &index).await? {
-                        Ok(text) => Ok(Built::Sd(Box::new(sd::load(lctx, base, &text).await?))),
+                        Ok(text) => Ok(Built::Sd(Box::new(
+                            sd::load(lctx, load::RepoRoot::Url(base), &text).await?,
+                        ))),
                         Err(_) => Err(WdError::new(
                             not_found.code,
                             format!(
@@ -679,6 +681,12 @@ async fn read_and_build(lctx: &load::LoadCtx, src: &load::Source) -> WdResult<Bu
                     };
                 }
             }
+        }
+        load::WeightsSource::Repo(repo) => {
+            let text = load::read_text_or_404(lctx, &src.config).await??;
+            return Ok(Built::Sd(Box::new(
+                sd::load(lctx, load::RepoRoot::Local(repo), &text).await?,
+            )));
         }
         _ => load::read_texts(lctx, src).await?,
     };

@@ -22,7 +22,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
 use super::js::{self, Code, WdError, WdResult};
-use super::load::{self, Item, LoadCtx};
+use super::load::{self, Item, LoadCtx, RepoRoot};
 use super::{work_done, Inner, Preview, MAX_STEPS};
 use crate::exec::Exec;
 use crate::gpu::GpuContext;
@@ -55,35 +55,46 @@ fn keep_on_host(name: &str) -> bool {
     load::keep_on_host(name) || name.contains("quant_conv.")
 }
 
-fn missing(base: &str, component: &str, file: &str) -> WdError {
-    WdError::new(
-        Code::Http,
-        format!(
-            "{base}{file}: HTTP 404: the `{component}` component's file is missing from this Stable Diffusion repository; serve the whole repository (every component folder model_index.json names: unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
+fn missing(root: RepoRoot<'_>, component: &str, file: &str) -> WdError {
+    match root {
+        RepoRoot::Url(_) => WdError::new(
+            Code::Http,
+            format!(
+                "{}: HTTP 404: the `{component}` component's file is missing from this Stable Diffusion repository; serve the whole repository (every component folder model_index.json names: unet/, vae/, text_encoder/, tokenizer/, scheduler/)",
+                root.label(file)
+            ),
         ),
-    )
+        RepoRoot::Local(_) => WdError::bad_option(format!(
+            "{}: the `{component}` component's file is not among the picked files; pick the repository's folder itself (the one holding model_index.json, with unet/, vae/, text_encoder/, tokenizer/, scheduler/ inside) so every file keeps its path",
+            root.label(file)
+        )),
+    }
 }
 
-/// Loads the repository at the folder URL `base` (with a trailing `/`) whose
-/// `model_index.json` reads `index`. Returns the model, its parameter count and weight bytes.
-pub async fn load(lctx: &LoadCtx, base: &str, index: &str) -> WdResult<(SdModel, u64, u64)> {
-    let repo = SdRepo::from_model_index(base.trim_end_matches('/'), index)?;
+/// Loads the repository at `root` (a folder URL with a trailing `/`, or a picked folder)
+/// whose `model_index.json` reads `index`. Returns the model, its parameter count and
+/// weight bytes.
+pub async fn load(
+    lctx: &LoadCtx,
+    root: RepoRoot<'_>,
+    index: &str,
+) -> WdResult<(SdModel, u64, u64)> {
+    let repo = SdRepo::from_model_index(root.name().trim_end_matches('/'), index)?;
     // Every small file first, so a missing one fails before the weights download.
     let mut texts: HashMap<String, String> = HashMap::new();
     for (component, needed) in repo.files() {
         if let Needed::File(f) = needed {
-            let item = Item::Url(format!("{base}{f}"));
-            match load::read_text_or_404(lctx, &item).await? {
+            match root.read_text_or_404(lctx, &f).await? {
                 Ok(t) => {
                     texts.insert(f, t);
                 }
-                Err(_) => return Err(missing(base, component, &f)),
+                Err(_) => return Err(missing(root, component, &f)),
             }
         }
     }
     let mut read = |f: &str| {
         texts.get(f).cloned().ok_or_else(|| crate::Error::Io {
-            file: format!("{base}{f}"),
+            file: root.label(f),
             message: "not fetched".into(),
             hint: "a Stable Diffusion repository has it",
         })
@@ -94,9 +105,9 @@ pub async fn load(lctx: &LoadCtx, base: &str, index: &str) -> WdResult<(SdModel,
     let mut tokenizer = ClipTokenizer::from_files(vocab.as_bytes(), merges.as_bytes())?;
     // The pad token as ClipTokenizer::load_dir picks it (absent files are fine).
     for name in ["tokenizer_config.json", "special_tokens_map.json"] {
-        let url = format!("{base}tokenizer/{name}");
-        if let Ok(text) = load::read_text_or_404(lctx, &Item::Url(url.clone())).await? {
-            if let Some(pad) = pad_token_of(&url, text.as_bytes())? {
+        let rel = format!("tokenizer/{name}");
+        if let Ok(text) = root.read_text_or_404(lctx, &rel).await? {
+            if let Some(pad) = pad_token_of(&root.label(&rel), text.as_bytes())? {
                 tokenizer = tokenizer.with_pad_token(&pad)?;
                 break;
             }
@@ -111,10 +122,10 @@ pub async fn load(lctx: &LoadCtx, base: &str, index: &str) -> WdResult<(SdModel,
             .iter()
             .map(|f| format!("{component}/{f}"))
             .collect();
-        let w = load::read_first_weights(lctx, base, &candidates)
+        let w = load::read_first_weights(lctx, root, &candidates)
             .await?
             .map(|(_, w)| w)
-            .ok_or_else(|| missing(base, component, &candidates.join(" or ")))?;
+            .ok_or_else(|| missing(root, component, &candidates.join(" or ")))?;
         lctx.check()?;
         parameters += w.numel();
         bytes += w.byte_len();
@@ -196,7 +207,7 @@ async fn load_preview_decoder(
         .iter()
         .map(|f| f.to_string())
         .collect();
-    let mut w = load::read_first_weights(lctx, &base, &candidates)
+    let mut w = load::read_first_weights(lctx, RepoRoot::Url(&base), &candidates)
         .await?
         .map(|(_, w)| w)
         .ok_or_else(|| {

@@ -241,7 +241,7 @@ test('demo: main-thread responsiveness during a run, worker vs { worker: false }
   assert.ok(result.worker.maxGapMs < 1000 && result.worker.maxStallMs < 1000, fmt(result.worker));
 });
 
-test('demo: a wrong URL and a truncated download give readable errors on the page; then local files load', { timeout: READY_MS + 3 * LOAD_MS }, async (t) => {
+test('demo: a wrong URL and a truncated download give readable errors on the page; then local files (and the picked folder) load', { timeout: READY_MS + 3 * LOAD_MS }, async (t) => {
   const page = await openDemo('?model=/models/no-such-model/');
   await page.click('#load');
   assert.equal(await waitState(page, ['loaded', 'error'], LOAD_MS), 'error', await context(page)());
@@ -266,6 +266,17 @@ test('demo: a wrong URL and a truncated download give readable errors on the pag
   await loadDefault(page);
   assert.equal(await page.evaluate(() => window.demo.model.width), 32);
   assert.deepEqual(server.log.slice(before).filter((e) => e.path.startsWith('/models/')), [], 'local files must not be fetched');
+  const params = await page.evaluate(() => window.demo.model.parameters);
+
+  // And from the whole folder picked (webkitdirectory): its README, training logs and the
+  // eval/ subfolder (another config and safetensors) are left alone.
+  await page.check('input[name="source"][value="folder"]');
+  await page.setInputFiles('#model-folder', dir);
+  const before2 = server.log.length;
+  await loadDefault(page);
+  assert.equal(await page.evaluate(() => window.demo.model.width), 32);
+  assert.equal(await page.evaluate(() => window.demo.model.parameters), params, 'the picked folder loaded other weights than the picked files');
+  assert.deepEqual(server.log.slice(before2).filter((e) => e.path.startsWith('/models/')), [], 'a picked folder must not be fetched');
   await page.close();
 });
 

@@ -10,7 +10,8 @@
 // picked in the page's start-image input gives the native `webdiffusion sd --init` image for
 // the same seed (WEBDIFFUSION_BIN), as does the LCM-distilled repository
 // (tests/fixtures/tiny-lcm: its guidance embedding, no CFG); a tiny-autoencoder preview decoder
-// draws the step previews.
+// draws the step previews. The repository folder picked from disk (the demo's folder input,
+// webkitdirectory) loads without a request and matches diffusers.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -417,4 +418,68 @@ test('sd: an LCM-distilled repository from the page gives the native `webdiffusi
   assert.ok(same.mean <= 0.5 && same.max <= 2, `the browser's LCM run differs from the native CLI: mean ${same.mean}, max ${same.max}`);
   assert.ok(away.max > 2, `the guidance scale does not change the native image enough for this check: max ${away.max}`);
   await page.close();
+});
+
+test('sd: a repository folder picked from disk loads without a request and matches diffusers; a picked folder missing a component names it', { timeout: 2 * READY_MS + 2 * LOAD_MS + RUN_MS }, async (t) => {
+  const cases = JSON.parse(fs.readFileSync(path.join(GOLDENS, 'cases.json'), 'utf8'));
+  const c = cases.txt2img;
+  const golden = readSafetensors(path.join(GOLDENS, 'txt2img.safetensors'));
+  // The repository as a user has it on disk: with a README and a PyTorch checkpoint beside
+  // the safetensors, which the engine leaves alone.
+  const picked = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'webdiffusion-pick-')), 'my-tiny-sd');
+  fs.cpSync(path.join(ROOT, 'tests/fixtures/tiny-sd'), picked, { recursive: true });
+  fs.writeFileSync(path.join(picked, 'README.md'), '# a tiny random-weight pipeline\n');
+  fs.writeFileSync(path.join(picked, 'unet/diffusion_pytorch_model.bin'), 'not a safetensors file');
+  try {
+    const page = await openDemo();
+    await page.check('input[name="source"][value="folder"]');
+    await page.setInputFiles('#model-folder', picked);
+    const before = server.log.length;
+    await page.click('#load');
+    assert.equal(await waitState(page, ['loaded', 'error'], LOAD_MS), 'loaded', await context(page)());
+    const fetched = server.log.slice(before);
+    assert.deepEqual(fetched.filter((e) => e.path.startsWith('/models/') || e.path.endsWith('.safetensors')), [], `a picked folder must not be fetched: ${JSON.stringify(fetched)}`);
+    const info = await page.evaluate(() => window.demo.model);
+    t.diagnostic(`picked folder: ${info.className}, ${info.gpuWeightBytes} weight bytes on the GPU, ${info.bytesRead} bytes read`);
+    assert.equal(info.className, 'StableDiffusionPipeline');
+    assert.equal(info.gpuWeightBytes, 3_061_076);
+    assert.ok(await page.locator('#prompt-box').isVisible(), 'no prompt box for a picked SD repository');
+    const progress = await page.evaluate(() => window.demo.progress);
+    for (const f of ['unet/diffusion_pytorch_model.safetensors', 'vae/diffusion_pytorch_model.safetensors', 'text_encoder/model.safetensors']) {
+      const last = progress.filter((p) => p.file === `my-tiny-sd/${f}`).at(-1);
+      assert.ok(last, `no progress for my-tiny-sd/${f}: ${JSON.stringify(progress.map((p) => p.file))}`);
+      assert.equal(last.tensorsReady, last.tensorsTotal, JSON.stringify(last));
+    }
+    await page.fill('#prompt', c.prompt);
+    await page.fill('#negative-prompt', c.negative_prompt);
+    await page.fill('#steps', String(c.steps));
+    await page.fill('#guidance', String(c.guidance));
+    await page.evaluate((init) => {
+      window.demoHooks = { initLatents: new Float32Array(init), raw: true };
+    }, [...golden.init_latents.data]);
+    await page.click('#generate');
+    assert.equal(await waitState(page, ['done', 'error'], RUN_MS), 'done', await context(page)());
+    const r = await page.evaluate(() => window.demo.result);
+    const eLat = relErr(r.latents, golden.latents.data);
+    const eImg = relErr(r.image, golden.image.data);
+    t.diagnostic(`picked folder vs diffusers: latents rel err ${eLat.toExponential(2)}, image rel err ${eImg.toExponential(2)}`);
+    assert.ok(eLat <= 1e-3 && eImg <= 1e-3, `the picked repository differs from diffusers: ${eLat} ${eImg}`);
+    await page.close();
+
+    // The engine on the page's own thread this time; the folder lacks vae/.
+    const page2 = await openDemo('?worker=0');
+    await page2.check('input[name="source"][value="folder"]');
+    await page2.setInputFiles('#model-folder', broken);
+    await page2.click('#load');
+    assert.equal(await waitState(page2, ['loaded', 'error'], LOAD_MS), 'error', await context(page2)());
+    const d = await page2.evaluate(() => ({ code: window.demo.errorCode, error: window.demo.error }));
+    t.diagnostic(`picked folder without vae/: ${d.code}: ${d.error}`);
+    assert.equal(d.code, 'BAD_OPTION');
+    assert.match(d.error, /vae\/config\.json/);
+    assert.match(d.error, /`vae` component/);
+    assert.match(d.error, /pick the repository's folder/);
+    await page2.close();
+  } finally {
+    fs.rmSync(path.dirname(picked), { recursive: true, force: true });
+  }
 });
