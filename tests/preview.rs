@@ -10,7 +10,8 @@
 //! sampling run shows three frames of known tensors; the window presents frames; the last
 //! presented frame (read back from the surface texture) equals the CPU twin of the render
 //! shader for that frame; and the X server's own copy of the window (`xwd -root`) shows the
-//! same pixels.
+//! same pixels. `sample --preview` and `sd --preview` (linear and tiny-autoencoder step
+//! previews) run end to end and write the image they write without a window.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -57,6 +58,7 @@ fn main() {
     std::env::remove_var("WAYLAND_DISPLAY");
     window_presents_the_frames(xvfb.display);
     sample_cli_preview(xvfb.display);
+    sd_cli_preview(xvfb.display);
     drop(xvfb);
     eprintln!("preview test: ok");
 }
@@ -98,6 +100,62 @@ fn sample_cli_preview(display: u32) {
     assert_eq!((png.width, png.height), (66, 32), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
     eprintln!("sample --preview: ok");
+}
+
+/// `webdiffusion sd --preview` on the tiny Stable Diffusion repository, with the linear
+/// latent preview and with the tiny autoencoder's: the window shows every step and closes by
+/// itself, and the PNG equals the one the same run writes without a window.
+fn sd_cli_preview(display: u32) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::temp_dir().join(format!("wd-preview-sd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |name: &str, extra: &[&str]| -> Vec<u8> {
+        let out_png = dir.join(name);
+        let out = Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
+            .args(["sd", "--model"])
+            .arg(root.join("tests/fixtures/tiny-sd"))
+            .args([
+                "--prompt",
+                "a red cube, on a table",
+                "--steps",
+                "3",
+                "--seed",
+                "5",
+                "--quiet",
+                "--out",
+            ])
+            .arg(&out_png)
+            .args(extra)
+            .env("DISPLAY", format!(":{display}"))
+            .env_remove("WAYLAND_DISPLAY")
+            .env(webdiffusion::preview::CLOSE_AFTER_ENV, "1")
+            .output()
+            .expect("run webdiffusion sd");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "sd {extra:?} failed: {text}");
+        std::fs::read(&out_png).unwrap_or_else(|e| panic!("sd {extra:?}: no PNG ({e}): {text}"))
+    };
+    let plain = run("plain.png", &[]);
+    let linear = run("linear.png", &["--preview"]);
+    let taesd = root.join("tests/fixtures/tiny-taesd");
+    let tiny = run(
+        "taesd.png",
+        &["--preview", "--preview-decoder", taesd.to_str().unwrap()],
+    );
+    let png = webdiffusion::image::decode_png(&plain).expect("PNG decodes");
+    assert_eq!((png.width, png.height), (16, 16));
+    assert!(linear == plain, "sd --preview wrote another image than sd");
+    assert!(
+        tiny == plain,
+        "sd --preview --preview-decoder wrote another image than sd"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    eprintln!("sd --preview (linear and tiny-autoencoder previews): ok");
 }
 
 fn no_display_is_an_error() {
