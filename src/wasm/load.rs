@@ -215,10 +215,12 @@ pub fn resolve_source(source: &JsValue) -> WdResult<Source> {
                     .filter(|p| !p.is_empty());
                 (v.clone(), rel)
             }
-            _ => return Err(WdError::bad_option(format!(
+            _ => {
+                return Err(WdError::bad_option(format!(
                 "load(source): item {i} is {}, expected a URL string, a File or {{ path, file }}",
                 js::describe(v)
-            ))),
+            )))
+            }
         };
         with_paths |= path.is_some();
         let name = path.or_else(|| js::get(&blob, "name").as_string().filter(|n| !n.is_empty()));
