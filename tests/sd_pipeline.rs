@@ -442,11 +442,21 @@ fn run_golden_with(case: &str, dtype: WeightDtype, tol: f64) -> u64 {
         );
     }
     // PNDM takes one more step than asked (its PLMS warm-up), as diffusers' timesteps; an
-    // img2img run takes the solver's steps from diffusers' t_start on.
+    // img2img run takes the solver's steps from diffusers' t_start on (or, where the golden
+    // lists the timesteps diffusers ran, exactly those).
     let num_steps = pipe.solver(&req).unwrap().num_steps();
-    let total_expected = match &req.init {
-        Some(i) => num_steps - img2img_steps(req.steps, i.strength).unwrap().0,
-        None => num_steps,
+    let want_timesteps: Option<Vec<f64>> = g.has("timesteps").then(|| {
+        g.get("timesteps")
+            .cpu_data()
+            .unwrap()
+            .iter()
+            .map(|&t| t as f64)
+            .collect()
+    });
+    let total_expected = match (&want_timesteps, &req.init) {
+        (Some(ts), _) => ts.len(),
+        (None, Some(i)) => num_steps - img2img_steps(req.steps, i.strength).unwrap().0,
+        (None, None) => num_steps,
     };
     let mut seen = Vec::new();
     let out = pipe
@@ -461,6 +471,10 @@ fn run_golden_with(case: &str, dtype: WeightDtype, tol: f64) -> u64 {
         .iter()
         .enumerate()
         .all(|(i, s)| s.0 == i && s.1 == total_expected));
+    if let Some(ts) = &want_timesteps {
+        let got: Vec<f64> = seen.iter().map(|s| s.2).collect();
+        assert_eq!(&got, ts, "{case}: the timesteps run");
+    }
     check(
         &mut exec,
         case,
@@ -482,6 +496,14 @@ fn txt2img_matches_diffusers() {
 #[test]
 fn img2img_matches_diffusers() {
     run_golden("img2img");
+}
+
+/// An LCM-distilled repository's image-to-image is diffusers'
+/// `LatentConsistencyModelImg2ImgPipeline`: strength cuts the distillation schedule and all
+/// the steps run (make_tiny_lcm_img2img.py checks that the generic tail differs).
+#[test]
+fn lcm_img2img_matches_diffusers() {
+    run_golden("lcm_img2img");
 }
 
 /// Image-to-image with the solvers that keep a history (and the two-call ones), each

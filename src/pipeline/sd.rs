@@ -7,7 +7,10 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::models::config::{ModelConfig, UNetClass};
 use crate::sampling::config::SchedulerConfig;
-use crate::sampling::solvers::{schedule_class_for, solver_from_name, Solver, SolverOptions};
+use crate::sampling::solvers::lcm::Lcm;
+use crate::sampling::solvers::{
+    schedule_class_for, solver_from_name, Solver, SolverOptions, ALIASES,
+};
 #[cfg(not(target_arch = "wasm32"))]
 use crate::weights::{Header, ShardIndex, TensorInfo};
 
@@ -152,6 +155,32 @@ impl SdConfigs {
             steps,
             SolverOptions::default(),
         )
+    }
+
+    /// Whether image-to-image with `solver` follows diffusers'
+    /// `LatentConsistencyModelImg2ImgPipeline` (what `AutoPipelineForImage2Image` makes of a
+    /// `LatentConsistencyModelPipeline` repository): the LCM solver with `strength` applied to
+    /// its distillation schedule ([`Lcm::with_strength`]) instead of the usual tail of the
+    /// schedule ([`img2img_steps`]).
+    pub fn lcm_img2img(&self, solver: Option<&str>) -> bool {
+        let name = self.solver_name(solver);
+        let name = ALIASES
+            .iter()
+            .find(|(a, _)| *a == name)
+            .map_or(name, |(_, n)| *n);
+        self.repo.pipeline_class == "LatentConsistencyModelPipeline" && name == "lcm"
+    }
+
+    /// The LCM solver of an image-to-image run at `strength` (see [`SdConfigs::lcm_img2img`]).
+    pub fn lcm_img2img_solver(
+        &self,
+        solver: Option<&str>,
+        overrides: &Overrides,
+        steps: usize,
+        strength: f64,
+    ) -> Result<Box<dyn Solver>> {
+        let cfg = self.scheduler_config(solver, overrides)?;
+        Ok(Box::new(Lcm::with_strength(&cfg, steps, strength)?))
     }
 
     /// Plan inputs from the configs alone (no weight files needed).

@@ -733,6 +733,35 @@ impl SdPipeline {
             .solver(req.solver.as_deref(), &req.scheduler_overrides, req.steps)
     }
 
+    /// The solver for `req` and the `(first, end)` of its steps to run: all of them for
+    /// text-to-image; for image-to-image the tail [`img2img_range`] gives, or, for an
+    /// LCM-distilled repository's LCM solver, all steps of the schedule `strength` cuts
+    /// ([`SdConfigs::lcm_img2img`]).
+    pub fn solver_and_range(&self, req: &Request) -> Result<(Box<dyn Solver>, (usize, usize))> {
+        match &req.init {
+            None => {
+                let solver = self.solver(req)?;
+                let n = solver.num_steps();
+                Ok((solver, (0, n)))
+            }
+            Some(init) if self.configs.lcm_img2img(req.solver.as_deref()) => {
+                let solver = self.configs.lcm_img2img_solver(
+                    req.solver.as_deref(),
+                    &req.scheduler_overrides,
+                    req.steps,
+                    init.strength,
+                )?;
+                let n = solver.num_steps();
+                Ok((solver, (0, n)))
+            }
+            Some(init) => {
+                let mut solver = self.solver(req)?;
+                let range = img2img_range(solver.as_mut(), req.steps, init.strength)?;
+                Ok((solver, range))
+            }
+        }
+    }
+
     /// Text-to-image, or image-to-image when `req.init` is set; see the module docs.
     /// `on_step` runs after every step (on the GPU, before the step is submitted, so what
     /// it records goes with it); returning [`Control::Stop`] ends the loop there.
@@ -761,25 +790,21 @@ impl SdPipeline {
         let f = self.vae_factor();
         let lc = self.vae.config().latent_channels;
         let shape = [1, lc, height / f, width / f];
-        let mut solver = self.solver(req)?;
+        if let Some(init) = &req.init {
+            let s = init.image.shape();
+            if s != [1, 3, height, width] {
+                return Err(Error::shape(
+                    op,
+                    "init image",
+                    format!("(1, 3, {height}, {width}): the requested size"),
+                    s,
+                ));
+            }
+        }
+        let (mut solver, range) = self.solver_and_range(req)?;
         // An LCM-distilled UNet's guidance embedding (its width may be one diffusers cannot
         // embed), before any model runs too.
         self.guidance_embedding(req.guidance_scale)?;
-        let range = match &req.init {
-            None => (0, solver.num_steps()),
-            Some(init) => {
-                let s = init.image.shape();
-                if s != [1, 3, height, width] {
-                    return Err(Error::shape(
-                        op,
-                        "init image",
-                        format!("(1, 3, {height}, {width}): the requested size"),
-                        s,
-                    ));
-                }
-                img2img_range(solver.as_mut(), req.steps, init.strength)?
-            }
-        };
         let given = req.given_noise.as_ref();
         if let Some(g) = given {
             for (what, t) in [

@@ -30,7 +30,7 @@ use crate::models::{TaesdConfig, TinyDecoder, UNet};
 use crate::ops::{Concat, SolverUpdate};
 use crate::pipeline::repo::{weight_candidates, Needed, SdRepo};
 use crate::pipeline::sd::{Overrides, SdConfigs};
-use crate::pipeline::sd_run::{img2img_range, InitImage, LatentPreview, Request, SdPipeline};
+use crate::pipeline::sd_run::{InitImage, LatentPreview, Request, SdPipeline};
 use crate::pipeline::VaeTiling;
 use crate::sampling::solvers::ALIASES;
 use crate::sampling::solvers::{initial_noise, Denoiser, Noise, Solver, StepContext, StepInfo};
@@ -575,6 +575,8 @@ async fn run(
     req.solver = o.solver.clone();
     req.scheduler_overrides = o.overrides.clone();
     req.vae_tiling = o.vae_tiling;
+    // For the memory check (the VAE encoder) and the img2img schedule.
+    req.init = o.init.clone();
     let pipe = &mut model.pipe;
     let rgb = Previewer {
         linear: model.preview.as_ref(),
@@ -589,12 +591,9 @@ async fn run(
         o.height / f,
         o.width / f,
     ];
-    let mut solver = pipe.solver(&req)?;
-    let range = match &o.init {
-        None => (0, solver.num_steps()),
-        // The same start as the native pipeline: a fresh solver state at the first step.
-        Some(init) => img2img_range(solver.as_mut(), o.steps, init.strength)?,
-    };
+    // The same schedule and start as the native pipeline (image-to-image: a fresh solver
+    // state at the first step run).
+    let (mut solver, range) = pipe.solver_and_range(&req)?;
 
     // Text → encoder hidden states (the negative prompt is the unconditional pass).
     let t_text = js::now_ms();

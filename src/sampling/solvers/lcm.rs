@@ -13,6 +13,11 @@
 //! (K = `original_inference_steps`, default 50), reversed, and n of them at indices
 //! ⌊i·K/n⌋. Needs n ≤ K.
 //!
+//! Image-to-image as diffusers' `LatentConsistencyModelImg2ImgPipeline` (strength s passed to
+//! `LCMScheduler.set_timesteps`, [`Lcm::with_strength`]): the distillation schedule keeps its
+//! first K' = ⌊K·s⌋ timesteps and the n steps are taken from those, at indices ⌊i·K'/n⌋; every
+//! step runs (no cut-off tail). Needs n ≤ K'.
+//!
 //! `thresholding` / `clip_sample` (both LCMScheduler options, default off) process x̂₀
 //! before the consistency function: denoised = c_out·P(x̂₀) + c_skip·x_t.
 
@@ -46,6 +51,11 @@ fn opt_float(config: &SchedulerConfig, key: &str, default: f64) -> Result<f64> {
 
 impl Lcm {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
+        Self::with_strength(config, steps, 1.0)
+    }
+
+    /// The schedule of an image-to-image run at `strength` in (0, 1] (see the module docs).
+    pub fn with_strength(config: &SchedulerConfig, steps: usize, strength: f64) -> Result<Self> {
         let cfg = as_class(config, SchedulerClass::Ddim);
         let processing = x0_processing(&cfg, OP, Some(false))?;
         if cfg.prediction_type == PredictionType::FlowPrediction {
@@ -77,13 +87,30 @@ impl Lcm {
                 ),
             ));
         }
+        if !(strength > 0.0 && strength <= 1.0) {
+            return Err(Error::invalid(
+                OP,
+                format!("strength must be in (0, 1], got {strength}"),
+            ));
+        }
+        // diffusers: int(original_steps * strength), in f64.
+        let kept = (original as f64 * strength) as usize;
+        if kept < steps {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "strength {strength} keeps {kept} of the {original} distillation timesteps (original_inference_steps × strength), fewer than the {steps} steps asked; use at most {kept} steps or a strength of at least {}",
+                    steps as f64 / original as f64
+                ),
+            ));
+        }
         let timestep_scaling = opt_float(&cfg, "timestep_scaling", 10.0)?;
         let schedule = Schedule::new(&cfg)?;
         let k = (train / original) as i64;
-        let origin: Vec<i64> = (1..=original as i64).rev().map(|j| j * k - 1).collect();
-        let stride = original as f64 / steps as f64;
+        let origin: Vec<i64> = (1..=kept as i64).rev().map(|j| j * k - 1).collect();
+        let stride = kept as f64 / steps as f64;
         let timesteps = (0..steps)
-            .map(|i| origin[((i as f64 * stride).floor() as usize).min(original - 1)] as f64)
+            .map(|i| origin[((i as f64 * stride).floor() as usize).min(kept - 1)] as f64)
             .collect();
         Ok(Lcm {
             timesteps,
@@ -167,5 +194,42 @@ impl Solver for Lcm {
             None => x0.clone(),
         };
         Ok(StepOutput { prev_sample, x0 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> SchedulerConfig {
+        SchedulerConfig::from_json_str(
+            r#"{"_class_name": "LCMScheduler", "num_train_timesteps": 1000,
+                "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+                "original_inference_steps": 50}"#,
+            "scheduler_config.json",
+            Some(SchedulerClass::Ddim),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn strength_cuts_the_distillation_schedule() {
+        let cfg = config();
+        // diffusers' LCMScheduler.set_timesteps(4): the 50-step schedule 999, 979, … at
+        // indices 0, 12, 25, 37.
+        let full = Lcm::new(&cfg, 4).unwrap();
+        assert_eq!(full.timesteps(), &[999.0, 759.0, 499.0, 259.0]);
+        // set_timesteps(4, strength=0.5): the first 25 distillation timesteps (499 down to
+        // 19) at indices 0, 6, 12, 18 (the tiny LCM img2img golden ran these).
+        let half = Lcm::with_strength(&cfg, 4, 0.5).unwrap();
+        assert_eq!(half.timesteps(), &[499.0, 379.0, 259.0, 139.0]);
+        // ⌊50 · 0.05⌋ = 2 timesteps cannot hold 4 steps; strength 0 or above 1 is refused.
+        let e = Lcm::with_strength(&cfg, 4, 0.05).err().unwrap().to_string();
+        assert!(
+            e.contains("keeps 2 of the 50") && e.contains("at most 2 steps"),
+            "{e}"
+        );
+        assert!(Lcm::with_strength(&cfg, 4, 0.0).is_err());
+        assert!(Lcm::with_strength(&cfg, 4, 1.5).is_err());
     }
 }
