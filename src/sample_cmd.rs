@@ -442,7 +442,7 @@ fn prepare(exec: &mut Exec, args: &SampleArgs, seed: u64) -> Result<Prepared> {
     })
 }
 
-fn output_paths(out: &Path, n: usize, grid: bool) -> Vec<PathBuf> {
+pub(crate) fn output_paths(out: &Path, n: usize, grid: bool) -> Vec<PathBuf> {
     if n == 1 || grid || out.extension().is_some_and(|e| e == "npy") {
         return vec![out.to_path_buf()];
     }
@@ -459,7 +459,7 @@ fn output_paths(out: &Path, n: usize, grid: bool) -> Vec<PathBuf> {
         .collect()
 }
 
-fn write_pngs(
+pub(crate) fn write_pngs(
     paths: &[PathBuf],
     shape: &[usize],
     data: &[f32],

@@ -2,12 +2,14 @@
 //! (diffusers layout) through [`SdPipeline`], writing a PNG; `--preview` shows the linear
 //! latent preview of every step in the live window.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use webdiffusion::image::{batch_to_images, decode_png, encode_png, prepare_output, write_atomic};
+use webdiffusion::image::{decode_png, prepare_output};
+
+use crate::sample_cmd::{output_paths, write_pngs};
 use webdiffusion::pipeline::sd_run::{InitImage, Request, SdPipeline, SdStep};
 use webdiffusion::pipeline::SdRepo;
 use webdiffusion::platform::block_on;
@@ -66,9 +68,16 @@ pub struct SdArgs {
     /// How much of the --init image to change, 0 to 1 (default 0.8).
     #[arg(long)]
     pub strength: Option<f64>,
-    /// Output PNG. Default: sd-<seed>.png.
+    /// Output PNG. Default: sd-<seed>.png. With --batch N (and no --grid): OUT-0.png … OUT-(N-1).png.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Images per run from the one prompt (diffusers' num_images_per_prompt): one batched
+    /// UNet pass per step; each image has its own noise from the seed.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// With --batch: write the images as one PNG grid instead of one file each.
+    #[arg(long)]
+    pub grid: bool,
     /// Overwrite an existing output file.
     #[arg(long)]
     pub force: bool,
@@ -123,6 +132,10 @@ fn request(a: &SdArgs, seed: u64) -> Result<Request> {
     req.clip_skip = a.clip_skip;
     req.width = a.width;
     req.height = a.height;
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    req.batch = a.batch;
     req.vae_tiling = webdiffusion::pipeline::VaeTiling::parse(&a.vae_tiling)
         .map_err(|e| anyhow::anyhow!("--vae-tiling: {e}"))?;
     if let Some(s) = &a.timestep_spacing {
@@ -191,7 +204,7 @@ fn run_on(
     exec: &mut Exec,
     a: &SdArgs,
     req: &Request,
-    out: &Path,
+    paths: &[PathBuf],
     show: &mut dyn FnMut(&mut Exec, &SdStep<'_>) -> webdiffusion::Result<Control>,
 ) -> Result<webdiffusion::Tensor> {
     let t_load = Instant::now();
@@ -221,11 +234,16 @@ fn run_on(
     );
     let solver = pipe.solver(req)?;
     println!(
-        "seed {}, solver {}, {} steps, guidance {}, {w}×{h}{}",
+        "seed {}, solver {}, {} steps, guidance {}, {w}×{h}{}{}",
         req.seed,
         solver.name(),
         req.steps,
         req.guidance_scale,
+        if req.batch > 1 {
+            format!(", batch {}", req.batch)
+        } else {
+            String::new()
+        },
         req.init
             .as_ref()
             .map(|i| format!(", img2img strength {}", i.strength))
@@ -264,13 +282,16 @@ fn run_on(
     if let Some(i) = data.iter().position(|v| !v.is_finite()) {
         bail!("the image contains non-finite values (first at element {i}); nothing was written");
     }
-    let im = batch_to_images(image.shape(), &data)?.remove(0);
-    write_atomic(out, &encode_png(&im)?, a.force)?;
+    write_pngs(paths, image.shape(), &data, a.grid, a.force)?;
     println!(
         "{} steps in {:.2} s → {}",
         result.steps_run,
         t0.elapsed().as_secs_f64(),
-        out.display()
+        paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(image)
 }
@@ -287,7 +308,13 @@ pub fn run(a: SdArgs) -> Result<()> {
     if out.extension().is_none_or(|e| e != "png") {
         bail!("--out {}: the file name must end in .png", out.display());
     }
-    prepare_output(&out, a.force)?;
+    if a.grid && a.batch == 1 {
+        bail!("--grid lays out a batch; add --batch N");
+    }
+    let paths = output_paths(&out, a.batch, a.grid);
+    for p in &paths {
+        prepare_output(p, a.force)?;
+    }
     if a.preview && a.backend == BackendArg::Cpu {
         bail!("--preview draws on the GPU; use it with --backend gpu");
     }
@@ -303,14 +330,16 @@ pub fn run(a: SdArgs) -> Result<()> {
                 sink.show_image(exec, &rgb, &format!("step {}/{}", s.index + 1, s.total))?;
                 Ok(Control::Continue)
             };
-            let image = run_on(&mut exec, &a, &req, &out, &mut show).map_err(to_lib)?;
+            let image = run_on(&mut exec, &a, &req, &paths, &mut show).map_err(to_lib)?;
             sink.show_image(&mut exec, &image, "done: close the window to exit")?;
             Ok(())
         })?;
         Ok(())
     } else {
         let mut exec = make_exec(a.backend)?;
-        run_on(&mut exec, &a, &req, &out, &mut |_, _| Ok(Control::Continue))?;
+        run_on(&mut exec, &a, &req, &paths, &mut |_, _| {
+            Ok(Control::Continue)
+        })?;
         Ok(())
     }
 }

@@ -332,6 +332,9 @@ fn golden_request(case: &str, g: &mut Golden) -> Request {
     if let Some(over) = o.get("scheduler_overrides").and_then(|v| v.as_object()) {
         req.scheduler_overrides.extend(over.clone());
     }
+    if let Some(b) = o.get("batch").and_then(|v| v.as_u64()) {
+        req.batch = b as usize;
+    }
     // diffusers' enable_tiling with this tile_sample_min_size.
     if let Some(t) = o.get("vae_tile").and_then(|v| v.as_u64()) {
         req.vae_tiling = VaeTiling::Tile(t as usize);
@@ -496,6 +499,55 @@ fn txt2img_matches_diffusers() {
 #[test]
 fn img2img_matches_diffusers() {
     run_golden("img2img");
+}
+
+/// Two images from one prompt (`num_images_per_prompt`): the states repeated over the batch
+/// under CFG, each image its own noise (make_tiny_sd_batch.py checks they differ).
+#[test]
+fn batch_matches_diffusers() {
+    run_golden("txt2img_batch");
+    // The one start image encoded once and its latents repeated, then noised per image.
+    run_golden("img2img_batch");
+}
+
+/// The first image of a seeded batch is the image a batch of one gives for that seed (the
+/// counter-based noise is drawn per element), and the second is another image.
+#[test]
+fn batch_first_image_is_the_single_run() {
+    let mut exec = exec();
+    let mut pipe = SdPipeline::load_dir(&mut exec, &fixture("tiny-sd")).unwrap();
+    let mut req = Request::new("a house by the sea");
+    req.steps = 3;
+    req.seed = 21;
+    let mut run = |req: &Request| {
+        let out = pipe
+            .generate(&mut exec, req, &mut |_, _| Ok(Control::Continue))
+            .unwrap();
+        block_on(exec.read(&out.image.unwrap())).unwrap()
+    };
+    let single = run(&req);
+    req.batch = 2;
+    let pair = run(&req);
+    assert_eq!(pair.len(), 2 * single.len());
+    let (first, second) = pair.split_at(single.len());
+    let same = max_abs_diff(first, &single);
+    let other = max_abs_diff(second, &single);
+    eprintln!("batch of 2 vs 1: first image max |diff| {same:.2e}, second {other:.2e}");
+    assert!(
+        same <= 1e-5,
+        "the batch's first image is not the single run's: {same}"
+    );
+    assert!(
+        other > 1e-2,
+        "the batch's second image repeats the first: {other}"
+    );
+    req.batch = 0;
+    let e = pipe
+        .generate(&mut exec, &req, &mut |_, _| Ok(Control::Continue))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("at least 1"), "{e}");
 }
 
 /// An LCM-distilled repository's image-to-image is diffusers'
@@ -983,6 +1035,47 @@ fn sd_command_writes_a_png_and_refuses_bad_input() {
         "{stdout}\n{stderr}"
     );
 
+    // --batch 2: OUT-0.png (the single run's image for the seed: `first`) and OUT-1.png;
+    // with --grid one PNG of both side by side.
+    let batch_out = tmp.join("pair.png");
+    let mut batched = base.to_vec();
+    batched.truncate(base.len() - 1);
+    batched.extend_from_slice(&[batch_out.to_str().unwrap(), "--batch", "2"]);
+    let r = sd_cli(&batched);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr),
+    );
+    assert!(
+        r.status.success() && stdout.contains("batch 2"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(!batch_out.exists());
+    let b0 = std::fs::read(tmp.join("pair-0.png")).unwrap();
+    let b1 = std::fs::read(tmp.join("pair-1.png")).unwrap();
+    assert_eq!(b0, first, "the batch's first image is not the single run's");
+    assert_ne!(b1, first);
+    // The existing OUT-1.png is not overwritten without --force (nothing is written).
+    std::fs::remove_file(tmp.join("pair-0.png")).unwrap();
+    let r = sd_cli(&batched);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && stderr.contains("pair-1.png"),
+        "{stderr}"
+    );
+    assert!(!tmp.join("pair-0.png").exists());
+    batched.push("--grid");
+    let r = sd_cli(&batched);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let g = webdiffusion::image::decode_png(&std::fs::read(&batch_out).unwrap()).unwrap();
+    // Two 16×16 images side by side with a 2-pixel gap; the left one is the single run's.
+    assert_eq!((g.width, g.height), (34, 16));
+    let single = webdiffusion::image::decode_png(&first).unwrap();
+    for y in 0..16 {
+        let row = &g.pixels[y * 34 * 3..][..16 * 3];
+        assert_eq!(row, &single.pixels[y * 16 * 3..][..16 * 3], "grid row {y}");
+    }
+
     let fresh = tmp.join("bad.png");
     let fresh_s = fresh.to_str().unwrap();
     let err = |extra: &[&str]| -> String {
@@ -1012,6 +1105,10 @@ fn sd_command_writes_a_png_and_refuses_bad_input() {
     );
     let e = err(&["--strength", "0.5"]);
     assert!(e.contains("--init"), "{e}");
+    let e = err(&["--batch", "0"]);
+    assert!(e.contains("--batch"), "{e}");
+    let e = err(&["--grid"]);
+    assert!(e.contains("--grid") && e.contains("--batch"), "{e}");
     // A solver that cannot start mid-schedule is refused with the ones that can.
     let e = err(&["--init", init.to_str().unwrap(), "--solver", "ddim_inverse"]);
     assert!(

@@ -37,7 +37,7 @@ use crate::models::unet2d_condition::UNet2DConditionModel;
 use crate::models::TinyDecoder;
 use crate::models::{AutoencoderKl, UNet, VaeConfig, VaeTiles};
 use crate::nn::Conv2d;
-use crate::ops::{Concat, SolverUpdate, Unary};
+use crate::ops::{Concat, SliceBatch, SolverUpdate, Unary};
 use crate::sampling::guidance::Guided;
 use crate::sampling::schedule::Schedule;
 use crate::sampling::solvers::{
@@ -286,11 +286,12 @@ impl InitImage {
 /// left out is drawn from Philox as usual.
 #[derive(Clone, Default)]
 pub struct GivenNoise {
-    /// Unit-variance initial latents (1, C, h, w), scaled by `init_noise_sigma` here.
+    /// Unit-variance initial latents (batch, C, h, w), scaled by `init_noise_sigma` here.
     pub init_latents: Option<Tensor>,
     /// The solver's own draws, in the order it draws them.
     pub solver: Vec<Tensor>,
-    /// img2img: the posterior sample's unit normal, then the forward-noising one.
+    /// img2img: the posterior sample's unit normal (1, C, h, w: the one image is encoded
+    /// once, as diffusers), then the forward-noising one (batch, C, h, w).
     pub posterior: Option<Tensor>,
     pub forward: Option<Tensor>,
 }
@@ -319,6 +320,9 @@ pub struct Request {
     pub given_noise: Option<GivenNoise>,
     /// Whole or tiled VAE passes (default: tiles only when the whole pass would not fit).
     pub vae_tiling: VaeTiling,
+    /// Images per run (diffusers' `num_images_per_prompt`): one batched UNet pass per step
+    /// (2·batch with CFG), the VAE decoding one image at a time. Default 1.
+    pub batch: usize,
 }
 
 impl Request {
@@ -338,6 +342,7 @@ impl Request {
             init: None,
             given_noise: None,
             vae_tiling: VaeTiling::Auto,
+            batch: 1,
         }
     }
 
@@ -642,7 +647,7 @@ impl SdPipeline {
         self.plan_inputs.plan_checked(
             w,
             h,
-            1,
+            req.batch.max(1),
             self.guided(req),
             req.init.is_some(),
             req.vae_tiling,
@@ -698,6 +703,27 @@ impl SdPipeline {
         tiles: Option<VaeTiles>,
     ) -> Result<Tensor> {
         self.vae.decode_tiled(exec, latents, tiles)
+    }
+
+    /// [`Self::decode`] one image at a time (the memory plan's VAE stage is one image), the
+    /// images stacked on the batch axis.
+    pub fn decode_each(
+        &self,
+        exec: &mut Exec,
+        latents: &Tensor,
+        tiles: Option<VaeTiles>,
+    ) -> Result<Tensor> {
+        let n = latents.shape().first().copied().unwrap_or(0);
+        if n <= 1 {
+            return self.decode(exec, latents, tiles);
+        }
+        let mut images = Vec::with_capacity(n);
+        for i in 0..n {
+            let one = exec.run(&SliceBatch::new(i, 1), &[latents])?;
+            images.push(self.decode(exec, &one, tiles)?);
+        }
+        let refs: Vec<&Tensor> = images.iter().collect();
+        exec.run(&Concat::new(0), &refs)
     }
 
     /// An image (N, 3, H, W) in [0, 1] → sampler latents: a sample of the VAE posterior,
@@ -775,6 +801,9 @@ impl SdPipeline {
         if req.steps == 0 {
             return Err(Error::invalid(op, "steps must be at least 1"));
         }
+        if req.batch == 0 {
+            return Err(Error::invalid(op, "the batch must be at least 1 image"));
+        }
         if !req.guidance_scale.is_finite() {
             return Err(Error::invalid(
                 op,
@@ -789,7 +818,9 @@ impl SdPipeline {
         let tiles = self.check_memory(exec, req)?.vae_tiles();
         let f = self.vae_factor();
         let lc = self.vae.config().latent_channels;
-        let shape = [1, lc, height / f, width / f];
+        let batch = req.batch;
+        let shape = [batch, lc, height / f, width / f];
+        let one = [1, lc, height / f, width / f];
         if let Some(init) = &req.init {
             let s = init.image.shape();
             if s != [1, 3, height, width] {
@@ -807,14 +838,14 @@ impl SdPipeline {
         self.guidance_embedding(req.guidance_scale)?;
         let given = req.given_noise.as_ref();
         if let Some(g) = given {
-            for (what, t) in [
-                ("init_latents", &g.init_latents),
-                ("posterior noise", &g.posterior),
-                ("forward noise", &g.forward),
+            for (what, t, want) in [
+                ("init_latents", &g.init_latents, &shape),
+                ("posterior noise", &g.posterior, &one),
+                ("forward noise", &g.forward, &shape),
             ] {
                 if let Some(t) = t {
-                    if t.shape() != shape {
-                        return Err(Error::shape(op, what, format!("{shape:?}"), t.shape()));
+                    if t.shape() != want {
+                        return Err(Error::shape(op, what, format!("{want:?}"), t.shape()));
                     }
                 }
             }
@@ -832,9 +863,14 @@ impl SdPipeline {
             log::warn!("{w}");
             emb.warnings.push(w);
         }
+        // One prompt for the whole batch: cat([uncond × batch, cond × batch]) with CFG.
+        let cond = repeat_batch(exec, &emb.cond, batch)?;
         let states = match &emb.uncond {
-            Some(u) => exec.run(&Concat::new(0), &[u, &emb.cond])?,
-            None => emb.cond.clone(),
+            Some(u) => {
+                let u = repeat_batch(exec, u, batch)?;
+                exec.run(&Concat::new(0), &[&u, &cond])?
+            }
+            None => cond,
         };
         self.condition_unet(exec, Some(&states), req.guidance_scale)?;
 
@@ -847,12 +883,13 @@ impl SdPipeline {
             Some(init) => {
                 let e1 = match given.and_then(|g| g.posterior.as_ref()) {
                     Some(t) => exec.upload(t)?,
-                    None => exec.run(
-                        &SolverUpdate::noise(&shape, 1.0, req.seed, u32::MAX, 1),
-                        &[],
-                    )?,
+                    None => {
+                        exec.run(&SolverUpdate::noise(&one, 1.0, req.seed, u32::MAX, 1), &[])?
+                    }
                 };
+                // The image is encoded once and its latents repeated over the batch.
                 let encoded = self.encode_image(exec, &init.image, &e1, tiles)?;
+                let encoded = repeat_batch(exec, &encoded, batch)?;
                 let e2 = match given.and_then(|g| g.forward.as_ref()) {
                     Some(t) => exec.upload(t)?,
                     None => exec.run(
@@ -912,7 +949,7 @@ impl SdPipeline {
         let image = if stopped {
             None
         } else {
-            Some(self.vae.decode_tiled(exec, &x, tiles)?)
+            Some(self.decode_each(exec, &x, tiles)?)
         };
         exec.submit()?;
         Ok(SdOutput {
@@ -970,6 +1007,15 @@ impl SdPipeline {
         })? as f64;
         Ok((a.sqrt(), (1.0 - a).sqrt()))
     }
+}
+
+/// `t` (1, …) repeated `n` times along the batch axis (itself when `n` is 1).
+pub fn repeat_batch(exec: &mut Exec, t: &Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(t.clone());
+    }
+    let copies: Vec<&Tensor> = std::iter::repeat_n(t, n).collect();
+    exec.run(&Concat::new(0), &copies)
 }
 
 fn with_file(e: Error, file: &str) -> Error {
