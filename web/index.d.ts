@@ -209,6 +209,9 @@ export interface GenerateOptions {
   /** One label for the whole batch, or one per sample (default 0, 1, 2, … like the CLI). */
   classLabel?: number | number[];
   eta?: number;
+  /** Samples per run (default 1). Stable Diffusion: images from the one prompt, as
+   * diffusers' num_images_per_prompt (at most 16; one batched UNet pass per step, each image
+   * its own noise from the seed, image 0 the same as a batch of one). */
   batch?: number;
   /** What the canvas shows after each step (default x0). */
   preview?: 'x0' | 'xt' | 'none';
@@ -268,6 +271,8 @@ export interface GenerateResult {
   /** Stable Diffusion adds textMs (prompt encoding) and decodeMs (VAE). */
   timings: { totalMs: number; stepsMs: number[]; loadMs?: number; textMs?: number; decodeMs?: number };
   seed: number;
+  /** Stable Diffusion: how many images `pixels` holds (as a grid). */
+  batch?: number;
   /** The canonical name of the solver that ran. */
   solver: string;
   steps: number;

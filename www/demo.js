@@ -358,6 +358,7 @@ async function generate() {
       options.prompt = $('prompt').value;
       options.negativePrompt = $('negative-prompt').value;
       options.guidance = numberOf('guidance');
+      options.batch = numberOf('batch', { integer: true });
       // Tests inject diffusers' initial latents to compare with its goldens.
       if (window.demoHooks?.initLatents) options.initLatents = window.demoHooks.initLatents;
       if (window.demoHooks?.raw) options.raw = true;
@@ -413,7 +414,7 @@ async function generate() {
     const mean = stepsMs.length ? stepsMs.reduce((a, b) => a + b, 0) / stepsMs.length : 0;
     const gray = [];
     for (let i = 0; i < result.pixels.length; i += 4) gray.push(result.pixels[i]);
-    demo.result = { width: result.width, height: result.height, seed: result.seed, solver: result.solver, timings: result.timings, vaeTile: result.vaeTile ?? null, previewDecoder: result.previewDecoder ?? null, gray };
+    demo.result = { width: result.width, height: result.height, batch: result.batch ?? 1, seed: result.seed, solver: result.solver, timings: result.timings, vaeTile: result.vaeTile ?? null, previewDecoder: result.previewDecoder ?? null, gray };
     if (result.latents) demo.result.latents = [...result.latents];
     if (result.image) demo.result.image = [...result.image];
     $('step-text').textContent =

@@ -30,7 +30,7 @@ use crate::models::{TaesdConfig, TinyDecoder, UNet};
 use crate::ops::{Concat, SolverUpdate};
 use crate::pipeline::repo::{weight_candidates, Needed, SdRepo};
 use crate::pipeline::sd::{Overrides, SdConfigs};
-use crate::pipeline::sd_run::{InitImage, LatentPreview, Request, SdPipeline};
+use crate::pipeline::sd_run::{repeat_batch, InitImage, LatentPreview, Request, SdPipeline};
 use crate::pipeline::VaeTiling;
 use crate::sampling::solvers::ALIASES;
 use crate::sampling::solvers::{initial_noise, Denoiser, Noise, Solver, StepContext, StepInfo};
@@ -341,12 +341,17 @@ struct SdOptions {
     preview: Preview,
     on_step: Option<js_sys::Function>,
     vae_tiling: VaeTiling,
+    /// Images from the one prompt (diffusers' `num_images_per_prompt`).
+    batch: usize,
 }
+
+/// The most images in one Stable Diffusion run (the memory plan refuses what the adapter
+/// cannot hold before this).
+const MAX_SD_BATCH: f64 = 16.0;
 
 /// Options a Stable Diffusion run does not take (they belong to the other model kinds).
 const NOT_SD: &[&str] = &[
     "classLabel",
-    "batch",
     "momentData",
     "momentSamples",
     "rtol",
@@ -374,6 +379,10 @@ fn sd_options(model: &SdModel, options: &JsValue) -> WdResult<SdOptions> {
         return Err(WdError::bad_option("option `steps` must be at least 1"));
     }
     let guidance = js::opt_f64(options, "guidance")?.unwrap_or(7.5);
+    let batch = js::opt_uint(options, "batch", MAX_SD_BATCH)?.unwrap_or(1) as usize;
+    if batch == 0 {
+        return Err(WdError::bad_option("option `batch` must be at least 1"));
+    }
     let seed = match js::opt_uint(options, "seed", 9_007_199_254_740_991.0)? {
         Some(s) => s,
         None => (js_sys::Math::random() * 1e9).floor() as u64,
@@ -495,6 +504,7 @@ fn sd_options(model: &SdModel, options: &JsValue) -> WdResult<SdOptions> {
         preview,
         on_step: js::opt_function(options, "onStep")?,
         vae_tiling,
+        batch,
     })
 }
 
@@ -575,6 +585,7 @@ async fn run(
     req.solver = o.solver.clone();
     req.scheduler_overrides = o.overrides.clone();
     req.vae_tiling = o.vae_tiling;
+    req.batch = o.batch;
     // For the memory check (the VAE encoder) and the img2img schedule.
     req.init = o.init.clone();
     let pipe = &mut model.pipe;
@@ -585,12 +596,13 @@ async fn run(
     // Size, memory (the adapter's limits) and solver problems fail before any model runs.
     let tiles = pipe.check_memory(exec, &req)?.vae_tiles();
     let f = pipe.vae_factor();
-    let shape = [
+    let one = [
         1,
         pipe.configs().vae.latent_channels,
         o.height / f,
         o.width / f,
     ];
+    let shape = [o.batch, one[1], one[2], one[3]];
     // The same schedule and start as the native pipeline (image-to-image: a fresh solver
     // state at the first step run).
     let (mut solver, range) = pipe.solver_and_range(&req)?;
@@ -604,9 +616,14 @@ async fn run(
     for w in &emb.warnings {
         web_sys::console::warn_1(&w.into());
     }
+    // One prompt for the whole batch: cat([uncond × batch, cond × batch]) with CFG.
+    let cond = repeat_batch(exec, &emb.cond, o.batch)?;
     let states = match &emb.uncond {
-        Some(u) => exec.run(&Concat::new(0), &[u, &emb.cond])?,
-        None => emb.cond.clone(),
+        Some(u) => {
+            let u = repeat_batch(exec, u, o.batch)?;
+            exec.run(&Concat::new(0), &[&u, &cond])?
+        }
+        None => cond,
     };
     exec.submit()?;
     let text_ms = js::now_ms() - t_text;
@@ -619,8 +636,9 @@ async fn run(
             let n: usize = shape.iter().product();
             if v.len() != n {
                 return Err(WdError::bad_option(format!(
-                    "option `initLatents` holds {} values but a {}×{} image needs latents {shape:?} ({n} values)",
+                    "option `initLatents` holds {} values but {} image(s) of {}×{} need latents {shape:?} ({n} values)",
                     v.len(),
+                    o.batch,
                     o.width,
                     o.height
                 )));
@@ -638,8 +656,10 @@ async fn run(
             ))
         }
         (Some(init), None) => {
-            let e1 = exec.run(&SolverUpdate::noise(&shape, 1.0, o.seed, u32::MAX, 1), &[])?;
+            // The image is encoded once and its latents repeated over the batch, as natively.
+            let e1 = exec.run(&SolverUpdate::noise(&one, 1.0, o.seed, u32::MAX, 1), &[])?;
             let encoded = pipe.encode_image(exec, &init.image, &e1, tiles)?;
+            let encoded = repeat_batch(exec, &encoded, o.batch)?;
             let e2 = exec.run(&SolverUpdate::noise(&shape, 1.0, o.seed, u32::MAX, 2), &[])?;
             let (a, b) = pipe.add_noise_coefficients(&req, solver.as_ref(), range.0)?;
             exec.run(&SolverUpdate::linear(&[a, b]), &[&encoded, &e2])?
@@ -684,7 +704,7 @@ async fn run(
 
     inner.check_running("generate")?;
     let t_dec = js::now_ms();
-    let image = pipe.decode(exec, &latents, tiles)?;
+    let image = pipe.decode_each(exec, &latents, tiles)?;
     exec.submit()?;
     if let Some(c) = inner.canvas.borrow_mut().as_mut() {
         c.draw(ctx, &[&image])?;
@@ -721,6 +741,7 @@ async fn run(
     js::set(&timings, "loadMs", model.load_ms);
     js::set(&out, "timings", timings);
     js::set(&out, "seed", o.seed as f64);
+    js::set(&out, "batch", o.batch as f64);
     js::set(&out, "solver", solver.name());
     js::set(&out, "steps", (range.1 - range.0) as f64);
     js::set(&out, "prompt", o.prompt.as_str());

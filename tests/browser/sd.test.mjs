@@ -483,3 +483,55 @@ test('sd: a repository folder picked from disk loads without a request and match
     fs.rmSync(path.dirname(picked), { recursive: true, force: true });
   }
 });
+
+test('sd: a batch of two from the page gives the native `webdiffusion sd --batch 2 --grid` image for the same seed', { timeout: READY_MS + LOAD_MS + 2 * RUN_MS }, async (t) => {
+  assert.ok(fs.existsSync(NATIVE), `native binary ${NATIVE} not found (scripts/browser-test.sh builds it with cargo build --release)`);
+  const SEED = 17;
+  const prompt = 'two cats on a sofa';
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'webdiffusion-batch-'));
+  const native = (args, name) => {
+    const out = path.join(tmp, name);
+    execFileSync(NATIVE, ['sd', '--model', path.join(ROOT, 'tests/fixtures/tiny-sd'), '--prompt', prompt, '--steps', '3',
+      '--guidance', '7.5', '--seed', String(SEED), '--out', out, '--force', '--quiet', ...args], { stdio: 'pipe', timeout: RUN_MS });
+    return out;
+  };
+  const want = await decodePng(fs.readFileSync(native(['--batch', '2', '--grid'], 'grid.png')));
+  const single = await decodePng(fs.readFileSync(native([], 'one.png')));
+  fs.rmSync(tmp, { recursive: true, force: true });
+
+  const page = await openDemo();
+  await page.waitForFunction(() => [...document.querySelectorAll('#model-choice option')].some((o) => o.value === 'tiny-sd/'), null, { timeout: 30_000 });
+  await page.selectOption('#model-choice', 'tiny-sd/');
+  await page.click('#load');
+  assert.equal(await waitState(page, ['loaded', 'error'], LOAD_MS), 'loaded', await context(page)());
+  await page.fill('#prompt', prompt);
+  await page.fill('#negative-prompt', '');
+  await page.fill('#steps', '3');
+  await page.fill('#guidance', '7.5');
+  await page.fill('#seed', String(SEED));
+  await page.fill('#batch', '2');
+  await page.click('#generate');
+  assert.equal(await waitState(page, ['done', 'error'], RUN_MS), 'done', await context(page)());
+  const r = await page.evaluate(() => window.demo.result);
+  assert.equal(r.batch, 2);
+  // Two 16×16 images side by side, 2 pixels apart, as the CLI's grid.
+  assert.deepEqual([r.width, r.height], [want.width, want.height]);
+  assert.deepEqual([r.width, r.height], [34, 16]);
+  let sum = 0;
+  let max = 0;
+  for (let i = 0; i < r.gray.length; i++) {
+    const d = Math.abs(r.gray[i] - want.data[i * 4]);
+    sum += d;
+    max = Math.max(max, d);
+  }
+  const mean = sum / r.gray.length;
+  // The left image is the batch-of-one image for the seed.
+  let left = 0;
+  for (let y = 0; y < 16; y++) {
+    for (let x = 0; x < 16; x++) left = Math.max(left, Math.abs(r.gray[y * 34 + x] - single.data[(y * 16 + x) * 4]));
+  }
+  t.diagnostic(`batch 2, browser vs native grid (red channel): mean |diff| ${mean.toFixed(3)}, max ${max} of 255; left image vs the native single run: max ${left}`);
+  assert.ok(mean <= 0.5 && max <= 2, `the browser's batch differs from the native CLI: mean ${mean}, max ${max}`);
+  assert.ok(left <= 2, `the batch's first image is not the single run's: max ${left}`);
+  await page.close();
+});
