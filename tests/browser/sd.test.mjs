@@ -9,7 +9,8 @@
 // the weight cache, a repository missing a component names it, and image-to-image with a PNG
 // picked in the page's start-image input gives the native `webdiffusion sd --init` image for
 // the same seed (WEBDIFFUSION_BIN), as does the LCM-distilled repository
-// (tests/fixtures/tiny-lcm: its guidance embedding, no CFG); a tiny-autoencoder preview decoder
+// (tests/fixtures/tiny-lcm: its guidance embedding, no CFG; and its image-to-image, whose
+// strength cuts LCM's schedule); a tiny-autoencoder preview decoder
 // draws the step previews. The repository folder picked from disk (the demo's folder input,
 // webkitdirectory) loads without a request and matches diffusers.
 import { test, before, after } from 'node:test';
@@ -417,6 +418,28 @@ test('sd: an LCM-distilled repository from the page gives the native `webdiffusi
   t.diagnostic(`LCM-distilled, browser vs native CLI (red channel): mean |diff| ${same.mean.toFixed(3)}, max ${same.max} of 255; vs native at guidance 2: mean ${away.mean.toFixed(3)}, max ${away.max}`);
   assert.ok(same.mean <= 0.5 && same.max <= 2, `the browser's LCM run differs from the native CLI: mean ${same.mean}, max ${same.max}`);
   assert.ok(away.max > 2, `the guidance scale does not change the native image enough for this check: max ${away.max}`);
+
+  // Image-to-image as diffusers' LatentConsistencyModelImg2ImgPipeline: strength 0.5 cuts
+  // LCM's schedule and all 4 steps run (the generic rule would run 2).
+  const initPng = path.join(GOLDENS, 'init.png');
+  const tmp2 = fs.mkdtempSync(path.join(os.tmpdir(), 'webdiffusion-lcm-'));
+  const out2 = path.join(tmp2, 'i2i.png');
+  execFileSync(NATIVE, ['sd', '--model', path.join(ROOT, 'tests/fixtures/tiny-lcm'), '--prompt', c.prompt,
+    '--steps', String(c.steps), '--guidance', String(c.guidance), '--seed', String(SEED), '--init', initPng, '--strength', '0.5',
+    '--out', out2, '--force', '--quiet'], { stdio: 'pipe', timeout: RUN_MS });
+  const wantI2i = await decodePng(fs.readFileSync(out2));
+  fs.rmSync(tmp2, { recursive: true, force: true });
+  await page.setInputFiles('#init-image', initPng);
+  await page.fill('#strength', '0.5');
+  await page.waitForFunction(() => window.demo.initImage, null, { timeout: 30_000 });
+  await page.click('#generate');
+  assert.equal(await waitState(page, ['done', 'error'], RUN_MS), 'done', await context(page)());
+  const i2i = await page.evaluate(() => ({ steps: window.demo.steps.length, result: window.demo.result }));
+  assert.equal(i2i.steps, c.steps, 'LCM image-to-image runs every step of the cut schedule');
+  r.result = i2i.result;
+  const sameI2i = diff(wantI2i);
+  t.diagnostic(`LCM img2img, browser vs native CLI (red channel): mean |diff| ${sameI2i.mean.toFixed(3)}, max ${sameI2i.max} of 255`);
+  assert.ok(sameI2i.mean <= 0.5 && sameI2i.max <= 2, `the browser's LCM img2img differs from the native CLI: mean ${sameI2i.mean}, max ${sameI2i.max}`);
   await page.close();
 });
 
