@@ -63,38 +63,35 @@ fn main() {
     eprintln!("preview test: ok");
 }
 
+/// Runs the CLI on the virtual display with the window closing by itself once the run is
+/// done (the test hook); panics with its output when it fails.
+fn cli_on_display(display: u32, args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
+        .args(args)
+        .env("DISPLAY", format!(":{display}"))
+        .env_remove("WAYLAND_DISPLAY")
+        .env(webdiffusion::preview::CLOSE_AFTER_ENV, "1")
+        .output()
+        .expect("run webdiffusion");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "webdiffusion {args:?} failed: {text}");
+    text
+}
+
 /// `webdiffusion sample --preview` end to end: the window opens, shows the steps, closes by
 /// itself (the test hook) and the PNG is written.
 fn sample_cli_preview(display: u32) {
     let dir = std::env::temp_dir().join(format!("wd-preview-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let out_png = dir.join("p.png");
-    let out = Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
-        .args([
-            "sample",
-            "--preview",
-            "--steps",
-            "2",
-            "--batch",
-            "2",
-            "--grid",
-            "--seed",
-            "3",
-            "--quiet",
-            "--out",
-        ])
-        .arg(&out_png)
-        .env("DISPLAY", format!(":{display}"))
-        .env_remove("WAYLAND_DISPLAY")
-        .env(webdiffusion::preview::CLOSE_AFTER_ENV, "1")
-        .output()
-        .expect("run webdiffusion sample --preview");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "sample --preview failed: {text}");
+    let args = "sample --preview --steps 2 --batch 2 --grid --seed 3 --quiet --out";
+    let mut args: Vec<&std::ffi::OsStr> = args.split(' ').map(std::ffi::OsStr::new).collect();
+    args.push(out_png.as_os_str());
+    let text = cli_on_display(display, &args);
     let png = webdiffusion::image::decode_png(&std::fs::read(&out_png).expect("PNG written"))
         .expect("PNG decodes");
     assert_eq!((png.width, png.height), (66, 32), "{text}");
@@ -110,34 +107,26 @@ fn sd_cli_preview(display: u32) {
     let dir = std::env::temp_dir().join(format!("wd-preview-sd-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    let model = root.join("tests/fixtures/tiny-sd");
     let run = |name: &str, extra: &[&str]| -> Vec<u8> {
         let out_png = dir.join(name);
-        let out = Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
-            .args(["sd", "--model"])
-            .arg(root.join("tests/fixtures/tiny-sd"))
-            .args([
-                "--prompt",
-                "a red cube, on a table",
-                "--steps",
-                "3",
-                "--seed",
-                "5",
-                "--quiet",
-                "--out",
-            ])
-            .arg(&out_png)
-            .args(extra)
-            .env("DISPLAY", format!(":{display}"))
-            .env_remove("WAYLAND_DISPLAY")
-            .env(webdiffusion::preview::CLOSE_AFTER_ENV, "1")
-            .output()
-            .expect("run webdiffusion sd");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "sd {extra:?} failed: {text}");
+        let mut args: Vec<&std::ffi::OsStr> = vec!["sd".as_ref(), "--model".as_ref()];
+        args.push(model.as_os_str());
+        for a in [
+            "--prompt",
+            "a red cube, on a table",
+            "--steps",
+            "3",
+            "--seed",
+            "5",
+            "--quiet",
+            "--out",
+        ] {
+            args.push(a.as_ref());
+        }
+        args.push(out_png.as_os_str());
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        let text = cli_on_display(display, &args);
         std::fs::read(&out_png).unwrap_or_else(|e| panic!("sd {extra:?}: no PNG ({e}): {text}"))
     };
     let plain = run("plain.png", &[]);
