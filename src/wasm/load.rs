@@ -1,8 +1,9 @@
 //! `Engine.load`: where a model's files come from (a folder URL, a list of file URLs, or
-//! `File`/`Blob` objects, among them a picked Stable Diffusion repository folder), reading them as streams (`fetch` → `ReadableStream` reader, or
-//! `Blob.stream()`), and feeding the safetensors bytes to [`SafetensorsStream`] chunk by
-//! chunk: the header is parsed from the first bytes and every tensor is complete (and widened
-//! from f16/bf16) as soon as its last byte arrives, so the raw file is never held whole.
+//! `File`/`Blob` objects, among them a picked Stable Diffusion repository folder), reading
+//! them as streams (`fetch` → `ReadableStream` reader, or `Blob.stream()`), and feeding the
+//! safetensors bytes to [`SafetensorsStream`] chunk by chunk: the header is parsed from the
+//! first bytes and every tensor is complete (and widened from f16/bf16) as soon as its last
+//! byte arrives, so the raw file is never held whole.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
