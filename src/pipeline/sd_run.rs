@@ -851,56 +851,11 @@ impl SdPipeline {
             }
         }
 
-        // The text conditioning (and an LCM-distilled UNet's guidance embedding).
+        // The text conditioning (and an LCM-distilled UNet's guidance embedding), then the
+        // starting latents.
+        let warnings = self.condition_for(exec, req)?;
         let guided = self.guided(req);
-        let mut emb = self.encode_prompt(
-            exec,
-            &req.prompt,
-            guided.then_some(req.negative_prompt.as_str()),
-            req.clip_skip,
-        )?;
-        for w in self.unused_options(req) {
-            log::warn!("{w}");
-            emb.warnings.push(w);
-        }
-        // One prompt for the whole batch: cat([uncond × batch, cond × batch]) with CFG.
-        let cond = repeat_batch(exec, &emb.cond, batch)?;
-        let states = match &emb.uncond {
-            Some(u) => {
-                let u = repeat_batch(exec, u, batch)?;
-                exec.run(&Concat::new(0), &[&u, &cond])?
-            }
-            None => cond,
-        };
-        self.condition_unet(exec, Some(&states), req.guidance_scale)?;
-
-        // The starting latents.
-        let x = match &req.init {
-            None => match given.and_then(|g| g.init_latents.as_ref()) {
-                Some(z) => scale_initial_noise(exec, solver.as_ref(), z)?,
-                None => initial_noise(exec, solver.as_ref(), &shape, req.seed)?,
-            },
-            Some(init) => {
-                let e1 = match given.and_then(|g| g.posterior.as_ref()) {
-                    Some(t) => exec.upload(t)?,
-                    None => {
-                        exec.run(&SolverUpdate::noise(&one, 1.0, req.seed, u32::MAX, 1), &[])?
-                    }
-                };
-                // The image is encoded once and its latents repeated over the batch.
-                let encoded = self.encode_image(exec, &init.image, &e1, tiles)?;
-                let encoded = repeat_batch(exec, &encoded, batch)?;
-                let e2 = match given.and_then(|g| g.forward.as_ref()) {
-                    Some(t) => exec.upload(t)?,
-                    None => exec.run(
-                        &SolverUpdate::noise(&shape, 1.0, req.seed, u32::MAX, 2),
-                        &[],
-                    )?,
-                };
-                let (a, b) = self.add_noise_coefficients(req, solver.as_ref(), range.0)?;
-                exec.run(&SolverUpdate::linear(&[a, b]), &[&encoded, &e2])?
-            }
-        };
+        let x = self.start_latents(exec, req, solver.as_ref(), range.0, tiles)?;
 
         let mut noise = match given {
             Some(g) if !g.solver.is_empty() => {
@@ -958,9 +913,82 @@ impl SdPipeline {
             steps_run,
             stopped,
             solver: solver.name(),
-            warnings: emb.warnings,
+            warnings,
             vae_tile: tiles.map(|t| t.tile),
         })
+    }
+
+    /// Encodes `req`'s prompt (and negative prompt when [`Self::guided`]) and conditions the
+    /// UNet for the run: the states repeated over the batch, `cat([uncond × B, cond × B])`
+    /// with CFG, and an LCM-distilled UNet's guidance embedding ([`Self::condition_unet`]).
+    /// Returns the warnings for the user (a prompt cut at 77 tokens, unused options).
+    pub fn condition_for(&mut self, exec: &mut Exec, req: &Request) -> Result<Vec<String>> {
+        let guided = self.guided(req);
+        let mut emb = self.encode_prompt(
+            exec,
+            &req.prompt,
+            guided.then_some(req.negative_prompt.as_str()),
+            req.clip_skip,
+        )?;
+        for w in self.unused_options(req) {
+            log::warn!("{w}");
+            emb.warnings.push(w);
+        }
+        let cond = repeat_batch(exec, &emb.cond, req.batch)?;
+        let states = match &emb.uncond {
+            Some(u) => {
+                let u = repeat_batch(exec, u, req.batch)?;
+                exec.run(&Concat::new(0), &[&u, &cond])?
+            }
+            None => cond,
+        };
+        self.condition_unet(exec, Some(&states), req.guidance_scale)?;
+        Ok(emb.warnings)
+    }
+
+    /// The latents a run starts from, (batch, C, h, w): `init_noise_sigma · z` (z given or
+    /// drawn from the seed, stream 0), or for image-to-image the VAE posterior sample of the
+    /// image (encoded once, stream 1, repeated over the batch) noised to step `first`'s
+    /// level (stream 2) by the solver's `add_noise` rule ([`Self::add_noise_coefficients`]).
+    pub fn start_latents(
+        &self,
+        exec: &mut Exec,
+        req: &Request,
+        solver: &dyn Solver,
+        first: usize,
+        tiles: Option<VaeTiles>,
+    ) -> Result<Tensor> {
+        let (width, height) = self.size(req);
+        let f = self.vae_factor();
+        let lc = self.vae.config().latent_channels;
+        let shape = [req.batch, lc, height / f, width / f];
+        let one = [1, lc, height / f, width / f];
+        let given = req.given_noise.as_ref();
+        match &req.init {
+            None => match given.and_then(|g| g.init_latents.as_ref()) {
+                Some(z) => scale_initial_noise(exec, solver, z),
+                None => initial_noise(exec, solver, &shape, req.seed),
+            },
+            Some(init) => {
+                let e1 = match given.and_then(|g| g.posterior.as_ref()) {
+                    Some(t) => exec.upload(t)?,
+                    None => {
+                        exec.run(&SolverUpdate::noise(&one, 1.0, req.seed, u32::MAX, 1), &[])?
+                    }
+                };
+                let encoded = self.encode_image(exec, &init.image, &e1, tiles)?;
+                let encoded = repeat_batch(exec, &encoded, req.batch)?;
+                let e2 = match given.and_then(|g| g.forward.as_ref()) {
+                    Some(t) => exec.upload(t)?,
+                    None => exec.run(
+                        &SolverUpdate::noise(&shape, 1.0, req.seed, u32::MAX, 2),
+                        &[],
+                    )?,
+                };
+                let (a, b) = self.add_noise_coefficients(req, solver, first)?;
+                exec.run(&SolverUpdate::linear(&[a, b]), &[&encoded, &e2])
+            }
+        }
     }
 
     /// diffusers' `scheduler.add_noise(x0, ε, t)` at step `first` as `(a, b)` of `a·x0 + b·ε`:

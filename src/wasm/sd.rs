@@ -27,13 +27,12 @@ use super::{work_done, Inner, Preview, MAX_STEPS};
 use crate::exec::Exec;
 use crate::gpu::GpuContext;
 use crate::models::{TaesdConfig, TinyDecoder, UNet};
-use crate::ops::{Concat, SolverUpdate};
 use crate::pipeline::repo::{weight_candidates, Needed, SdRepo};
 use crate::pipeline::sd::{Overrides, SdConfigs};
-use crate::pipeline::sd_run::{repeat_batch, InitImage, LatentPreview, Request, SdPipeline};
+use crate::pipeline::sd_run::{GivenNoise, InitImage, LatentPreview, Request, SdPipeline};
 use crate::pipeline::VaeTiling;
 use crate::sampling::solvers::ALIASES;
-use crate::sampling::solvers::{initial_noise, Denoiser, Noise, Solver, StepContext, StepInfo};
+use crate::sampling::solvers::{Denoiser, Noise, Solver, StepContext, StepInfo};
 use crate::sampling::{FiniteWatch, Guided};
 use crate::tensor::Tensor;
 use crate::tokenizer::{pad_token_of, ClipTokenizer};
@@ -596,42 +595,23 @@ async fn run(
     // Size, memory (the adapter's limits) and solver problems fail before any model runs.
     let tiles = pipe.check_memory(exec, &req)?.vae_tiles();
     let f = pipe.vae_factor();
-    let one = [
-        1,
+    let shape = [
+        o.batch,
         pipe.configs().vae.latent_channels,
         o.height / f,
         o.width / f,
     ];
-    let shape = [o.batch, one[1], one[2], one[3]];
     // The same schedule and start as the native pipeline (image-to-image: a fresh solver
     // state at the first step run).
     let (mut solver, range) = pipe.solver_and_range(&req)?;
 
-    // Text → encoder hidden states (the negative prompt is the unconditional pass).
-    let t_text = js::now_ms();
-    // No CFG for an LCM-distilled UNet: it takes the scale as an embedding (set below).
-    let guided = pipe.guided(&req);
-    let mut emb = pipe.encode_prompt(exec, &o.prompt, guided.then_some(o.negative.as_str()), 0)?;
-    emb.warnings.extend(pipe.unused_options(&req));
-    for w in &emb.warnings {
-        web_sys::console::warn_1(&w.into());
-    }
-    // One prompt for the whole batch: cat([uncond × batch, cond × batch]) with CFG.
-    let cond = repeat_batch(exec, &emb.cond, o.batch)?;
-    let states = match &emb.uncond {
-        Some(u) => {
-            let u = repeat_batch(exec, u, o.batch)?;
-            exec.run(&Concat::new(0), &[&u, &cond])?
+    // Diffusers' initial latents in place of the seed's draw (tests compare with its goldens).
+    match (&o.init, &o.init_latents) {
+        (Some(_), Some(_)) => {
+            return Err(WdError::bad_option(
+                "option `initLatents` is for text-to-image; image-to-image starts from initImage",
+            ))
         }
-        None => cond,
-    };
-    exec.submit()?;
-    let text_ms = js::now_ms() - t_text;
-    inner.check_running("generate")?;
-
-    // The starting latents: given, drawn from the seed, or the noised init image (the
-    // same Philox streams as the native pipeline).
-    let x_t = match (&o.init, &o.init_latents) {
         (None, Some(v)) => {
             let n: usize = shape.iter().product();
             if v.len() != n {
@@ -643,31 +623,31 @@ async fn run(
                     o.height
                 )));
             }
-            crate::sampling::solvers::scale_initial_noise(
-                exec,
-                solver.as_ref(),
-                &Tensor::from_vec(&shape, v.clone())?,
-            )?
+            req.given_noise = Some(GivenNoise {
+                init_latents: Some(Tensor::from_vec(&shape, v.clone())?),
+                ..GivenNoise::default()
+            });
         }
-        (None, None) => initial_noise(exec, solver.as_ref(), &shape, o.seed)?,
-        (Some(_), Some(_)) => {
-            return Err(WdError::bad_option(
-                "option `initLatents` is for text-to-image; image-to-image starts from initImage",
-            ))
-        }
-        (Some(init), None) => {
-            // The image is encoded once and its latents repeated over the batch, as natively.
-            let e1 = exec.run(&SolverUpdate::noise(&one, 1.0, o.seed, u32::MAX, 1), &[])?;
-            let encoded = pipe.encode_image(exec, &init.image, &e1, tiles)?;
-            let encoded = repeat_batch(exec, &encoded, o.batch)?;
-            let e2 = exec.run(&SolverUpdate::noise(&shape, 1.0, o.seed, u32::MAX, 2), &[])?;
-            let (a, b) = pipe.add_noise_coefficients(&req, solver.as_ref(), range.0)?;
-            exec.run(&SolverUpdate::linear(&[a, b]), &[&encoded, &e2])?
-        }
-    };
+        _ => {}
+    }
+
+    // Text → encoder hidden states and the UNet's conditioning, as natively (the negative
+    // prompt is the unconditional pass; no CFG for an LCM-distilled UNet, which takes the
+    // scale as an embedding).
+    let t_text = js::now_ms();
+    let guided = pipe.guided(&req);
+    for w in &pipe.condition_for(exec, &req)? {
+        web_sys::console::warn_1(&w.into());
+    }
+    exec.submit()?;
+    let text_ms = js::now_ms() - t_text;
+    inner.check_running("generate")?;
+
+    // The starting latents: given, drawn from the seed, or the noised init image (the
+    // native pipeline's own).
+    let x_t = pipe.start_latents(exec, &req, solver.as_ref(), range.0, tiles)?;
 
     let mut steps_ms = Vec::with_capacity(range.1 - range.0);
-    pipe.condition_unet(exec, Some(&states), o.guidance)?;
     let r = if guided {
         let mut g = Guided::new(UNetRef(pipe.unet_mut()), o.guidance)?;
         steps(
